@@ -1,0 +1,114 @@
+# MoCE engine: one entry point.
+#   make deps   install the Debian packages the project needs (no-op when present)
+#   make all    build the library, the binaries and the test runner
+#   make test   build and run the CPU test suite (CUDA code is compiled too when nvcc exists)
+#   make bench  build and run the benchmarks
+#   make clean
+# Options: SANITIZE=1 (ASan+UBSan), DEBUG=1, CUDA=0 (skip the CUDA build even if nvcc is found)
+
+SHELL := /bin/bash
+BUILD ?= build
+CXX ?= g++
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ( [ -x $(CUDA_HOME)/bin/nvcc ] && echo $(CUDA_HOME)/bin/nvcc ))
+
+# ---- what this machine has -------------------------------------------------------------------
+have_header = $(shell printf '\#include <$(1)>\n' | $(CXX) -std=c++17 -E -x c++ - $(2) >/dev/null 2>&1 && echo 1)
+HAVE_FMT     := $(call have_header,fmt/format.h)
+HAVE_DOCTEST := $(call have_header,doctest/doctest.h)
+HAVE_JSON    := $(call have_header,nlohmann/json.hpp)
+HAVE_STB     := $(call have_header,stb/stb_image.h)
+HAVE_ZLIB    := $(call have_header,zlib.h)
+HAVE_OPENBLAS:= $(call have_header,cblas.h,-I/usr/include/x86_64-linux-gnu/openblas-pthread)
+HAVE_OPENMP  := $(shell echo 'int main(){}' | $(CXX) -fopenmp -x c++ - -o /dev/null >/dev/null 2>&1 && echo 1)
+HAVE_MPI     := $(shell command -v mpicxx >/dev/null 2>&1 && echo 1)
+CUDA_INC     := $(CUDA_HOME)/include
+CUDA_LIBDIRS := $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib
+find_lib = $(firstword $(foreach d,$(CUDA_LIBDIRS),$(wildcard $(d)/lib$(1).so)))
+HAVE_NVCC    := $(if $(NVCC),1)
+HAVE_CUBLAS  := $(if $(call find_lib,cublas),1)
+HAVE_CUDNN   := $(if $(call find_lib,cudnn),1)
+HAVE_NCCL    := $(if $(call find_lib,nccl),1)
+CUDA ?= $(if $(and $(HAVE_NVCC),$(HAVE_CUBLAS)),1,0)
+
+mark = $(if $(1),✓,✗)
+$(info [config] g++ $(shell $(CXX) -dumpfullversion)  OpenMP $(call mark,$(HAVE_OPENMP))  fmt $(call mark,$(HAVE_FMT))  doctest $(call mark,$(HAVE_DOCTEST))  nlohmann-json $(call mark,$(HAVE_JSON))  stb $(call mark,$(HAVE_STB))  zlib $(call mark,$(HAVE_ZLIB))  OpenBLAS(bench) $(call mark,$(HAVE_OPENBLAS))  MPI $(call mark,$(HAVE_MPI)))
+$(info [config] nvcc $(call mark,$(HAVE_NVCC))  cuBLAS $(call mark,$(HAVE_CUBLAS))  cuDNN $(call mark,$(HAVE_CUDNN))  NCCL $(call mark,$(HAVE_NCCL))  -> CUDA backend $(if $(filter 1,$(CUDA)),built,not built))
+
+# ---- flags ---------------------------------------------------------------------------------------
+CXXSTD   := -std=c++17
+WARN     := -Wall -Wextra -Wno-unused-parameter
+OPT      := $(if $(DEBUG),-O0 -g,-O3 -g1)
+comma    := ,
+SAN      := $(if $(SANITIZE),-fsanitize=address$(comma)undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+CPPFLAGS := -I. $(if $(filter 1,$(CUDA)),-DENGINE_WITH_CUDA=1 -I$(CUDA_INC))
+CXXFLAGS := $(CXXSTD) $(WARN) $(OPT) -fopenmp -MMD -MP $(SAN)
+LDFLAGS  := -fopenmp $(SAN)
+LDLIBS   := -lfmt -lz -lpthread
+ifeq ($(CUDA),1)
+NVCCFLAGS := -std=c++17 -O3 -I. -DENGINE_WITH_CUDA=1 --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
+             -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 $(if $(PROFILE),-lineinfo)
+LDLIBS   += $(foreach d,$(CUDA_LIBDIRS),-L$(d) -Wl,-rpath,$(d)) -lcudart -lcublas -lcublasLt $(if $(HAVE_CUDNN),-lcudnn) $(if $(HAVE_NCCL),-lnccl)
+endif
+
+# ---- sources -------------------------------------------------------------------------------------
+LIB_DIRS := engine engine/ops engine/io engine/backends/cpu model moce data
+LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
+LIB_SRC  := $(filter-out moce/main.cpp,$(LIB_SRC))
+CU_SRC   := $(if $(filter 1,$(CUDA)),$(wildcard engine/backends/cuda/*.cu))
+LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+TEST_SRC := $(wildcard tests/*.cpp)
+TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
+LIB      := $(BUILD)/libengine.a
+TEST_BIN := $(BUILD)/run_tests
+BENCH_SRC:= $(wildcard bench/*.cpp)
+BENCH_BIN:= $(BENCH_SRC:bench/%.cpp=$(BUILD)/bench/%)
+MOCE_BIN := $(if $(wildcard moce/main.cpp),$(BUILD)/moce)
+
+.PHONY: all deps test test-gpu bench clean fuzz run
+all: $(LIB) $(TEST_BIN) $(MOCE_BIN)
+
+DEB_PKGS := build-essential libfmt-dev doctest-dev nlohmann-json3-dev libstb-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "[deps] installing:" $$missing; \
+	  $$( [ $$(id -u) -ne 0 ] && echo sudo ) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$( [ $$(id -u) -ne 0 ] && echo sudo ) apt-get install -y -qq $$missing >/dev/null; \
+	else echo "[deps] all Debian packages present"; fi
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(TEST_BIN): $(TEST_OBJ) $(LIB)
+	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/moce: $(BUILD)/moce/main.o $(LIB)
+	$(CXX) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/bench/%: bench/%.cpp $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) $(if $(HAVE_OPENBLAS),-DHAVE_OPENBLAS=1 -I/usr/include/x86_64-linux-gnu/openblas-pthread) $< $(LIB) $(LDFLAGS) $(LDLIBS) $(if $(HAVE_OPENBLAS),-lopenblas) -o $@
+
+# TEST_ARGS passes doctest options, e.g. make test TEST_ARGS='-ts=ops*'
+test: $(TEST_BIN)
+	$(TEST_BIN) $(TEST_ARGS)
+
+bench: $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+
+fuzz:
+	$(MAKE) -C fuzz
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

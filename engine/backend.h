@@ -1,0 +1,131 @@
+// backend.h: the small, typed interface every device implements. A backend sees raw strided
+// descriptors, never Tensors or autograd. Methods a device has not implemented throw a clear error.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "engine/dtype.h"
+
+namespace eng {
+
+constexpr int kMaxDims = 8;
+
+// A strided view of device memory. `data` already includes the tensor's offset.
+struct TensorDesc {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[kMaxDims] = {};  // in elements
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    return n;
+  }
+  bool contiguous() const {
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+      if (shape[i] != 1 && strides[i] != s) return false;
+      s *= shape[i];
+    }
+    return true;
+  }
+};
+
+enum class UnaryOp {
+  Neg, Exp, Log, Sqrt, Rsqrt, Tanh, Sigmoid, Relu, Gelu, Erf, Abs, Square, Reciprocal,
+  PowScalar,  // x^a
+  AddScalar,  // x + a
+  MulScalar,  // x * a
+  Clamp,      // min(max(x, a), b)
+  Sign,
+};
+struct UnaryParams {
+  double a = 0, b = 0;
+};
+
+enum class BinaryOp {
+  Add, Sub, Mul, Div, Pow, Maximum, Minimum,
+  Gt, Lt, Ge, Le, Eq, Ne,  // 1 or 0 in the output dtype
+  // backward helpers: out = f(a, b) where b is the incoming gradient
+  GeluBackward,     // a = x
+  ReluBackward,     // a = x
+  TanhBackward,     // a = y = tanh(x)
+  SigmoidBackward,  // a = y = sigmoid(x)
+};
+
+enum class ReduceOp { Sum, Max, Min };
+
+// Row-major C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b], op = transpose when the flag is set.
+// A is m x k after op (stored k x m when trans_a), B is k x n after op.
+struct GemmArgs {
+  DType dtype = DType::F32;
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  double alpha = 1, beta = 0;
+  const void* a = nullptr;
+  int64_t lda = 0, stride_a = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0, stride_b = 0;
+  void* c = nullptr;
+  int64_t ldc = 0, stride_c = 0;
+  int64_t batch = 1;
+};
+
+struct AdamWArgs {
+  double lr, beta1, beta2, eps, weight_decay;
+  int64_t step;  // 1-based, for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // memory movement
+  virtual void copy(const TensorDesc& dst, const TensorDesc& src);  // same device, strided, converts dtype
+  virtual void fill(const TensorDesc& dst, double value);
+  // elementwise; inputs already broadcast to dst's shape (stride 0 on broadcast dims)
+  virtual void unary(UnaryOp op, const TensorDesc& dst, const TensorDesc& src, UnaryParams p);
+  virtual void binary(BinaryOp op, const TensorDesc& dst, const TensorDesc& a, const TensorDesc& b);
+  virtual void where(const TensorDesc& dst, const TensorDesc& cond, const TensorDesc& a, const TensorDesc& b);
+  // reductions: dst has src's rank with reduced dims of size 1. Fixed summation order (deterministic).
+  virtual void reduce(ReduceOp op, const TensorDesc& dst, const TensorDesc& src);
+  // max (or min) along `dim`: values and i64 indices have src's rank with dim of size 1; first index wins ties.
+  virtual void arg_reduce(bool is_max, const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim);
+  // GEMM (contiguous row-major operands described by leading dims)
+  virtual void gemm(const GemmArgs& g);
+  // softmax / log_softmax over the last dim of contiguous [rows, cols]: y = softmax(scale * x)
+  virtual void softmax_forward(DType dt, void* y, const void* x, int64_t rows, int64_t cols, double scale, bool log);
+  virtual void softmax_backward(DType dt, void* dx, const void* y, const void* dy, int64_t rows, int64_t cols, double scale, bool log);
+  // layer norm over the last dim of contiguous [rows, cols]; mean/rstd are [rows] (f32 for f32 x, f64 for f64 x).
+  // w, b may be null (no affine). dw/db are written (not accumulated); they may be null.
+  virtual void layer_norm_forward(DType dt, void* y, void* mean, void* rstd, const void* x, const void* w, const void* b,
+                                  int64_t rows, int64_t cols, double eps);
+  virtual void layer_norm_backward(DType dt, void* dx, void* dw, void* db, const void* dy, const void* x, const void* mean,
+                                   const void* rstd, const void* w, int64_t rows, int64_t cols);
+  // indexing; index tensors are i64
+  virtual void index_select(const TensorDesc& dst, const TensorDesc& src, int dim, const TensorDesc& index);
+  virtual void index_add(const TensorDesc& dst, int dim, const TensorDesc& index, const TensorDesc& src);  // dst += at index
+  virtual void gather(const TensorDesc& dst, const TensorDesc& src, int dim, const TensorDesc& index);
+  virtual void scatter_add(const TensorDesc& dst, int dim, const TensorDesc& index, const TensorDesc& src);  // dst += at index
+  // sort along dim (stable); values may be null (only indices wanted)
+  virtual void sort(const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim, bool descending);
+  virtual void topk(const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int64_t k, int dim, bool largest);
+  // random numbers: Philox4x32 keyed by (seed, stream); element i uses counter (offset + i)
+  virtual void random_uniform(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double lo, double hi);
+  virtual void random_normal(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double mean, double std);
+  // fused AdamW on contiguous tensors of the same numel (param, grad, m, v all of one float dtype)
+  virtual void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a);
+
+ protected:
+  [[noreturn]] void not_implemented(const char* op) const;
+};
+
+Backend& backend_for(Device d);
+// True when this build has the CUDA backend and a GPU is visible.
+bool cuda_available();
+// Host <-> device transfer of contiguous bytes (either side may be the CPU).
+void copy_bytes_between_devices(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes);
+
+}  // namespace eng

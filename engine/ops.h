@@ -1,0 +1,113 @@
+// ops.h: every differentiable op of the engine. Each family lives in engine/ops/<family>.cpp with
+// forward and backward side by side; kernels come from the tensor's device backend (engine/backend.h).
+#pragma once
+#include <utility>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/tensor.h"
+
+namespace eng {
+
+struct ValuesIndices {
+  Tensor values;
+  Tensor indices;  // i64
+};
+
+// ---- elementwise (engine/ops/elementwise.cpp); binary ops broadcast numpy-style ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);  // a > 0 where b's gradient is needed
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, const Tensor& b);
+Tensor add(const Tensor& a, double s);
+Tensor mul(const Tensor& a, double s);
+Tensor pow(const Tensor& a, double exponent);
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor gelu(const Tensor& x);  // exact erf form: x * Phi(x)
+Tensor erf(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor square(const Tensor& x);
+Tensor clamp(const Tensor& x, double lo, double hi);
+// comparisons: no gradient; result has a's dtype, 1 where true
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);  // cond nonzero -> a
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);  // mask nonzero -> value
+
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+inline Tensor operator-(const Tensor& a) { return neg(a); }
+inline Tensor operator+(const Tensor& a, double s) { return add(a, s); }
+inline Tensor operator-(const Tensor& a, double s) { return add(a, -s); }
+inline Tensor operator*(const Tensor& a, double s) { return mul(a, s); }
+inline Tensor operator/(const Tensor& a, double s) { return mul(a, 1.0 / s); }
+inline Tensor operator*(double s, const Tensor& a) { return mul(a, s); }
+
+// Sums `g` down to `shape` (the reverse of broadcasting); used by backward functions.
+Tensor sum_to(const Tensor& g, const Shape& shape);
+// Shape two operands broadcast to; throws naming both shapes when they do not.
+Shape broadcast_shapes(const Shape& a, const Shape& b);
+
+// ---- reductions (engine/ops/reduce.cpp); an empty dims list means all dims ----
+Tensor sum(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
+Tensor var(const Tensor& x, std::vector<int64_t> dims = {}, bool unbiased = true, bool keepdim = false);
+Tensor std(const Tensor& x, std::vector<int64_t> dims = {}, bool unbiased = true, bool keepdim = false);
+Tensor amax(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);  // gradient split among ties
+ValuesIndices max(const Tensor& x, int64_t dim, bool keepdim = false);  // gradient to the first maximum
+ValuesIndices min(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
+
+// ---- linear algebra (engine/ops/linalg.cpp) ----
+// matmul: 1-D and n-D like numpy; batch dims broadcast.
+Tensor matmul(const Tensor& a, const Tensor& b);
+// linear: x[..., in] @ w[out, in]^T + b[out] (b may be undefined)
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+
+// ---- neural-network ops (engine/ops/nn.cpp) ----
+Tensor softmax(const Tensor& x, int64_t dim = -1);
+Tensor log_softmax(const Tensor& x, int64_t dim = -1);
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps = 1e-5);  // over the last dim
+Tensor l2_normalize(const Tensor& x, int64_t dim = -1, double eps = 1e-12);  // x / max(||x||, eps)
+// logits [N, C], targets i64 [N]; mean over N. label_smoothing as in PyTorch.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, double label_smoothing = 0.0);
+Tensor mse_loss(const Tensor& a, const Tensor& b);  // mean of squared differences
+// q [B, H, Tq, D], k/v [B, H, Tk, D]: softmax(q k^T * scale) v; scale <= 0 means 1/sqrt(D)
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale = 0.0);
+// Inverted dropout with a Philox mask keyed by (seed, stream, offset): identical on any device and thread count.
+Tensor dropout(const Tensor& x, double p, bool training, uint64_t seed, uint64_t stream, uint64_t offset);
+
+// ---- indexing and joining (engine/ops/index.cpp); index tensors are i64 ----
+Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);
+Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);  // out = x + scatter(src)
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
+Tensor embedding(const Tensor& weight, const Tensor& ids);  // weight[V, D], ids any shape -> ids.shape + [D]
+ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim = -1, bool largest = true);  // sorted
+ValuesIndices sort(const Tensor& x, int64_t dim = -1, bool descending = false);      // stable
+Tensor argsort(const Tensor& x, int64_t dim = -1, bool descending = false);
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim = 0);
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim = 0);
+std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim = 0);  // views
+std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim = 0);      // views
+
+// ---- helpers for op implementations ----
+struct TensorDesc;
+TensorDesc desc_of(const Tensor& t);  // checks rank <= kMaxDims
+void check_same_device(const Tensor& a, const Tensor& b, const char* op);
+
+}  // namespace eng
