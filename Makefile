@@ -7,7 +7,7 @@
 # Options: SANITIZE=1 (ASan+UBSan), DEBUG=1, CUDA=0 (skip the CUDA build even if nvcc is found)
 
 SHELL := /bin/bash
-BUILD ?= build
+BUILD ?= build$(if $(SANITIZE),-san)$(if $(DEBUG),-debug)
 CXX ?= g++
 CUDA_HOME ?= /usr/local/cuda
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ( [ -x $(CUDA_HOME)/bin/nvcc ] && echo $(CUDA_HOME)/bin/nvcc ))

@@ -10,6 +10,20 @@ namespace eng {
 
 static thread_local bool g_grad_mode = true;
 
+Node::~Node() {
+  // Take over the edges of every node that dies with this one, so destruction is a loop, not a recursion.
+  std::vector<std::shared_ptr<Node>> pending;
+  pending.swap(next);
+  while (!pending.empty()) {
+    std::shared_ptr<Node> n = std::move(pending.back());
+    pending.pop_back();
+    if (n && n.use_count() == 1) {
+      for (auto& m : n->next) pending.push_back(std::move(m));
+      n->next.clear();
+    }
+  }
+}
+
 bool grad_mode_enabled() { return g_grad_mode; }
 NoGradGuard::NoGradGuard() : prev_(g_grad_mode) { g_grad_mode = false; }
 NoGradGuard::~NoGradGuard() { g_grad_mode = prev_; }

@@ -21,6 +21,7 @@ struct Node {
   BackwardFn fn;                             // empty for leaf accumulators
   std::weak_ptr<TensorImpl> leaf;            // set for a leaf's accumulator
   bool released = false;                     // fn dropped after a backward without retain_graph
+  ~Node();                                   // iterative: a deep graph must not overflow the stack
 };
 
 bool grad_mode_enabled();

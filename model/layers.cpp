@@ -1,0 +1,89 @@
+// layers.cpp: Linear, LayerNorm, Attention, Mlp, Block, and the fixed position embedding.
+#include "model/layers.h"
+
+#include <cmath>
+
+namespace model {
+
+using eng::Shape;
+
+Tensor trainable(Tensor t) {
+  t.requires_grad_(true);
+  return t;
+}
+
+Tensor xavier_uniform(eng::Generator& g, int64_t fan_out, int64_t fan_in, const Shape& shape) {
+  double a = std::sqrt(6.0 / double(fan_in + fan_out));
+  return trainable(g.uniform(shape, -a, a));
+}
+
+Linear::Linear(eng::Generator& g, int64_t in, int64_t out, bool with_bias) {
+  weight = xavier_uniform(g, out, in, {out, in});
+  if (with_bias) bias = trainable(Tensor::zeros({out}));
+}
+void Linear::visit(const std::string& p, const Visitor& f) {
+  f(p + "weight", weight);
+  if (bias.defined()) f(p + "bias", bias);
+}
+
+LayerNorm::LayerNorm(int64_t dim, double e) : weight(trainable(Tensor::ones({dim}))), bias(trainable(Tensor::zeros({dim}))), eps(e) {}
+void LayerNorm::visit(const std::string& p, const Visitor& f) {
+  f(p + "weight", weight);
+  f(p + "bias", bias);
+}
+
+Attention::Attention(eng::Generator& g, int64_t dim, int64_t h) : qkv(g, dim, 3 * dim), proj(g, dim, dim), heads(h) {
+  ENG_CHECK(dim % h == 0, "attention: width {} is not divisible by {} heads", dim, h);
+}
+Tensor Attention::operator()(const Tensor& x) const {
+  int64_t B = x.size(0), T = x.size(1), D = x.size(2);
+  // [B, T, 3D] -> [3, B, H, T, D/H]; q, k, v are views, the attention op takes them as they are.
+  Tensor t = qkv(x).reshape({B, T, 3, heads, D / heads}).permute({2, 0, 3, 1, 4});
+  Tensor a = eng::attention(t.select(0, 0), t.select(0, 1), t.select(0, 2));
+  return proj(a.transpose(1, 2).reshape({B, T, D}));
+}
+void Attention::visit(const std::string& p, const Visitor& f) {
+  qkv.visit(p + "qkv.", f);
+  proj.visit(p + "proj.", f);
+}
+
+Mlp::Mlp(eng::Generator& g, int64_t dim, int64_t hidden) : fc1(g, dim, hidden), fc2(g, hidden, dim) {}
+void Mlp::visit(const std::string& p, const Visitor& f) {
+  fc1.visit(p + "fc1.", f);
+  fc2.visit(p + "fc2.", f);
+}
+
+Block::Block(eng::Generator& g, int64_t dim, int64_t heads, double mlp_ratio)
+    : norm1(dim), norm2(dim), attn(g, dim, heads), mlp(g, dim, int64_t(double(dim) * mlp_ratio)) {}
+Tensor Block::operator()(const Tensor& x) const {
+  Tensor y = eng::add(x, attn(norm1(x)));
+  return eng::add(y, mlp(norm2(y)));
+}
+void Block::visit(const std::string& p, const Visitor& f) {
+  norm1.visit(p + "norm1.", f);
+  attn.visit(p + "attn.", f);
+  norm2.visit(p + "norm2.", f);
+  mlp.visit(p + "mlp.", f);
+}
+
+Tensor sincos_pos_embed_2d(int64_t dim, int64_t grid, bool cls_token) {
+  ENG_CHECK(dim % 4 == 0, "sin-cos position embedding needs a width divisible by 4, got {}", dim);
+  int64_t rows = grid * grid + (cls_token ? 1 : 0);
+  std::vector<double> v(static_cast<size_t>(rows * dim), 0.0);
+  int64_t half = dim / 2, quarter = dim / 4;
+  for (int64_t i = 0; i < grid; i++)
+    for (int64_t j = 0; j < grid; j++) {
+      double* row = &v[size_t(((cls_token ? 1 : 0) + i * grid + j) * dim)];
+      // MAE meshes (w, h): channel half 0 encodes j, half 1 encodes i; within a half, sin then cos.
+      double coord[2] = {double(j), double(i)};
+      for (int h = 0; h < 2; h++)
+        for (int64_t k = 0; k < quarter; k++) {
+          double omega = 1.0 / std::pow(10000.0, double(k) / double(quarter));
+          row[h * half + k] = std::sin(coord[h] * omega);
+          row[h * half + quarter + k] = std::cos(coord[h] * omega);
+        }
+    }
+  return Tensor::from_vector(v, {1, rows, dim}, eng::DType::F32);
+}
+
+}  // namespace model

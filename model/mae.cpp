@@ -1,0 +1,227 @@
+// mae.cpp: configs, patchify, random masking, the MAE forward pass and its state dict.
+#include "model/mae.h"
+
+#include <cmath>
+
+namespace model {
+
+using eng::DType;
+using eng::Shape;
+
+MaeConfig mae_config(const std::string& name) {
+  MaeConfig c;
+  c.name = name;
+  if (name == "mae_tiny_p4_32") {
+    // the reference workload: 6.2M parameters
+  } else if (name == "mae_small_p4_32") {
+    c.embed_dim = 384, c.depth = 12, c.num_heads = 6, c.decoder_embed_dim = 256, c.decoder_depth = 4, c.decoder_num_heads = 8;
+  } else if (name == "mae_vit_base_patch16") {
+    c.img_size = 224, c.patch_size = 16, c.embed_dim = 768, c.depth = 12, c.num_heads = 12;
+    c.decoder_embed_dim = 512, c.decoder_depth = 8, c.decoder_num_heads = 16;
+  } else if (name == "mae_vit_large_patch16") {
+    c.img_size = 224, c.patch_size = 16, c.embed_dim = 1024, c.depth = 24, c.num_heads = 16;
+    c.decoder_embed_dim = 512, c.decoder_depth = 8, c.decoder_num_heads = 16;
+  } else if (name == "mae_vit_huge_patch14") {
+    c.img_size = 224, c.patch_size = 14, c.embed_dim = 1280, c.depth = 32, c.num_heads = 16;
+    c.decoder_embed_dim = 512, c.decoder_depth = 8, c.decoder_num_heads = 16;
+  } else if (name == "mae_test_tiny") {
+    c.img_size = 16, c.patch_size = 4, c.embed_dim = 16, c.depth = 2, c.num_heads = 2;
+    c.decoder_embed_dim = 8, c.decoder_depth = 1, c.decoder_num_heads = 2;
+  } else {
+    std::string all;
+    for (const auto& n : mae_config_names()) all += (all.empty() ? "" : ", ") + n;
+    ENG_FAIL("unknown model config '{}'; known: {}", name, all);
+  }
+  return c;
+}
+
+std::vector<std::string> mae_config_names() {
+  return {"mae_tiny_p4_32", "mae_small_p4_32", "mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14",
+          "mae_test_tiny"};
+}
+
+nlohmann::json config_to_json(const MaeConfig& c) {
+  return {{"name", c.name},
+          {"img_size", c.img_size},
+          {"patch_size", c.patch_size},
+          {"in_chans", c.in_chans},
+          {"embed_dim", c.embed_dim},
+          {"depth", c.depth},
+          {"num_heads", c.num_heads},
+          {"decoder_embed_dim", c.decoder_embed_dim},
+          {"decoder_depth", c.decoder_depth},
+          {"decoder_num_heads", c.decoder_num_heads},
+          {"mlp_ratio", c.mlp_ratio},
+          {"norm_pix_loss", c.norm_pix_loss}};
+}
+
+MaeConfig mae_config_from_json(const nlohmann::json& j) {
+  MaeConfig c;
+  c.name = j.value("name", std::string("custom"));
+  c.img_size = j.at("img_size");
+  c.patch_size = j.at("patch_size");
+  c.in_chans = j.at("in_chans");
+  c.embed_dim = j.at("embed_dim");
+  c.depth = j.at("depth");
+  c.num_heads = j.at("num_heads");
+  c.decoder_embed_dim = j.at("decoder_embed_dim");
+  c.decoder_depth = j.at("decoder_depth");
+  c.decoder_num_heads = j.at("decoder_num_heads");
+  c.mlp_ratio = j.at("mlp_ratio");
+  c.norm_pix_loss = j.at("norm_pix_loss");
+  return c;
+}
+
+Tensor patchify(const Tensor& imgs, int64_t p) {
+  ENG_CHECK(imgs.dim() == 4 && imgs.size(2) == imgs.size(3) && imgs.size(2) % p == 0,
+            "patchify: expected square images [N, C, H, W] with H divisible by {}, got {}", p, eng::shape_str(imgs.shape()));
+  int64_t N = imgs.size(0), C = imgs.size(1), h = imgs.size(2) / p;
+  // nchpwq -> nhwpqc
+  return imgs.reshape({N, C, h, p, h, p}).permute({0, 2, 4, 3, 5, 1}).reshape({N, h * h, p * p * C});
+}
+
+Tensor unpatchify(const Tensor& x, int64_t p, int64_t C) {
+  int64_t N = x.size(0), L = x.size(1);
+  int64_t h = int64_t(std::lround(std::sqrt(double(L))));
+  ENG_CHECK(h * h == L && x.size(2) == p * p * C, "unpatchify: {} does not hold square {}x{} patches of {} channels",
+            eng::shape_str(x.shape()), p, p, C);
+  return x.reshape({N, h, h, p, p, C}).permute({0, 5, 1, 3, 2, 4}).reshape({N, C, h * p, h * p});
+}
+
+MaskedAutoencoder::MaskedAutoencoder(const MaeConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  ENG_CHECK(cfg.img_size % cfg.patch_size == 0, "config {}: image size {} is not a multiple of patch size {}", cfg.name,
+            cfg.img_size, cfg.patch_size);
+  eng::Generator g(seed, /*stream=*/0);
+  int64_t D = cfg.embed_dim, Dd = cfg.decoder_embed_dim, L = cfg.num_patches(), p = cfg.patch_size;
+  // MAE initialises the patch projection like a Linear over its flattened [D, C*p*p] view.
+  patch_weight = xavier_uniform(g, D, cfg.in_chans * p * p, {D, cfg.in_chans, p, p});
+  patch_bias = trainable(Tensor::zeros({D}));
+  cls_token = trainable(g.normal({1, 1, D}, 0.0, 0.02));
+  pos_embed = sincos_pos_embed_2d(D, cfg.grid(), true);
+  for (int64_t i = 0; i < cfg.depth; i++) blocks.emplace_back(g, D, cfg.num_heads, cfg.mlp_ratio);
+  norm = LayerNorm(D);
+  decoder_embed = Linear(g, D, Dd);
+  mask_token = trainable(g.normal({1, 1, Dd}, 0.0, 0.02));
+  decoder_pos_embed = sincos_pos_embed_2d(Dd, cfg.grid(), true);
+  for (int64_t i = 0; i < cfg.decoder_depth; i++) decoder_blocks.emplace_back(g, Dd, cfg.decoder_num_heads, cfg.mlp_ratio);
+  decoder_norm = LayerNorm(Dd);
+  decoder_pred = Linear(g, Dd, cfg.patch_dim());
+  (void)L;
+}
+
+Tensor MaskedAutoencoder::patch_proj_weight_2d() const { return patch_weight.reshape({cfg_.embed_dim, -1}); }
+
+Tensor MaskedAutoencoder::embed_patches(const Tensor& imgs) const {
+  int64_t N = imgs.size(0), C = imgs.size(1), p = cfg_.patch_size, h = cfg_.grid();
+  ENG_CHECK(C == cfg_.in_chans && imgs.size(2) == cfg_.img_size && imgs.size(3) == cfg_.img_size,
+            "model {} expects images [N, {}, {}, {}], got {}", cfg_.name, cfg_.in_chans, cfg_.img_size, cfg_.img_size,
+            eng::shape_str(imgs.shape()));
+  // The conv with kernel = stride = p is patchify in (c, i, j) order + a linear layer.
+  Tensor patches = imgs.reshape({N, C, h, p, h, p}).permute({0, 2, 4, 1, 3, 5}).reshape({N, h * h, C * p * p});
+  return eng::linear(patches, patch_proj_weight_2d(), patch_bias);
+}
+
+MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, double mask_ratio) const {
+  int64_t N = imgs.size(0), L = cfg_.num_patches(), D = cfg_.embed_dim, Dd = cfg_.decoder_embed_dim;
+  ENG_CHECK(noise.shape() == (Shape{N, L}), "MAE forward: noise must be [{}, {}], got {}", N, L, eng::shape_str(noise.shape()));
+  ENG_CHECK(mask_ratio >= 0.0 && mask_ratio < 1.0, "mask ratio {} outside [0, 1)", mask_ratio);
+  int64_t keep = int64_t(double(L) * (1.0 - mask_ratio));
+  Tensor pos_patches = pos_embed.slice(1, 1, L + 1);
+  Tensor x = eng::add(embed_patches(imgs), pos_patches);
+
+  // random_masking: sort the noise; the first `keep` are kept. ids_restore undoes the shuffle.
+  Tensor ids_shuffle = eng::argsort(noise, 1);
+  Tensor ids_restore = eng::argsort(ids_shuffle, 1);
+  Tensor ids_keep = ids_shuffle.slice(1, 0, keep);
+  x = eng::gather(x, 1, ids_keep.unsqueeze(-1).expand({N, keep, D}));
+  Tensor mask_sorted = eng::cat({Tensor::zeros({N, keep}), Tensor::ones({N, L - keep})}, 1);
+  Tensor mask = eng::gather(mask_sorted, 1, ids_restore);
+
+  Tensor cls = eng::add(cls_token, pos_embed.slice(1, 0, 1)).expand({N, 1, D});
+  x = eng::cat({cls, x}, 1);
+  for (const Block& b : blocks) x = b(x);
+  x = norm(x);
+
+  // decoder
+  x = decoder_embed(x);
+  Tensor tokens = mask_token.expand({N, L - keep, Dd});
+  Tensor x_ = eng::cat({x.slice(1, 1, keep + 1), tokens}, 1);
+  x_ = eng::gather(x_, 1, ids_restore.unsqueeze(-1).expand({N, L, Dd}));
+  x = eng::add(eng::cat({x.slice(1, 0, 1), x_}, 1), decoder_pos_embed);
+  for (const Block& b : decoder_blocks) x = b(x);
+  x = decoder_pred(decoder_norm(x)).slice(1, 1, L + 1);
+
+  // loss on removed patches only
+  Tensor target = patchify(imgs, cfg_.patch_size);
+  if (cfg_.norm_pix_loss) {
+    Tensor m = eng::mean(target, {-1}, true);
+    Tensor v = eng::var(target, {-1}, true, true);
+    target = eng::div(eng::sub(target, m), eng::sqrt(eng::add(v, 1e-6)));
+  }
+  Tensor per_patch = eng::mean(eng::square(eng::sub(x, target)), {-1});
+  Tensor loss = eng::div(eng::sum(eng::mul(per_patch, mask)), eng::sum(mask));
+  return {loss, x, mask, ids_restore};
+}
+
+Tensor MaskedAutoencoder::encode_all(const Tensor& imgs) const {
+  int64_t N = imgs.size(0), L = cfg_.num_patches(), D = cfg_.embed_dim;
+  Tensor x = eng::add(embed_patches(imgs), pos_embed.slice(1, 1, L + 1));
+  Tensor cls = eng::add(cls_token, pos_embed.slice(1, 0, 1)).expand({N, 1, D});
+  x = eng::cat({cls, x}, 1);
+  for (const Block& b : blocks) x = b(x);
+  return norm(x);
+}
+
+Tensor MaskedAutoencoder::features(const Tensor& imgs) const {
+  Tensor x = encode_all(imgs);
+  return eng::mean(x.slice(1, 1, x.size(1)), {1});
+}
+
+void MaskedAutoencoder::visit(const Visitor& f) {
+  f("cls_token", cls_token);
+  f("pos_embed", pos_embed);
+  f("patch_embed.proj.weight", patch_weight);
+  f("patch_embed.proj.bias", patch_bias);
+  for (size_t i = 0; i < blocks.size(); i++) blocks[i].visit("blocks." + std::to_string(i) + ".", f);
+  norm.visit("norm.", f);
+  decoder_embed.visit("decoder_embed.", f);
+  f("mask_token", mask_token);
+  f("decoder_pos_embed", decoder_pos_embed);
+  for (size_t i = 0; i < decoder_blocks.size(); i++) decoder_blocks[i].visit("decoder_blocks." + std::to_string(i) + ".", f);
+  decoder_norm.visit("decoder_norm.", f);
+  decoder_pred.visit("decoder_pred.", f);
+}
+
+std::map<std::string, Tensor> MaskedAutoencoder::state_dict() {
+  std::map<std::string, Tensor> m;
+  visit([&](const std::string& n, Tensor& t) { m[n] = t; });
+  return m;
+}
+
+std::vector<std::pair<std::string, Tensor>> MaskedAutoencoder::named_parameters() {
+  std::vector<std::pair<std::string, Tensor>> v;
+  visit([&](const std::string& n, Tensor& t) {
+    if (t.requires_grad()) v.emplace_back(n, t);
+  });
+  return v;
+}
+
+int64_t MaskedAutoencoder::num_parameters() {
+  int64_t n = 0;
+  for (auto& [name, t] : named_parameters()) n += t.numel();
+  return n;
+}
+
+void MaskedAutoencoder::load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file) {
+  std::map<std::string, Tensor> mine = state_dict();
+  for (const auto& [name, t] : mine) {
+    auto it = weights.find(name);
+    ENG_CHECK(it != weights.end(), "{}: tensor '{}' missing (is this a checkpoint of model {}?)", file, name, cfg_.name);
+    ENG_CHECK(it->second.shape() == t.shape(), "{}: tensor '{}' has shape {}, model {} expects {}", file, name,
+              eng::shape_str(it->second.shape()), cfg_.name, eng::shape_str(t.shape()));
+  }
+  eng::NoGradGuard ng;
+  for (auto& [name, t] : mine) t.copy_(weights.at(name));
+}
+
+}  // namespace model

@@ -1,0 +1,89 @@
+// mae.h: the masked autoencoder of He et al. (facebookresearch/mae, models_mae.py) on a ViT encoder.
+//
+// forward: patchify + embed, add fixed position embeddings, keep a random (1 - mask_ratio) subset of the
+// patches per image (argsort of noise, as MAE), prepend the class token, encoder blocks, norm; decoder
+// embedding, mask tokens restored to their places (ids_restore), decoder blocks, norm, prediction head;
+// loss = mean squared error on removed patches only (mask 1 = removed), with norm_pix_loss normalising
+// each target patch by its mean and unbiased variance.
+// Parameter names are MAE's, so an official checkpoint converted to safetensors loads as is.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/layers.h"
+
+namespace model {
+
+struct MaeConfig {
+  std::string name;
+  int64_t img_size = 32, patch_size = 4, in_chans = 3;
+  int64_t embed_dim = 192, depth = 12, num_heads = 3;
+  int64_t decoder_embed_dim = 128, decoder_depth = 4, decoder_num_heads = 4;
+  double mlp_ratio = 4.0;
+  bool norm_pix_loss = true;
+  int64_t grid() const { return img_size / patch_size; }
+  int64_t num_patches() const { return grid() * grid(); }
+  int64_t patch_dim() const { return patch_size * patch_size * in_chans; }
+};
+
+// Named configs: mae_tiny_p4_32, mae_small_p4_32, mae_vit_base_patch16, mae_vit_large_patch16,
+// mae_vit_huge_patch14, and mae_test_tiny (for tests). Throws listing the names on an unknown one.
+MaeConfig mae_config(const std::string& name);
+std::vector<std::string> mae_config_names();
+nlohmann::json config_to_json(const MaeConfig& c);
+MaeConfig mae_config_from_json(const nlohmann::json& j);
+
+// [N, C, H, W] -> [N, L, p*p*C] in MAE's loss order (i, j, c) per patch.
+Tensor patchify(const Tensor& imgs, int64_t p);
+// The inverse of patchify.
+Tensor unpatchify(const Tensor& x, int64_t p, int64_t channels);
+
+struct MaeOutput {
+  Tensor loss;         // scalar
+  Tensor pred;         // [N, L, p*p*C], in the (normalised, if norm_pix_loss) target space
+  Tensor mask;         // [N, L], 1 = removed
+  Tensor ids_restore;  // [N, L]
+};
+
+class MaskedAutoencoder {
+ public:
+  MaskedAutoencoder(const MaeConfig& cfg, uint64_t seed);
+  const MaeConfig& config() const { return cfg_; }
+
+  // noise: [N, L] in [0, 1) (from a Philox generator in training, from a fixture in tests).
+  MaeOutput forward(const Tensor& imgs, const Tensor& noise, double mask_ratio) const;
+  // Encoder on all patches (no masking): [N, 1 + L, D] after the final norm. Used for features.
+  Tensor encode_all(const Tensor& imgs) const;
+  // The class-token feature or the mean of patch tokens, [N, D] (MAE's linear probe uses the class token
+  // with no final norm in some setups; here: mean of patch tokens after the final norm, stated).
+  Tensor features(const Tensor& imgs) const;
+
+  // All tensors of the state dict (parameters and the fixed position embeddings), by MAE name.
+  std::map<std::string, Tensor> state_dict();
+  // Parameters that train (the position embeddings are fixed and not in this list), in a fixed order.
+  std::vector<std::pair<std::string, Tensor>> named_parameters();
+  // Copies values from `weights` (which must match names, shapes and dtypes exactly; errors name the file).
+  void load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file);
+  void visit(const Visitor& f);
+  int64_t num_parameters();
+
+  // Pieces (public for tests and for MoCE, which reuses the encoder).
+  Tensor embed_patches(const Tensor& imgs) const;  // [N, L, D], without position embeddings
+  Tensor patch_proj_weight_2d() const;             // [D, C*p*p]
+
+  MaeConfig cfg_;
+  Tensor patch_weight, patch_bias;  // patch_embed.proj.weight [D, C, p, p], .bias [D]
+  Tensor cls_token, pos_embed;      // [1, 1, D], [1, 1 + L, D] (fixed)
+  std::vector<Block> blocks;
+  LayerNorm norm;
+  Linear decoder_embed;
+  Tensor mask_token, decoder_pos_embed;  // [1, 1, Dd], [1, 1 + L, Dd] (fixed)
+  std::vector<Block> decoder_blocks;
+  LayerNorm decoder_norm;
+  Linear decoder_pred;
+};
+
+}  // namespace model
