@@ -42,7 +42,7 @@ OPT      := $(if $(DEBUG),-O0 -g,-O3 -g1)
 comma    := ,
 SAN      := $(if $(SANITIZE),-fsanitize=address$(comma)undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
 CPPFLAGS := -I. $(if $(filter 1,$(CUDA)),-DENGINE_WITH_CUDA=1 -I$(CUDA_INC))
-CXXFLAGS := $(CXXSTD) $(WARN) $(OPT) -fopenmp -MMD -MP $(SAN)
+CXXFLAGS := $(CXXSTD) $(WARN) $(OPT) -fno-math-errno -fopenmp -MMD -MP $(SAN)
 LDFLAGS  := -fopenmp $(SAN)
 LDLIBS   := -lfmt -lz -lpthread
 ifeq ($(CUDA),1)
@@ -63,7 +63,7 @@ LIB      := $(BUILD)/libengine.a
 TEST_BIN := $(BUILD)/run_tests
 BENCH_SRC:= $(wildcard bench/*.cpp)
 BENCH_BIN:= $(BENCH_SRC:bench/%.cpp=$(BUILD)/bench/%)
-MOCE_BIN := $(if $(wildcard moce/main.cpp),$(BUILD)/moce)
+MOCE_BIN := $(BUILD)/bin/moce
 
 .PHONY: all deps test test-gpu bench clean fuzz run
 all: $(LIB) $(TEST_BIN) $(MOCE_BIN)
@@ -91,7 +91,8 @@ $(LIB): $(LIB_OBJ)
 $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(LIB) $(LDLIBS) -o $@
 
-$(BUILD)/moce: $(BUILD)/moce/main.o $(LIB)
+$(MOCE_BIN): $(BUILD)/moce/main.o $(LIB)
+	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(BUILD)/bench/%: bench/%.cpp $(LIB)

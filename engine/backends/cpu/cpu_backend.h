@@ -2,7 +2,8 @@
 //   cpu_elementwise.cpp  copy, fill, unary, binary, where
 //   cpu_reduce.cpp       reduce, arg_reduce
 //   cpu_gemm.cpp         gemm (packed, cache-blocked, run-time chosen micro-kernel)
-//   cpu_nn.cpp           softmax, layer norm, adamw_update
+//   cpu_nn.cpp           softmax, layer norm
+//   cpu_optim.cpp        adamw_update (per-element math in engine/optim_math.h)
 //   cpu_index.cpp        index_select, index_add, gather, scatter_add, sort, topk
 //   cpu_random.cpp       random_uniform, random_normal (Philox, engine/rng.h)
 // Parallel loops split work into pieces that do not depend on the thread count, so results are

@@ -1,0 +1,104 @@
+// cli.cpp: the flag parser.
+#include "moce/cli.h"
+
+#include <cstdio>
+
+#include "engine/error.h"
+
+namespace moce {
+
+Args& Args::add(const std::string& name, const std::string& def, const std::string& help) {
+  order_.push_back(name);
+  specs_[name] = {def, help, false};
+  return *this;
+}
+
+Args& Args::flag(const std::string& name, const std::string& help) {
+  order_.push_back(name);
+  specs_[name] = {"", help, true};
+  return *this;
+}
+
+const Args::Spec& Args::spec(const std::string& name) const {
+  auto it = specs_.find(name);
+  ENG_CHECK(it != specs_.end(), "internal: flag --{} was never declared", name);
+  return it->second;
+}
+
+bool Args::parse(int argc, char** argv, int first) {
+  for (int i = first; i < argc; i++) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(help().c_str(), stdout);
+      return false;
+    }
+    ENG_CHECK(a.rfind("--", 0) == 0, "{}: unexpected argument '{}' (flags start with --; see --help)", command_, a);
+    std::string name = a.substr(2), value;
+    bool inline_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      inline_value = true;
+    }
+    auto it = specs_.find(name);
+    ENG_CHECK(it != specs_.end(), "{}: unknown flag --{} (see --help)", command_, name);
+    if (it->second.is_flag) {
+      ENG_CHECK(!inline_value || value == "1" || value == "true" || value == "0" || value == "false",
+                "{}: --{} is a switch; it takes no value", command_, name);
+      value = (!inline_value || value == "1" || value == "true") ? "1" : "0";
+    } else if (!inline_value) {
+      ENG_CHECK(i + 1 < argc, "{}: --{} needs a value", command_, name);
+      value = argv[++i];
+    }
+    values_[name] = value;
+    given_[name] = true;
+  }
+  return true;
+}
+
+std::string Args::help() const {
+  std::string h = "usage: moce " + command_ + " [flags]\n" + summary_ + "\n\nflags:\n";
+  for (const auto& n : order_) {
+    const Spec& s = specs_.at(n);
+    std::string left = "  --" + n + (s.is_flag ? "" : " VALUE");
+    if (left.size() < 28) left.resize(28, ' ');
+    h += left + " " + s.help + (s.is_flag || s.def.empty() ? "" : " (default: " + s.def + ")") + "\n";
+  }
+  return h;
+}
+
+std::string Args::str(const std::string& name) const {
+  const Spec& s = spec(name);
+  auto it = values_.find(name);
+  return it != values_.end() ? it->second : s.def;
+}
+
+int64_t Args::i64(const std::string& name) const {
+  std::string v = str(name);
+  try {
+    size_t used = 0;
+    long long x = std::stoll(v, &used);
+    if (used == v.size()) return x;
+  } catch (...) {
+  }
+  ENG_FAIL("{}: --{} expects an integer, got '{}'", command_, name, v);
+}
+
+double Args::f64(const std::string& name) const {
+  std::string v = str(name);
+  try {
+    size_t used = 0;
+    double x = std::stod(v, &used);
+    if (used == v.size()) return x;
+  } catch (...) {
+  }
+  ENG_FAIL("{}: --{} expects a number, got '{}'", command_, name, v);
+}
+
+bool Args::on(const std::string& name) const {
+  spec(name);
+  auto it = values_.find(name);
+  return it != values_.end() && it->second == "1";
+}
+
+}  // namespace moce
