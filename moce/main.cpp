@@ -1,0 +1,50 @@
+// main.cpp: the `moce` command-line program.
+//
+//   moce pretrain ...   MAE pre-training (moce/pretrain.cpp)
+//   moce eval-mae ...   reconstruction PSNR, PNG grid, k-NN and linear-probe accuracy (moce/cmd_eval_mae.cpp)
+// `moce <command> --help` lists every flag with its default. Errors print one line and exit with status 1.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+
+#include "moce/eval.h"
+#include "moce/pretrain.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+  const char* summary;
+};
+
+const Command kCommands[] = {
+    {"pretrain", moce::cmd_pretrain, "pre-train a masked autoencoder"},
+    {"eval-mae", moce::cmd_eval_mae, "evaluate a pre-trained MAE: PSNR, reconstructions PNG, k-NN, linear probe"},
+};
+
+void usage() {
+  std::printf("usage: moce <command> [flags]   (moce <command> --help for its flags)\n\ncommands:\n");
+  for (const auto& c : kCommands) std::printf("  %-12s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage();
+    return argc < 2 ? 1 : 0;
+  }
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    try {
+      return c.run(argc, argv);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "error: unknown command '%s'\n", argv[1]);
+  usage();
+  return 1;
+}
