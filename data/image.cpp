@@ -1,0 +1,204 @@
+// image.cpp: stb_image / stb_image_write behind the data::Image API. This file holds the only
+// STB_IMAGE_IMPLEMENTATION and STB_IMAGE_WRITE_IMPLEMENTATION of the project.
+#include "data/image.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+// stb is third-party code: keep its warnings out of ours, and compile only the formats we read.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_PNG
+#define STBI_ONLY_BMP
+#define STBI_ONLY_PNM
+#define STBI_NO_STDIO  // we read files ourselves, for error messages that name the OS reason
+#define STB_IMAGE_IMPLEMENTATION
+#include <stb/stb_image.h>
+// Only the PNG writer is used: stb's JPEG writer left-shifts negative ints, which UBSan (SANITIZE=1) traps.
+#define STBI_WRITE_NO_STDIO
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb/stb_image_write.h>
+#pragma GCC diagnostic pop
+
+namespace data {
+
+namespace {
+
+// What the first bytes say the file is, for messages only (stb decides what decodes).
+const char* sniff_format(const uint8_t* b, size_t n) {
+  if (n >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) return "JPEG";
+  if (n >= 8 && std::memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0) return "PNG";
+  if (n >= 2 && b[0] == 'B' && b[1] == 'M') return "BMP";
+  if (n >= 2 && b[0] == 'P' && (b[1] == '5' || b[1] == '6')) return "PPM/PGM";
+  if (n >= 2 && b[0] == 'P' && (b[1] == '2' || b[1] == '3')) return "ASCII PPM/PGM";
+  return nullptr;
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
+  ENG_CHECK(f != nullptr, "{}: cannot open ({})", path, std::strerror(errno));
+  std::vector<uint8_t> bytes;
+  uint8_t chunk[1 << 16];
+  for (;;) {
+    size_t got = std::fread(chunk, 1, sizeof chunk, f.get());
+    bytes.insert(bytes.end(), chunk, chunk + got);
+    if (got < sizeof chunk) break;
+  }
+  ENG_CHECK(!std::ferror(f.get()), "{}: read error ({})", path, std::strerror(errno));
+  return bytes;
+}
+
+}  // namespace
+
+Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& name) {
+  if (size == 0) throw CorruptImage(fmt::format("{}: empty file (0 bytes), not an image", name));
+  ENG_CHECK(size <= size_t(INT32_MAX), "{}: {} bytes is too large for stb_image", name, size);
+  const char* format = sniff_format(bytes, size);
+  int w = 0, h = 0, channels_in_file = 0;
+  // Asking for 3 components makes stb expand gray to RGB and drop alpha.
+  stbi_uc* px = stbi_load_from_memory(bytes, int(size), &w, &h, &channels_in_file, 3);
+  if (px == nullptr) {
+    const char* reason = stbi_failure_reason();
+    if (format == nullptr)
+      throw CorruptImage(fmt::format("{}: not an image: the first bytes match none of JPEG, PNG, PPM/PGM, BMP", name));
+    throw CorruptImage(fmt::format("{}: cannot decode {} data ({} bytes; stb_image: {}): truncated or corrupt file",
+                                   name, format, size, reason ? reason : "unknown error"));
+  }
+  std::unique_ptr<stbi_uc, void (*)(void*)> owned(px, stbi_image_free);
+  Image img;
+  img.height = h;
+  img.width = w;
+  img.pixels.assign(px, px + size_t(h) * size_t(w) * 3);
+  return img;
+}
+
+Image decode_image(const std::string& path) {
+  std::vector<uint8_t> bytes = read_file(path);
+  return decode_image_bytes(bytes.data(), bytes.size(), path);
+}
+
+eng::Tensor image_to_tensor(const Image& image) {
+  const int64_t h = image.height, w = image.width, hw = h * w;
+  ENG_CHECK(int64_t(image.pixels.size()) == hw * 3, "image_to_tensor: {}x{} image holds {} bytes, expected {}", h, w,
+            image.pixels.size(), hw * 3);
+  eng::Tensor t = eng::Tensor::empty({3, h, w});
+  float* out = t.data<float>();
+  const uint8_t* in = image.pixels.data();
+  for (int64_t p = 0; p < hw; p++)
+    for (int64_t c = 0; c < 3; c++) out[c * hw + p] = float(in[p * 3 + c]) / 255.0f;
+  return t;
+}
+
+Image tensor_to_image(const eng::Tensor& chw, const std::string& what) {
+  ENG_CHECK(chw.defined(), "{}: undefined tensor, cannot make an image", what);
+  ENG_CHECK(is_floating(chw.dtype()), "{}: expected a floating tensor with values in [0, 1], got {}", what, chw.str());
+  int64_t c = 0, h = 0, w = 0;
+  if (chw.dim() == 2) {
+    c = 1, h = chw.size(0), w = chw.size(1);
+  } else {
+    ENG_CHECK(chw.dim() == 3 && (chw.size(0) == 3 || chw.size(0) == 1),
+              "{}: expected shape [3, H, W], [1, H, W] or [H, W], got {}", what, eng::shape_str(chw.shape()));
+    c = chw.size(0), h = chw.size(1), w = chw.size(2);
+  }
+  ENG_CHECK(h > 0 && w > 0, "{}: empty image {}", what, eng::shape_str(chw.shape()));
+  std::vector<float> v = chw.to_vector<float>();  // any device, layout and floating dtype
+  Image img;
+  img.height = h;
+  img.width = w;
+  img.pixels.resize(size_t(h * w * 3));
+  const int64_t hw = h * w;
+  for (int64_t p = 0; p < hw; p++) {
+    for (int64_t k = 0; k < 3; k++) {
+      float x = v[size_t((c == 1 ? 0 : k) * hw + p)];
+      ENG_CHECK(std::isfinite(x), "{}: non-finite value {} at channel {} pixel ({}, {})", what, x, k, p / w, p % w);
+      x = std::min(std::max(x, 0.0f), 1.0f);
+      img.pixels[size_t(p * 3 + k)] = uint8_t(std::lround(x * 255.0f));
+    }
+  }
+  return img;
+}
+
+namespace {
+
+void check_writable_image(const std::string& path, const Image& image) {
+  ENG_CHECK(image.height > 0 && image.width > 0 && int64_t(image.pixels.size()) == image.height * image.width * 3,
+            "{}: cannot write a {}x{} image holding {} bytes", path, image.height, image.width, image.pixels.size());
+  ENG_CHECK(image.height <= 65535 && image.width <= 65535, "{}: image {}x{} too large to write", path, image.height,
+            image.width);
+}
+
+void append_bytes(void* ctx, void* d, int n) {
+  auto* out = static_cast<std::vector<uint8_t>*>(ctx);
+  out->insert(out->end(), static_cast<uint8_t*>(d), static_cast<uint8_t*>(d) + n);
+}
+
+// Writes `bytes` to a temporary file beside `path`, flushes it to disk, then renames it over `path`.
+void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes) {
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter++);
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  ENG_CHECK(f != nullptr, "{}: cannot create temporary file {} ({})", path, tmp, std::strerror(errno));
+  bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  written = std::fflush(f) == 0 && written;
+  written = ::fsync(::fileno(f)) == 0 && written;
+  int saved_errno = errno;
+  written = std::fclose(f) == 0 && written;
+  if (!written) {
+    std::remove(tmp.c_str());
+    ENG_FAIL("{}: writing {} bytes failed ({})", path, bytes.size(), std::strerror(saved_errno ? saved_errno : errno));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    saved_errno = errno;
+    std::remove(tmp.c_str());
+    ENG_FAIL("{}: cannot rename the temporary file into place ({})", path, std::strerror(saved_errno));
+  }
+}
+
+}  // namespace
+
+void write_png(const std::string& path, const Image& image) {
+  check_writable_image(path, image);
+  std::vector<uint8_t> encoded;
+  int ok = stbi_write_png_to_func(append_bytes, &encoded, int(image.width), int(image.height), 3, image.pixels.data(),
+                                  int(image.width * 3));
+  ENG_CHECK(ok != 0 && !encoded.empty(), "{}: PNG encoding failed", path);
+  write_file_atomically(path, encoded);
+}
+
+void write_png(const std::string& path, const eng::Tensor& chw) { write_png(path, tensor_to_image(chw, path)); }
+
+eng::Tensor make_grid(const eng::Tensor& images, int64_t ncols, int64_t padding, float pad_value) {
+  ENG_CHECK(images.defined() && images.dim() == 4 && (images.size(1) == 1 || images.size(1) == 3),
+            "make_grid: expected images [N, 3 or 1, H, W], got {}", images.defined() ? eng::shape_str(images.shape()) : "undefined");
+  ENG_CHECK(ncols > 0 && padding >= 0, "make_grid: ncols must be > 0 and padding >= 0 (got {}, {})", ncols, padding);
+  const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+  ENG_CHECK(n > 0, "make_grid: no images");
+  const int64_t cols = std::min(ncols, n), rows = (n + cols - 1) / cols;
+  const int64_t gh = rows * (h + padding) + padding, gw = cols * (w + padding) + padding;
+  std::vector<float> src = images.to_vector<float>();
+  eng::Tensor grid = eng::Tensor::full({3, gh, gw}, pad_value);
+  float* g = grid.data<float>();
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t y0 = padding + (i / cols) * (h + padding), x0 = padding + (i % cols) * (w + padding);
+    for (int64_t k = 0; k < 3; k++) {
+      const float* s = src.data() + ((i * c) + (c == 1 ? 0 : k)) * h * w;
+      for (int64_t y = 0; y < h; y++)
+        std::copy(s + y * w, s + (y + 1) * w, g + (k * gh + y0 + y) * gw + x0);
+    }
+  }
+  return grid;
+}
+
+}  // namespace data
