@@ -50,7 +50,14 @@ void CpuBackend::copy(const TensorDesc& dst, const TensorDesc& src) {
       D* d = static_cast<D*>(dst.data);
       const S* s = static_cast<const S*>(src.data);
       const TensorDesc* ds[2] = {&dst, &src};
-      for_each_offset<2>(ds, [&](const int64_t* off) { d[off[0]] = convert<D, S>(s[off[1]]); });
+      for_each_row<2>(ds, [&](const int64_t* base, const int64_t* st, int64_t n) {
+        D* dd = d + base[0];
+        const S* ss = s + base[1];
+        if (st[0] == 1 && st[1] == 1)
+          for (int64_t j = 0; j < n; j++) dd[j] = convert<D, S>(ss[j]);
+        else
+          for (int64_t j = 0; j < n; j++) dd[j * st[0]] = convert<D, S>(ss[j * st[1]]);
+      });
     });
   });
 }
@@ -79,7 +86,9 @@ void CpuBackend::unary(UnaryOp op, const TensorDesc& dst, const TensorDesc& src,
       return;
     }
     const TensorDesc* ds[2] = {&dst, &src};
-    for_each_offset<2>(ds, [&](const int64_t* off) { d[off[0]] = unary_math<T>(op, s[off[1]], a, b); });
+    for_each_row<2>(ds, [&](const int64_t* base, const int64_t* st, int64_t n) {
+      for (int64_t j = 0; j < n; j++) d[base[0] + j * st[0]] = unary_math<T>(op, s[base[1] + j * st[1]], a, b);
+    });
   });
 }
 
@@ -116,7 +125,23 @@ void CpuBackend::binary(BinaryOp op, const TensorDesc& dst, const TensorDesc& a,
       });
       return;
     }
-    for_each_offset<3>(ds, [&](const int64_t* off) { d[off[0]] = binary_math<T>(op, x[off[1]], y[off[2]]); });
+    // Broadcasting (bias adds, per-row scales): tight loops per row, specialised on unit/zero strides.
+    for_each_row<3>(ds, [&](const int64_t* base, const int64_t* st, int64_t n) {
+      T* dd = d + base[0];
+      const T* xx = x + base[1];
+      const T* yy = y + base[2];
+      if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
+        const T yv = yy[0];
+        for (int64_t j = 0; j < n; j++) dd[j] = binary_math<T>(op, xx[j], yv);
+      } else if (st[0] == 1 && st[1] == 0 && st[2] == 1) {
+        const T xv = xx[0];
+        for (int64_t j = 0; j < n; j++) dd[j] = binary_math<T>(op, xv, yy[j]);
+      } else if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+        for (int64_t j = 0; j < n; j++) dd[j] = binary_math<T>(op, xx[j], yy[j]);
+      } else {
+        for (int64_t j = 0; j < n; j++) dd[j * st[0]] = binary_math<T>(op, xx[j * st[1]], yy[j * st[2]]);
+      }
+    });
   });
 }
 

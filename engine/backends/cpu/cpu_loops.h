@@ -81,6 +81,71 @@ template <int N, typename F> void for_each_offset(const TensorDesc* ds[N], F f) 
   });
 }
 
+// Merges adjacent dims that are laid out contiguously w.r.t. each other in every operand (and drops
+// size-1 dims), so that the innermost loop is as long as possible. Shapes/strides are rewritten in place.
+template <int N> int coalesce(int ndim, int64_t* shape, int64_t (*strides)[kMaxDims]) {
+  int out = 0;
+  for (int d = 0; d < ndim; d++) {
+    if (shape[d] == 1) continue;
+    if (out > 0) {
+      bool merge = true;
+      for (int k = 0; k < N; k++) merge = merge && strides[k][out - 1] == strides[k][d] * shape[d];
+      if (merge) {
+        shape[out - 1] *= shape[d];
+        for (int k = 0; k < N; k++) strides[k][out - 1] = strides[k][d];
+        continue;
+      }
+    }
+    shape[out] = shape[d];
+    for (int k = 0; k < N; k++) strides[k][out] = strides[k][d];
+    out++;
+  }
+  return out;
+}
+
+// Calls f(base[N], inner_stride[N], n) for each innermost row of dst's shape (after coalescing), where
+// base are per-operand element offsets of the row's first element; rows run in parallel in fixed pieces.
+// Kernels write a tight (vectorisable) loop over the row.
+template <int N, typename F> void for_each_row(const TensorDesc* ds[N], F f) {
+  int64_t n = ds[0]->numel();
+  if (n == 0) return;
+  int64_t shape[kMaxDims];
+  int64_t strides[N][kMaxDims];
+  int nd = ds[0]->ndim;
+  for (int d = 0; d < nd; d++) {
+    shape[d] = ds[0]->shape[d];
+    for (int k = 0; k < N; k++) strides[k][d] = ds[k]->strides[d];
+  }
+  nd = coalesce<N>(nd, shape, strides);
+  int64_t inner = nd ? shape[nd - 1] : 1;
+  int64_t inner_stride[N];
+  for (int k = 0; k < N; k++) inner_stride[k] = nd ? strides[k][nd - 1] : 0;
+  int64_t rows = n / inner;
+  int64_t grain = std::max<int64_t>(1, kBlock / std::max<int64_t>(inner, 1));
+  if (rows == 1 && inner > kBlock) {  // one long row: split it into fixed blocks
+    parallel_for(inner, kBlock, [&](int64_t lo, int64_t hi) {
+      int64_t base[N];
+      for (int k = 0; k < N; k++) base[k] = lo * inner_stride[k];
+      f(base, inner_stride, hi - lo);
+    });
+    return;
+  }
+  int outer_nd = nd ? nd - 1 : 0;
+  parallel_for(rows, grain, [&](int64_t lo, int64_t hi) {
+    int64_t base[N];
+    for (int64_t r = lo; r < hi; r++) {
+      int64_t rem = r;
+      for (int k = 0; k < N; k++) base[k] = 0;
+      for (int d = outer_nd - 1; d >= 0; d--) {
+        int64_t idx = rem % shape[d];
+        rem /= shape[d];
+        for (int k = 0; k < N; k++) base[k] += idx * strides[k][d];
+      }
+      f(base, inner_stride, inner);
+    }
+  });
+}
+
 }  // namespace eng::cpu
 
 // Dispatch a generic lambda over the floating dtypes f32/f64: ENG_DISPATCH_FLOAT(dt, "op", [&](auto tag){ using T = decltype(tag); ... });

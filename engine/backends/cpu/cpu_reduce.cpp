@@ -95,6 +95,28 @@ template <typename T> void reduce_typed(ReduceOp op, const TensorDesc& dst, cons
     i = 0;
     dkept.walk(0, n_out, [&](int64_t off) { out_dst[size_t(i++)] = off; });
   }
+  // Leading dims reduced, trailing dims kept, all contiguous (bias gradients, means over a batch):
+  // accumulate whole rows, column blocks in parallel. Same summation order as the general path.
+  bool leading = src.contiguous() && dst.contiguous() && n_out > 1;
+  for (int d = 0, seen_kept = 0; d < src.ndim && leading; d++) {
+    bool kept_dim = dst.shape[d] == src.shape[d] && src.shape[d] != 1;
+    bool red_dim = dst.shape[d] != src.shape[d];
+    if (kept_dim) seen_kept = 1;
+    if (red_dim && seen_kept) leading = false;
+  }
+  if (leading && n_red > 1) {
+    constexpr int64_t kCols = 256;
+    parallel_for(n_out, kCols, [&](int64_t lo, int64_t hi) {
+      Acc acc[kCols];
+      for (int64_t c = lo; c < hi; c++) acc[c - lo] = R::init(op);
+      for (int64_t r = 0; r < n_red; r++) {
+        const T* row = s + r * n_out;
+        for (int64_t c = lo; c < hi; c++) acc[c - lo] = R::step(op, acc[c - lo], Acc(row[c]));
+      }
+      for (int64_t c = lo; c < hi; c++) o[c] = T(acc[c - lo]);
+    });
+    return;
+  }
   if (n_out >= 64 || n_red <= kChunk) {
     int64_t grain = std::max<int64_t>(1, kChunk / std::max<int64_t>(n_red, 1));
     parallel_for(n_out, grain, [&](int64_t lo, int64_t hi) {
