@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "engine/io/safetensors.h"
+#include "engine/rng.h"
 #include "model/mae.h"
 
 using namespace eng;
@@ -84,5 +85,23 @@ TEST_SUITE("mae") {
     CHECK(v[3 * 8 + 4] == doctest::Approx(std::sin(1.0)));
     CHECK(v[3 * 8 + 5] == doctest::Approx(std::sin(0.01)));
     CHECK(v[3 * 8 + 6] == doctest::Approx(std::cos(1.0)));
+  }
+}
+
+TEST_SUITE("mae") {
+  TEST_CASE("every named config builds and runs a training step (ViT-B/16 and ViT-L/16 at 224, batch 1)") {
+    for (const std::string name : {"mae_small_p4_32", "mae_vit_base_patch16", "mae_vit_large_patch16"}) {
+      model::MaeConfig cfg = model::mae_config(name);
+      model::MaskedAutoencoder mae(cfg, 3);
+      Generator g(4);
+      Tensor imgs = g.normal({1, 3, cfg.img_size, cfg.img_size});
+      model::MaeOutput out = mae.forward(imgs, g.uniform({1, cfg.num_patches()}), 0.75);
+      out.loss.backward();
+      double loss = out.loss.item();
+      MESSAGE(name << ": " << mae.num_parameters() << " parameters, loss " << loss);
+      CHECK(std::isfinite(loss));
+      CHECK(mae.patch_weight.grad().defined());
+      CHECK(mae.blocks.back().mlp.fc2.weight.grad().defined());
+    }
   }
 }
