@@ -66,6 +66,19 @@ BENCH_BIN:= $(BENCH_SRC:bench/%.cpp=$(BUILD)/bench/%)
 MOCE_BIN := $(BUILD)/bin/moce
 
 .PHONY: all deps test test-gpu bench clean fuzz run
+
+# The main job on the built-in data (Debian's Fashion-MNIST): a short MAE pre-training of the reference model,
+# then its evaluation (PSNR, reconstructions PNG, k-NN and linear probe). A few minutes on 2 cores.
+RUN_DIR ?= runs/quickstart
+run: $(MOCE_BIN)
+	$(MOCE_BIN) pretrain --data fashion-mnist --config mae_tiny_p4_32 --limit 10000 --epochs 2 --batch 128 \
+	  --base-lr 1e-3 --warmup-epochs 1 --log-every 10 --out $(RUN_DIR)
+	$(MOCE_BIN) eval-mae --checkpoint $(RUN_DIR)/checkpoint-last.safetensors --train-data fashion-mnist \
+	  --test-data fashion-mnist --limit-train 5000 --limit-test 1000 --out $(RUN_DIR)/eval
+	@echo "checkpoint: $(RUN_DIR)/checkpoint-last.safetensors"
+	@echo "pictures:   $(RUN_DIR)/eval/reconstructions.png"
+	@echo "figures:    $(RUN_DIR)/eval/eval.json, training metrics: $(RUN_DIR)/metrics.jsonl"
+
 all: $(LIB) $(TEST_BIN) $(MOCE_BIN)
 
 DEB_PKGS := build-essential libfmt-dev doctest-dev nlohmann-json3-dev libstb-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist
@@ -104,7 +117,7 @@ test: $(TEST_BIN)
 	$(TEST_BIN) $(TEST_ARGS)
 
 bench: $(BENCH_BIN)
-	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+	bash bench/run_bench.sh $(BUILD)
 
 fuzz:
 	$(MAKE) -C fuzz

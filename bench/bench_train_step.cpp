@@ -5,6 +5,8 @@
 //
 // Build and run: make build/bench/bench_train_step && build/bench/bench_train_step [--batch 128] [--steps 5]
 // The PyTorch peer of the same step is bench/peer_train_step.py (make bench runs both when torch imports).
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -78,6 +80,10 @@ int main(int argc, char** argv) {
   std::printf("forward features (all 64 patches, no grad): %.3f s, %.1f images/s\n", mf, double(batch) / mf);
   std::printf("peak memory (allocator, training step): %.1f MiB; system allocations in a steady-state step: %zu\n",
               double(peak) / (1 << 20), sys_after - sys_before);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  std::printf("peak RSS of the process: %.0f MiB\n", double(ru.ru_maxrss) / 1024.0);
   std::printf("train_step: %.1f images/s\n", double(batch) / ms);
+  std::printf("forward: %.1f images/s\n", double(batch) / mf);
   return 0;
 }

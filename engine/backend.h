@@ -23,6 +23,7 @@ struct TensorDesc {
     return n;
   }
   bool contiguous() const {
+    if (numel() == 0) return true;
     int64_t s = 1;
     for (int i = ndim - 1; i >= 0; i--) {
       if (shape[i] != 1 && strides[i] != s) return false;

@@ -94,6 +94,7 @@ Tensor Tensor::from_vector(const std::vector<int32_t>& v, const Shape& s, DType 
 int64_t Tensor::size(int64_t d) const { return shape()[size_t(wrap_dim(d, dim()))]; }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // no elements: any strides describe the same (empty) layout
   int64_t s = 1;
   for (int64_t i = dim() - 1; i >= 0; i--) {
     if (shape()[i] != 1 && strides()[i] != s) return false;
