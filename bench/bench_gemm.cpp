@@ -1,0 +1,248 @@
+// bench_gemm.cpp: SGEMM throughput of the engine's CPU GEMM beside OpenBLAS's cblas_sgemm (when built with
+// HAVE_OPENBLAS) in the same run, and as a fraction of the machine's fp32 peak, which is measured here with
+// a tight FMA loop on every thread. Sizes: squares 256..2048 and the GEMMs of a ViT-Tiny MAE training step
+// (forward, input-gradient and weight-gradient shapes of the encoder and decoder linears, and the batched
+// attention products). Prints medians of 7 timed runs after warm-up; the last lines read
+// `name: value unit (ratio vs peer)`.
+// Usage: bench_gemm [--quick]   (--quick: 3 timed runs, skips 2048)
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#ifdef HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+#include "engine/backends/cpu/cpu_backend.h"
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+// FMA throughput loops in assembly (so nothing but FMAs and the loop branch runs): independent chains on
+// zeroed registers (no denormals), enough of them to cover FMA latency times issue width. Return flops done.
+#define ENG_FMA16(w) \
+  "vfmadd231ps %%" w "16, %%" w "17, %%" w "0\n vfmadd231ps %%" w "16, %%" w "17, %%" w "1\n"   \
+  "vfmadd231ps %%" w "16, %%" w "17, %%" w "2\n vfmadd231ps %%" w "16, %%" w "17, %%" w "3\n"   \
+  "vfmadd231ps %%" w "16, %%" w "17, %%" w "4\n vfmadd231ps %%" w "16, %%" w "17, %%" w "5\n"   \
+  "vfmadd231ps %%" w "16, %%" w "17, %%" w "6\n vfmadd231ps %%" w "16, %%" w "17, %%" w "7\n"   \
+  "vfmadd231ps %%" w "16, %%" w "17, %%" w "8\n vfmadd231ps %%" w "16, %%" w "17, %%" w "9\n"   \
+  "vfmadd231ps %%" w "16, %%" w "17, %%" w "10\n vfmadd231ps %%" w "16, %%" w "17, %%" w "11\n" \
+  "vfmadd231ps %%" w "16, %%" w "17, %%" w "12\n vfmadd231ps %%" w "16, %%" w "17, %%" w "13\n" \
+  "vfmadd231ps %%" w "16, %%" w "17, %%" w "14\n vfmadd231ps %%" w "16, %%" w "17, %%" w "15\n"
+
+__attribute__((target("avx512f"), noinline)) double fma_loop_avx512(int64_t iters) {
+  int64_t n = iters;
+  __asm__ volatile(
+      "vpxord %%zmm16, %%zmm16, %%zmm16\n vpxord %%zmm17, %%zmm17, %%zmm17\n"
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n vpxord %%zmm1, %%zmm1, %%zmm1\n vpxord %%zmm2, %%zmm2, %%zmm2\n"
+      "vpxord %%zmm3, %%zmm3, %%zmm3\n vpxord %%zmm4, %%zmm4, %%zmm4\n vpxord %%zmm5, %%zmm5, %%zmm5\n"
+      "vpxord %%zmm6, %%zmm6, %%zmm6\n vpxord %%zmm7, %%zmm7, %%zmm7\n vpxord %%zmm8, %%zmm8, %%zmm8\n"
+      "vpxord %%zmm9, %%zmm9, %%zmm9\n vpxord %%zmm10, %%zmm10, %%zmm10\n vpxord %%zmm11, %%zmm11, %%zmm11\n"
+      "vpxord %%zmm12, %%zmm12, %%zmm12\n vpxord %%zmm13, %%zmm13, %%zmm13\n vpxord %%zmm14, %%zmm14, %%zmm14\n"
+      "vpxord %%zmm15, %%zmm15, %%zmm15\n"
+      "1:\n" ENG_FMA16("zmm") "dec %0\n jnz 1b\n vzeroupper\n"
+      : "+r"(n)
+      :
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+        "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "cc");
+  return double(iters) * 16 * 16 * 2;
+}
+// AVX2 has 16 ymm registers: 14 chains plus the two sources.
+__attribute__((target("avx2,fma"), noinline)) double fma_loop_avx2(int64_t iters) {
+  int64_t n = iters;
+  __asm__ volatile(
+      "vxorps %%ymm0, %%ymm0, %%ymm0\n vxorps %%ymm1, %%ymm1, %%ymm1\n vxorps %%ymm2, %%ymm2, %%ymm2\n"
+      "vxorps %%ymm3, %%ymm3, %%ymm3\n vxorps %%ymm4, %%ymm4, %%ymm4\n vxorps %%ymm5, %%ymm5, %%ymm5\n"
+      "vxorps %%ymm6, %%ymm6, %%ymm6\n vxorps %%ymm7, %%ymm7, %%ymm7\n vxorps %%ymm8, %%ymm8, %%ymm8\n"
+      "vxorps %%ymm9, %%ymm9, %%ymm9\n vxorps %%ymm10, %%ymm10, %%ymm10\n vxorps %%ymm11, %%ymm11, %%ymm11\n"
+      "vxorps %%ymm12, %%ymm12, %%ymm12\n vxorps %%ymm13, %%ymm13, %%ymm13\n vxorps %%ymm14, %%ymm14, %%ymm14\n"
+      "vxorps %%ymm15, %%ymm15, %%ymm15\n"
+      "1:\n"
+      "vfmadd231ps %%ymm14, %%ymm15, %%ymm0\n vfmadd231ps %%ymm14, %%ymm15, %%ymm1\n"
+      "vfmadd231ps %%ymm14, %%ymm15, %%ymm2\n vfmadd231ps %%ymm14, %%ymm15, %%ymm3\n"
+      "vfmadd231ps %%ymm14, %%ymm15, %%ymm4\n vfmadd231ps %%ymm14, %%ymm15, %%ymm5\n"
+      "vfmadd231ps %%ymm14, %%ymm15, %%ymm6\n vfmadd231ps %%ymm14, %%ymm15, %%ymm7\n"
+      "vfmadd231ps %%ymm14, %%ymm15, %%ymm8\n vfmadd231ps %%ymm14, %%ymm15, %%ymm9\n"
+      "vfmadd231ps %%ymm14, %%ymm15, %%ymm10\n vfmadd231ps %%ymm14, %%ymm15, %%ymm11\n"
+      "vfmadd231ps %%ymm14, %%ymm15, %%ymm12\n vfmadd231ps %%ymm14, %%ymm15, %%ymm13\n"
+      "dec %0\n jnz 1b\n vzeroupper\n"
+      : "+r"(n)
+      :
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+        "xmm13", "xmm14", "xmm15", "cc");
+  return double(iters) * 14 * 8 * 2;
+}
+#endif
+
+// fp32 FMA peak of all threads together, GFLOP/s: every thread runs the FMA loop at once; best of 5.
+// use512: zmm loop (needs AVX-512F), else ymm loop (needs AVX2+FMA); 0 when the CPU lacks them.
+double measure_peak_gflops(bool use512) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (use512 ? !__builtin_cpu_supports("avx512f") : !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+    return 0;
+  const int64_t iters = 20'000'000;
+  double best = 0;
+  for (int rep = 0; rep < 5; rep++) {
+    double flops = 0, t0 = 0, t1 = 0;
+#pragma omp parallel reduction(+ : flops)
+    {
+#pragma omp barrier
+#pragma omp single
+      t0 = now_s();
+      flops += use512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters);
+#pragma omp barrier
+#pragma omp single
+      t1 = now_s();
+    }
+    best = std::max(best, flops / (t1 - t0) * 1e-9);
+  }
+  return best;
+#else
+  return 0;
+#endif
+}
+
+struct Shape {
+  std::string name;
+  bool ta, tb;
+  int64_t m, n, k, batch;
+};
+
+struct Result {
+  Shape s;
+  double ours, peer;
+};
+
+template <typename F>
+double time_gflops(const Shape& s, int runs, F fn) {
+  fn();
+  fn();  // warm-up: page faults, packing buffers, thread pools
+  std::vector<double> t;
+  for (int r = 0; r < runs; r++) {
+    const double t0 = now_s();
+    fn();
+    t.push_back(now_s() - t0);
+  }
+  return 2.0 * double(s.m) * double(s.n) * double(s.k) * double(s.batch) / median(t) * 1e-9;
+}
+
+Result run_shape(const Shape& s, int runs) {
+  const int64_t lda = s.ta ? s.m : s.k, ldb = s.tb ? s.k : s.n, ldc = s.n;
+  const int64_t sa = s.m * s.k, sb = s.k * s.n, sc = s.m * s.n;
+  std::vector<float> a(size_t(sa * s.batch)), b(size_t(sb * s.batch)), c(size_t(sc * s.batch));
+  uint32_t x = 12345;
+  auto rnd = [&] { return float((x = x * 1664525u + 1013904223u) >> 8) * (1.0f / 16777216.0f) - 0.5f; };
+  for (auto& v : a) v = rnd();
+  for (auto& v : b) v = rnd();
+  for (auto& v : c) v = rnd();
+  eng::CpuBackend backend;
+  eng::GemmArgs g;
+  g.dtype = eng::DType::F32;
+  g.trans_a = s.ta, g.trans_b = s.tb;
+  g.m = s.m, g.n = s.n, g.k = s.k;
+  g.a = a.data(), g.b = b.data(), g.c = c.data();
+  g.lda = lda, g.ldb = ldb, g.ldc = ldc;
+  g.stride_a = sa, g.stride_b = sb, g.stride_c = sc;
+  g.batch = s.batch;
+  Result r{s, 0, 0};
+  r.ours = time_gflops(s, runs, [&] { backend.gemm(g); });
+#ifdef HAVE_OPENBLAS
+  r.peer = time_gflops(s, runs, [&] {
+    for (int64_t i = 0; i < s.batch; i++)
+      cblas_sgemm(CblasRowMajor, s.ta ? CblasTrans : CblasNoTrans, s.tb ? CblasTrans : CblasNoTrans, int(s.m),
+                  int(s.n), int(s.k), 1.0f, a.data() + i * sa, int(lda), b.data() + i * sb, int(ldb), 0.0f,
+                  c.data() + i * sc, int(ldc));
+  });
+#endif
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && !std::strcmp(argv[1], "--quick");
+  const int runs = quick ? 3 : 7;
+  const char* kernel = eng::cpu_sgemm_kernel_name();
+  const int threads = omp_get_max_threads();
+  // The peak is the better of the zmm and ymm FMA loops (on some cores 512-bit FMAs issue at half rate).
+  const double peak512 = measure_peak_gflops(true), peak256 = measure_peak_gflops(false);
+  const double peak = std::max(peak512, peak256);
+  std::printf("bench_gemm: kernel %s, %d OpenMP threads, %d timed runs (median) after 2 warm-up runs\n", kernel,
+              threads, runs);
+  std::printf("measured fp32 FMA peak, all threads: zmm loop %.1f GFLOP/s, ymm loop %.1f GFLOP/s\n", peak512,
+              peak256);
+#ifdef HAVE_OPENBLAS
+  std::printf("peer: OpenBLAS %s, %d threads\n", openblas_get_config(), openblas_get_num_threads());
+#else
+  std::printf("peer: none (built without OpenBLAS)\n");
+#endif
+
+  // ViT-Tiny MAE step: encoder width 192 (MLP 768), 17 tokens x 128 images = 2176 rows; decoder width 128
+  // (MLP 512), 65 tokens x 128 = 8320 rows. Linear weights are [out, in], so forward is X W^T (tb), the
+  // input gradient dY W (nn) and the weight gradient dY^T X (ta, k = rows).
+  std::vector<Shape> shapes = {
+      {"square 256", false, false, 256, 256, 256, 1},
+      {"square 512", false, false, 512, 512, 512, 1},
+      {"square 1024", false, false, 1024, 1024, 1024, 1},
+      {"square 2048", false, false, 2048, 2048, 2048, 1},
+      {"enc qkv fwd", false, true, 2176, 576, 192, 1},
+      {"enc qkv dX", false, false, 2176, 192, 576, 1},
+      {"enc qkv dW", true, false, 576, 192, 2176, 1},
+      {"enc fc1 fwd", false, true, 2176, 768, 192, 1},
+      {"enc fc1 dW", true, false, 768, 192, 2176, 1},
+      {"enc fc2 fwd", false, true, 2176, 192, 768, 1},
+      {"enc fc2 dX", false, false, 2176, 768, 192, 1},
+      {"dec qkv fwd", false, true, 8320, 384, 128, 1},
+      {"dec fc1 fwd", false, true, 8320, 512, 128, 1},
+      {"dec fc1 dW", true, false, 512, 128, 8320, 1},
+      {"dec fc2 fwd", false, true, 8320, 128, 512, 1},
+      {"dec fc2 dX", false, false, 8320, 512, 128, 1},
+      {"enc attn QK^T x384", false, true, 17, 17, 64, 384},
+      {"enc attn PV x384", false, false, 17, 64, 17, 384},
+      {"dec attn QK^T x512", false, true, 65, 65, 32, 512},
+  };
+  if (quick) shapes.erase(shapes.begin() + 3);
+
+  std::vector<Result> results;
+  std::printf("\n%-22s %5s %5s %5s %4s %10s %10s %8s %8s\n", "shape", "m", "n", "k", "op", "ours", "openblas",
+              "ratio", "of peak");
+  for (const auto& s : shapes) {
+    const Result r = run_shape(s, runs);
+    results.push_back(r);
+    const std::string op = std::string(s.ta ? "T" : "N") + (s.tb ? "T" : "N");
+    std::printf("%-22s %5lld %5lld %5lld %4s %10.1f %10.1f %7.2fx %7.0f%%\n", s.name.c_str(), (long long)s.m,
+                (long long)s.n, (long long)s.k, op.c_str(), r.ours, r.peer, r.peer > 0 ? r.ours / r.peer : 0.0,
+                peak > 0 ? 100 * r.ours / peak : 0.0);
+    std::fflush(stdout);
+  }
+
+  std::printf("\n");
+  std::printf("fp32 peak (%d threads): %.1f GFLOP/s (measured FMA loop)\n", threads, peak);
+  for (const auto& r : results) {
+    std::string key = r.s.name;
+    std::replace(key.begin(), key.end(), ' ', '_');
+    std::printf("sgemm %s: %.1f GFLOP/s (%.2fx openblas, %.0f%% of peak)\n", key.c_str(), r.ours,
+                r.peer > 0 ? r.ours / r.peer : 0.0, peak > 0 ? 100 * r.ours / peak : 0.0);
+  }
+  return 0;
+}

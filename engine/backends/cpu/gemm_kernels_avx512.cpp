@@ -1,0 +1,252 @@
+// gemm_kernels_avx512.cpp: the AVX-512 SGEMM micro-kernel (12 x 32 register tile: 24 zmm accumulators),
+// its packing wrappers and a direct kernel for small problems. Compiled for baseline x86-64; every function
+// here carries target("avx512f") and is only called after the driver checked the CPU supports it.
+#if defined(__x86_64__) || defined(__i386__)
+// GCC 12's unpack/shuffle intrinsics pass an undefined vector as the masked-off source, which its
+// uninitialised-use analysis reports once they are inlined here; the values are never used.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <vector>
+
+#include "engine/backends/cpu/gemm_kernels.h"
+#include "engine/backends/cpu/gemm_kernels_common.h"
+
+#define ENG_AVX512 __attribute__((target("avx512f")))
+
+namespace eng::gemm {
+namespace {
+
+constexpr int kMR = 12;
+constexpr int kNR = 32;
+
+// Stores one row of the tile: C = alpha * acc + beta * C (C not read when beta == 0).
+ENG_AVX512 ENG_GEMM_INLINE void store_row(float* c, __m512 acc0, __m512 acc1, __m512 valpha, __m512 vbeta,
+                                          bool read_c) {
+  __m512 r0 = _mm512_mul_ps(acc0, valpha), r1 = _mm512_mul_ps(acc1, valpha);
+  if (read_c) {
+    r0 = _mm512_fmadd_ps(vbeta, _mm512_loadu_ps(c), r0);
+    r1 = _mm512_fmadd_ps(vbeta, _mm512_loadu_ps(c + 16), r1);
+  }
+  _mm512_storeu_ps(c, r0);
+  _mm512_storeu_ps(c + 16, r1);
+}
+
+ENG_AVX512 ENG_GEMM_INLINE void store_row_masked(float* c, __m512 acc0, __m512 acc1, __m512 valpha, __m512 vbeta,
+                                                 bool read_c, __mmask16 m0, __mmask16 m1) {
+  __m512 r0 = _mm512_mul_ps(acc0, valpha), r1 = _mm512_mul_ps(acc1, valpha);
+  if (read_c) {
+    r0 = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m0, c), r0);
+    r1 = _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(m1, c + 16), r1);
+  }
+  _mm512_mask_storeu_ps(c, m0, r0);
+  _mm512_mask_storeu_ps(c + 16, m1, r1);
+}
+
+ENG_AVX512 void micro_12x32(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
+                            int mr, int nr, float alpha, float beta) {
+  __m512 acc0[kMR], acc1[kMR];
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; i++) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  // Pull the C tile toward L1 while the k loop runs; it is needed only at the end.
+  for (int i = 0; i < mr; i++) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
+  }
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < kc; p++) {
+    const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNR), _MM_HINT_T0);
+#pragma GCC unroll 12
+    for (int i = 0; i < kMR; i++) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+      acc0[i] = _mm512_fmadd_ps(ai, b0, acc0[i]);
+      acc1[i] = _mm512_fmadd_ps(ai, b1, acc1[i]);
+    }
+    a += kMR;
+    b += kNR;
+  }
+  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
+  const bool read_c = beta != 0.0f;
+  if (mr == kMR && nr == kNR) {
+#pragma GCC unroll 12
+    for (int i = 0; i < kMR; i++) store_row(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c);
+    return;
+  }
+  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1);
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; i++)
+    if (i < mr) store_row_masked(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c, m0, m1);
+}
+
+// Transposes 16 rows of 16 floats (r[i] = row i) into 16 columns (col[c] lane i = r[i] lane c). Rows
+// 12..15 may be known zero (zero_tail), which skips a quarter of the shuffles.
+ENG_AVX512 ENG_GEMM_INLINE void transpose16(const __m512 r[16], __m512 col[16], bool zero_tail) {
+  __m512 u[16];
+  for (int g = 0; g < 4; g++) {
+    if (zero_tail && g == 3) {
+      for (int i = 12; i < 16; i++) u[i] = _mm512_setzero_ps();
+      break;
+    }
+    const __m512 t0 = _mm512_unpacklo_ps(r[4 * g], r[4 * g + 1]), t1 = _mm512_unpackhi_ps(r[4 * g], r[4 * g + 1]);
+    const __m512 t2 = _mm512_unpacklo_ps(r[4 * g + 2], r[4 * g + 3]);
+    const __m512 t3 = _mm512_unpackhi_ps(r[4 * g + 2], r[4 * g + 3]);
+    // Per 128-bit lane, u[4g + c] = (row 4g, 4g+1, 4g+2, 4g+3) at column c (+4, +8, +12 in lanes 1..3).
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+  }
+  for (int c = 0; c < 4; c++) {
+    const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[c + 4], 0x88), x1 = _mm512_shuffle_f32x4(u[c], u[c + 4], 0xdd);
+    const __m512 y0 = _mm512_shuffle_f32x4(u[c + 8], u[c + 12], 0x88);
+    const __m512 y1 = _mm512_shuffle_f32x4(u[c + 8], u[c + 12], 0xdd);
+    col[c] = _mm512_shuffle_f32x4(x0, y0, 0x88);
+    col[c + 8] = _mm512_shuffle_f32x4(x0, y0, 0xdd);
+    col[c + 4] = _mm512_shuffle_f32x4(x1, y1, 0x88);
+    col[c + 12] = _mm512_shuffle_f32x4(x1, y1, 0xdd);
+  }
+}
+
+// A not transposed: each micro-panel is 12 stored rows turned on their side, 16 k steps at a time.
+ENG_AVX512 void pack_a(bool trans_a, const float* a, int64_t lda, int64_t rows, int64_t kc, float* dst) {
+  const int64_t panels = (rows + kMR - 1) / kMR;
+  const __mmask16 keep12 = 0x0FFF;
+  if (trans_a) {
+    // op(A)(i, p) = a[p * lda + i]: 12-float runs. Tiles of 16 k steps x 4 panels keep the source lines and
+    // the destination lines (each panel gets 16 whole k steps = 12 cache lines) in L1 while they are used.
+    for (int64_t p0 = 0; p0 < kc; p0 += 16) {
+      const int64_t p1 = p0 + 16 < kc ? p0 + 16 : kc;
+      for (int64_t r = 0; r < panels; r++) {
+        const int64_t mr = rows - r * kMR;
+        const __mmask16 mask = mr >= kMR ? keep12 : __mmask16((1u << mr) - 1);
+        const float* src = a + r * kMR;
+        float* d = dst + r * kMR * kc;
+        for (int64_t p = p0; p < p1; p++)
+          _mm512_mask_storeu_ps(d + p * kMR, keep12, _mm512_maskz_loadu_ps(mask, src + p * lda));
+      }
+    }
+    return;
+  }
+  for (int64_t r = 0; r < panels; r++) {
+    const float* ar = a + r * kMR * lda;
+    float* dr = dst + r * kMR * kc;
+    const int mr = int(rows - r * kMR < kMR ? rows - r * kMR : kMR);
+    int64_t p = 0;
+    for (; p + 16 <= kc; p += 16) {
+      __m512 row[16], col[16];
+      for (int i = 0; i < 16; i++) row[i] = i < mr ? _mm512_loadu_ps(ar + i * lda + p) : _mm512_setzero_ps();
+      transpose16(row, col, true);
+      for (int c = 0; c < 16; c++) _mm512_mask_storeu_ps(dr + (p + c) * kMR, keep12, col[c]);
+    }
+    for (; p < kc; p++) {
+      float* d = dr + p * kMR;
+      for (int i = 0; i < mr; i++) d[i] = ar[i * lda + p];
+      for (int i = mr; i < kMR; i++) d[i] = 0.0f;
+    }
+  }
+}
+
+// B transposed (stored n x k): each 32-column micro-panel is two 16 x 16 transposes per 16 k steps.
+ENG_AVX512 void pack_b(bool trans_b, const float* b, int64_t ldb, int64_t cols, int64_t kc, float* dst) {
+  if (!trans_b) {
+    pack_b_panels<kNR>(false, b, ldb, cols, kc, dst);
+    return;
+  }
+  const int64_t panels = (cols + kNR - 1) / kNR;
+  for (int64_t q = 0; q < panels; q++) {
+    const float* bq = b + q * kNR * ldb;
+    float* dq = dst + q * kNR * kc;
+    const int nr = int(cols - q * kNR < kNR ? cols - q * kNR : kNR);
+    int64_t p = 0;
+    for (; p + 16 <= kc; p += 16) {
+      for (int h = 0; h < 2; h++) {
+        __m512 row[16], col[16];
+        for (int j = 0; j < 16; j++)
+          row[j] = 16 * h + j < nr ? _mm512_loadu_ps(bq + (16 * h + j) * ldb + p) : _mm512_setzero_ps();
+        transpose16(row, col, false);
+        for (int c = 0; c < 16; c++) _mm512_store_ps(dq + (p + c) * kNR + 16 * h, col[c]);
+      }
+    }
+    for (; p < kc; p++) {
+      float* d = dq + p * kNR;
+      for (int j = 0; j < nr; j++) d[j] = bq[j * ldb + p];
+      for (int j = nr; j < kNR; j++) d[j] = 0.0f;
+    }
+  }
+}
+
+// Small problems: R rows of C x up to 32 columns per register block, B read in place (row-major k x n with
+// leading dimension ldb), A read through its strides. Masked loads clip the columns.
+template <int R>
+ENG_AVX512 ENG_GEMM_INLINE void small_block(int64_t k, int nc, float alpha, const float* a, int64_t a_row,
+                                            int64_t a_col, const float* b, int64_t ldb, float beta, float* c,
+                                            int64_t ldc) {
+  const __mmask16 m0 = nc >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nc) - 1);
+  const __mmask16 m1 = nc >= 32 ? __mmask16(0xFFFF) : nc <= 16 ? __mmask16(0) : __mmask16((1u << (nc - 16)) - 1);
+  __m512 acc0[R], acc1[R];
+  for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; p++) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + p * ldb), b1 = _mm512_maskz_loadu_ps(m1, b + p * ldb + 16);
+    for (int r = 0; r < R; r++) {
+      const __m512 ar = _mm512_set1_ps(a[r * a_row + p * a_col]);
+      acc0[r] = _mm512_fmadd_ps(ar, b0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(ar, b1, acc1[r]);
+    }
+  }
+  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
+  for (int r = 0; r < R; r++) store_row_masked(c + r * ldc, acc0[r], acc1[r], valpha, vbeta, beta != 0.0f, m0, m1);
+}
+
+// op(B) = B^T (B stored n x k) written out as a contiguous k x n matrix, 16 x 16 blocks at a time.
+ENG_AVX512 void copy_transposed_b_avx512(const float* b, int64_t ldb, int64_t k, int64_t n, float* dst) {
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int jn = int(n - j0 < 16 ? n - j0 : 16);
+    const __mmask16 mask_j = jn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << jn) - 1);
+    for (int64_t p0 = 0; p0 < k; p0 += 16) {
+      const int pn = int(k - p0 < 16 ? k - p0 : 16);
+      const __mmask16 mask_p = pn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << pn) - 1);
+      __m512 row[16], col[16];
+      for (int j = 0; j < 16; j++)
+        row[j] = j < jn ? _mm512_maskz_loadu_ps(mask_p, b + (j0 + j) * ldb + p0) : _mm512_setzero_ps();
+      transpose16(row, col, false);
+      for (int c = 0; c < pn; c++) _mm512_mask_storeu_ps(dst + (p0 + c) * n + j0, mask_j, col[c]);
+    }
+  }
+}
+
+ENG_AVX512 void small_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                            int64_t ldc) {
+  static thread_local std::vector<float> b_copy;
+  if (trans_b) {
+    b_copy.resize(size_t(k * n));
+    copy_transposed_b_avx512(b, ldb, k, n, b_copy.data());
+    b = b_copy.data();
+    ldb = n;
+  }
+  const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
+  for (int64_t j = 0; j < n; j += 32) {
+    const int nc = int(n - j < 32 ? n - j : 32);
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4)
+      small_block<4>(k, nc, alpha, a + i * a_row, a_row, a_col, b + j, ldb, beta, c + i * ldc + j, ldc);
+    for (; i < m; i++)
+      small_block<1>(k, nc, alpha, a + i * a_row, a_row, a_col, b + j, ldb, beta, c + i * ldc + j, ldc);
+  }
+}
+
+}  // namespace
+
+const SgemmKernel& sgemm_kernel_avx512() {
+  // kc: A micro-panel 12 x 384 floats = 18 KiB of the 32 KiB L1; nc: B block 384 x 320 floats = 480 KiB of
+  // a 1 MiB L2; mc: A block 3072 x 384 floats = 4.5 MiB of L3.
+  static const SgemmKernel k{"avx512", kMR, kNR, 384, 320, 3072, micro_12x32, small_sgemm, pack_a, pack_b};
+  return k;
+}
+
+}  // namespace eng::gemm
+
+#endif  // x86
