@@ -29,7 +29,8 @@ HAVE_NVCC    := $(if $(NVCC),1)
 HAVE_CUBLAS  := $(if $(call find_lib,cublas),1)
 HAVE_CUDNN   := $(if $(call find_lib,cudnn),1)
 HAVE_NCCL    := $(if $(call find_lib,nccl),1)
-CUDA ?= $(if $(and $(HAVE_NVCC),$(HAVE_CUBLAS)),1,0)
+# Sanitizer builds are CPU-only: ASan's shadow memory and the CUDA runtime's address reservations clash.
+CUDA ?= $(if $(SANITIZE),0,$(if $(and $(HAVE_NVCC),$(HAVE_CUBLAS)),1,0))
 
 mark = $(if $(1),✓,✗)
 $(info [config] g++ $(shell $(CXX) -dumpfullversion)  OpenMP $(call mark,$(HAVE_OPENMP))  fmt $(call mark,$(HAVE_FMT))  doctest $(call mark,$(HAVE_DOCTEST))  nlohmann-json $(call mark,$(HAVE_JSON))  stb $(call mark,$(HAVE_STB))  zlib $(call mark,$(HAVE_ZLIB))  OpenBLAS(bench) $(call mark,$(HAVE_OPENBLAS))  MPI $(call mark,$(HAVE_MPI)))
@@ -49,6 +50,13 @@ ifeq ($(CUDA),1)
 NVCCFLAGS := -std=c++17 -O3 -I. -DENGINE_WITH_CUDA=1 --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 $(if $(PROFILE),-lineinfo)
 LDLIBS   += $(foreach d,$(CUDA_LIBDIRS),-L$(d) -Wl,-rpath,$(d)) -lcudart -lcublas -lcublasLt $(if $(HAVE_CUDNN),-lcudnn) $(if $(HAVE_NCCL),-lnccl)
+endif
+ifeq ($(CUDA),1)
+# DEBUG=1: every kernel launch is followed by a sync that names the op (engine/backends/cuda/cuda_check.h).
+NVCCFLAGS += $(if $(DEBUG),-g -lineinfo -DENG_CUDA_DEBUG=1)
+# Per-element math shared with the CPU: no fused multiply-add, so these kernels give the CPU's bits.
+$(BUILD)/engine/backends/cuda/cuda_elementwise.cu.o $(BUILD)/engine/backends/cuda/cuda_optim.cu.o \
+$(BUILD)/engine/backends/cuda/cuda_random.cu.o: NVCCFLAGS += -fmad=false
 endif
 
 # ---- sources -------------------------------------------------------------------------------------
@@ -94,7 +102,7 @@ $(BUILD)/%.o: %.cpp
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -122,7 +130,30 @@ bench: $(BENCH_BIN)
 fuzz:
 	$(MAKE) -C fuzz
 
+# ---- GPU tests, GPU benchmark, profiling build -------------------------------------------------------
+# build/run_tests_gpu: tests/gpu/*.cpp plus the registered op cases, run on CUDA against the CPU. Without a GPU
+# (or without nvcc) it still builds, and its tests print a skip message and pass.
+GPU_TEST_SRC := $(wildcard tests/gpu/*.cpp) tests/op_registry.cpp $(wildcard tests/test_ops_*.cpp) tests/main.cpp
+GPU_TEST_OBJ := $(GPU_TEST_SRC:%.cpp=$(BUILD)/%.o)
+GPU_TEST_BIN := $(BUILD)/run_tests_gpu
+
+$(GPU_TEST_BIN): $(GPU_TEST_OBJ) $(LIB)
+	$(CXX) $(LDFLAGS) $(GPU_TEST_OBJ) $(LIB) $(LDLIBS) -o $@
+
+.PHONY: bench-gpu profile
+test-gpu: $(GPU_TEST_BIN)
+	$(GPU_TEST_BIN) -ts='gpu*' $(TEST_ARGS)
+
+bench-gpu: $(BUILD)/bench/bench_gpu
+	$(BUILD)/bench/bench_gpu
+
+# An Nsight-ready build in build-profile/: device code with -lineinfo, NVTX ranges around every CUDA op.
+profile:
+	$(MAKE) BUILD=build-profile PROFILE=1 build-profile/bench/bench_gpu build-profile/run_tests_gpu
+	@echo "[profile] nsys profile -t cuda,nvtx -o gpu_bench build-profile/bench/bench_gpu"
+	@echo "[profile] ncu --set full -k regex:softmax -o softmax build-profile/bench/bench_gpu"
+
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d)
