@@ -16,6 +16,7 @@
 #include "model/mae.h"
 #include "moce/cli.h"
 #include "moce/eval.h"
+#include "moce/plot.h"
 
 namespace moce {
 
@@ -217,6 +218,21 @@ int cmd_pretrain(int argc, char** argv) {
   }
   json config_json = {{"run", options_to_json(o)}, {"model", model::config_to_json(cfg)}};
   write_text_atomic(o.out + "/config.json", config_json.dump(2) + "\n");
+  // The loss curve (loss.png) covers the whole run: on resume, the points up to the checkpoint come back
+  // from metrics.jsonl (lines past it belong to the interrupted part and are dropped).
+  Series curve;
+  if (resuming) {
+    std::ifstream old(o.out + "/metrics.jsonl");
+    std::string line;
+    int64_t done_steps = start_epoch * steps_per_epoch;
+    while (std::getline(old, line)) {
+      json j = json::parse(line, nullptr, false);
+      if (j.is_object() && j.contains("loss") && j.contains("step") && j["step"].get<int64_t>() <= done_steps) {
+        curve.x.push_back(j["step"].get<double>());
+        curve.y.push_back(j["loss"].get<double>());
+      }
+    }
+  }
   std::ofstream metrics(o.out + "/metrics.jsonl", resuming ? std::ios::app : std::ios::trunc);
   ENG_CHECK(metrics.good(), "{}/metrics.jsonl: cannot write", o.out);
 
@@ -286,6 +302,8 @@ int cmd_pretrain(int argc, char** argv) {
                         {"lr", opt.lr()}, {"grad_norm", gnorm}, {"images_per_s", ips}}
                        .dump()
                 << "\n";
+        curve.x.push_back(double(step + 1));
+        curve.y.push_back(window_loss / double(window_steps));
         window_loss = 0;
         window_steps = 0;
         window_images = 0;
@@ -300,6 +318,7 @@ int cmd_pretrain(int argc, char** argv) {
             << "\n";
     metrics.flush();
     if (loader.skipped() > 0) std::printf("%s\n", loader.skip_summary().c_str());
+    write_line_plot(o.out + "/loss.png", {curve});
     if ((epoch + 1) % o.save_every == 0 || epoch + 1 == end_epoch) {
       eng::Checkpoint c;
       c.weights = mae.state_dict();
@@ -324,8 +343,8 @@ int cmd_pretrain(int argc, char** argv) {
   }
   eng::save_safetensors(o.out + "/weights.safetensors", mae.state_dict(),
                         {{"config", json{{"model", model::config_to_json(cfg)}}.dump()}, {"format", "moce-weights-v1"}});
-  std::printf("done: weights %s/weights.safetensors, checkpoint %s/checkpoint-last.safetensors, metrics %s/metrics.jsonl\n",
-              o.out.c_str(), o.out.c_str(), o.out.c_str());
+  std::printf("done: weights %s/weights.safetensors, checkpoint %s/checkpoint-last.safetensors, metrics %s/metrics.jsonl, "
+              "loss curve %s/loss.png\n", o.out.c_str(), o.out.c_str(), o.out.c_str(), o.out.c_str());
   return 0;
 }
 

@@ -1,0 +1,112 @@
+// plot.cpp: rasterises a line chart into an RGB buffer and writes it as PNG.
+#include "moce/plot.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "data/image.h"
+#include "engine/error.h"
+
+namespace moce {
+
+namespace {
+
+// 3x5 glyphs for tick labels: rows top to bottom, 3 bits each (MSB = left).
+int glyph(char c, int row) {
+  static const char* chars = "0123456789.-e+";
+  static const int rows[][5] = {
+      {7, 5, 5, 5, 7}, {2, 6, 2, 2, 7}, {7, 1, 7, 4, 7}, {7, 1, 7, 1, 7}, {5, 5, 7, 1, 1}, {7, 4, 7, 1, 7},
+      {7, 4, 7, 5, 7}, {7, 1, 1, 1, 1}, {7, 5, 7, 5, 7}, {7, 5, 7, 1, 7}, {0, 0, 0, 0, 2}, {0, 0, 7, 0, 0},
+      {0, 7, 5, 6, 7}, {0, 2, 7, 2, 0}};
+  for (int i = 0; chars[i]; i++)
+    if (chars[i] == c) return rows[i][row];
+  return 0;
+}
+
+struct Canvas {
+  int w, h;
+  std::vector<uint8_t> px;
+  Canvas(int w_, int h_) : w(w_), h(h_), px(size_t(w_) * size_t(h_) * 3, 255) {}
+  void set(int x, int y, uint8_t r, uint8_t g, uint8_t b) {
+    if (x < 0 || y < 0 || x >= w || y >= h) return;
+    uint8_t* p = &px[(size_t(y) * size_t(w) + size_t(x)) * 3];
+    p[0] = r, p[1] = g, p[2] = b;
+  }
+  void line(double x0, double y0, double x1, double y1, uint8_t r, uint8_t g, uint8_t b, int thick = 1) {
+    int n = int(std::max(std::fabs(x1 - x0), std::fabs(y1 - y0))) + 1;
+    for (int i = 0; i <= n; i++) {
+      double t = double(i) / n;
+      int x = int(std::lround(x0 + t * (x1 - x0))), y = int(std::lround(y0 + t * (y1 - y0)));
+      for (int dx = 0; dx < thick; dx++)
+        for (int dy = 0; dy < thick; dy++) set(x + dx, y + dy, r, g, b);
+    }
+  }
+  void text(int x, int y, const std::string& s, int scale = 2) {
+    for (char c : s) {
+      for (int row = 0; row < 5; row++)
+        for (int col = 0; col < 3; col++)
+          if (glyph(c, row) & (4 >> col))
+            for (int a = 0; a < scale; a++)
+              for (int b = 0; b < scale; b++) set(x + col * scale + a, y + row * scale + b, 60, 60, 60);
+      x += 4 * scale;
+    }
+  }
+};
+
+std::string tick_label(double v) {
+  char buf[32];
+  if (v != 0 && (std::fabs(v) < 1e-3 || std::fabs(v) >= 1e5))
+    std::snprintf(buf, sizeof buf, "%.1e", v);
+  else
+    std::snprintf(buf, sizeof buf, "%.4g", v);
+  return buf;
+}
+
+}  // namespace
+
+void write_line_plot(const std::string& path, const std::vector<Series>& series, int width, int height) {
+  double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
+  for (const auto& s : series)
+    for (size_t i = 0; i < s.x.size() && i < s.y.size(); i++) {
+      if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
+      xmin = std::min(xmin, s.x[i]), xmax = std::max(xmax, s.x[i]);
+      ymin = std::min(ymin, s.y[i]), ymax = std::max(ymax, s.y[i]);
+    }
+  ENG_CHECK(std::isfinite(xmin), "{}: nothing to plot", path);
+  if (xmax == xmin) xmax = xmin + 1;
+  if (ymax == ymin) ymax = ymin + 1;
+  double pad = 0.05 * (ymax - ymin);
+  ymin -= pad, ymax += pad;
+  Canvas c(width, height);
+  const int left = 90, right = 20, top = 20, bottom = 40;
+  auto X = [&](double x) { return left + (x - xmin) / (xmax - xmin) * (width - left - right); };
+  auto Y = [&](double y) { return height - bottom - (y - ymin) / (ymax - ymin) * (height - top - bottom); };
+  for (int k = 0; k <= 5; k++) {  // grid and tick labels
+    double yv = ymin + (ymax - ymin) * k / 5, xv = xmin + (xmax - xmin) * k / 5;
+    c.line(left, Y(yv), width - right, Y(yv), 225, 225, 225);
+    c.line(X(xv), top, X(xv), height - bottom, 225, 225, 225);
+    c.text(4, int(Y(yv)) - 5, tick_label(yv));
+    std::string xl = tick_label(xv);
+    c.text(int(X(xv)) - int(xl.size()) * 4, height - bottom + 8, xl);
+  }
+  c.line(left, top, left, height - bottom, 0, 0, 0);
+  c.line(left, height - bottom, width - right, height - bottom, 0, 0, 0);
+  for (const auto& s : series) {
+    bool have = false;
+    double px = 0, py = 0;
+    for (size_t i = 0; i < s.x.size() && i < s.y.size(); i++) {
+      if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
+      double qx = X(s.x[i]), qy = Y(s.y[i]);
+      if (have) c.line(px, py, qx, qy, s.r, s.g, s.b, 2);
+      px = qx, py = qy, have = true;
+    }
+  }
+  data::Image img;
+  img.width = width;
+  img.height = height;
+  img.pixels = std::move(c.px);
+  data::write_png(path, img);
+}
+
+}  // namespace moce
