@@ -1,89 +1,186 @@
 // bench_train_step.cpp: the reference workload of the CPU speed work — one MAE pre-training step of
 // mae_tiny_p4_32 (32x32 images, patch 4, encoder 192 x 12, decoder 128 x 4, mask ratio 0.75), batch 128,
-// AdamW — timed as forward + backward + optimizer step, and forward-only feature extraction (no grad).
-// Prints medians over several steps after warm-up, images/s, GFLOP/s and the allocator's peak memory.
+// AdamW — timed as forward + backward + optimizer step, and forward-only feature extraction (no grad, all 64
+// patches through the encoder). Prints medians over several steps after warm-up: wall time, process CPU time,
+// images/s, the GEMM work done (GFLOP/s), the allocator's peak memory, and the allocations of a steady-state step.
 //
-// Build and run: make build/bench/bench_train_step && build/bench/bench_train_step [--batch 128] [--steps 5]
+// Build and run: make build/bench/bench_train_step && build/bench/bench_train_step [--batch 128] [--steps 7]
+//   [--warmup 2] [--only train|forward] [--threads N] [--config NAME]
 // The PyTorch peer of the same step is bench/peer_train_step.py (make bench runs both when torch imports).
+#include <omp.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <new>
 #include <string>
 #include <vector>
 
+#include "engine/backends/cpu/cpu_backend.h"
 #include "engine/optim.h"
 #include "model/mae.h"
 
 using namespace eng;
+
+// Every operator new of the process is counted, so a steady-state step can show how many small heap objects
+// (shapes, graph nodes, closures) it still makes; tensor storage comes from the caching allocator.
+static std::atomic<long long> g_heap_allocs{0};
+void* operator new(size_t n) {
+  g_heap_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
 
 static double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
 
+// Resident memory of the process now, from /proc/self/statm (0 where that is missing).
+static double rss_mib_now() {
+  long pages_total = 0, pages_resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages_total, &pages_resident) != 2) pages_resident = 0;
+    std::fclose(f);
+  }
+  return double(pages_resident) * double(sysconf(_SC_PAGESIZE)) / double(1 << 20);
+}
+
+static double cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+// Multiply-adds of the linear layers and attention products of one block over `rows` tokens of `tokens` per image.
+static double block_macs(int64_t images, int64_t tokens, int64_t dim, double mlp_ratio) {
+  const double rows = double(images * tokens), hidden = double(dim) * mlp_ratio;
+  const double linear = rows * (3.0 * dim * dim + double(dim) * dim + 2.0 * dim * hidden);
+  const double attn = 2.0 * double(images) * double(tokens) * double(tokens) * double(dim);  // QK^T and PV
+  return linear + attn;
+}
+
+// Forward multiply-adds of the MAE training forward (masked encoder, decoder, heads) and of feature extraction.
+static double mae_forward_macs(const model::MaeConfig& c, int64_t n, double mask_ratio) {
+  const int64_t L = c.num_patches(), keep = int64_t(double(L) * (1.0 - mask_ratio));
+  double m = double(n * L) * double(c.patch_dim()) * double(c.embed_dim);  // patch embedding (all patches)
+  m += double(c.depth) * block_macs(n, keep + 1, c.embed_dim, c.mlp_ratio);
+  m += double(n * (keep + 1)) * double(c.embed_dim) * double(c.decoder_embed_dim);
+  m += double(c.decoder_depth) * block_macs(n, L + 1, c.decoder_embed_dim, c.mlp_ratio);
+  m += double(n * (L + 1)) * double(c.decoder_embed_dim) * double(c.patch_dim());
+  return m;
+}
+static double features_macs(const model::MaeConfig& c, int64_t n) {
+  const int64_t L = c.num_patches();
+  return double(n * L) * double(c.patch_dim()) * double(c.embed_dim) +
+         double(c.depth) * block_macs(n, L + 1, c.embed_dim, c.mlp_ratio);
+}
+
 int main(int argc, char** argv) {
-  int64_t batch = 128, steps = 5, warmup = 2;
-  std::string config = "mae_tiny_p4_32";
+  int64_t batch = 128, steps = 7, warmup = 2;
+  int threads = 0;
+  std::string config = "mae_tiny_p4_32", only;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--steps")) steps = std::atoll(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoll(argv[i + 1]);
-    if (!std::strcmp(argv[i], "--config")) config = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--steps")) steps = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--config")) config = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "bench_train_step: unknown flag %s\n", argv[i]);
+      return 2;
+    }
   }
+  if (threads > 0) omp_set_num_threads(threads);
+  const bool do_train = only.empty() || only == "train", do_forward = only.empty() || only == "forward";
+  const double mask_ratio = 0.75;
   model::MaeConfig cfg = model::mae_config(config);
   model::MaskedAutoencoder mae(cfg, 0);
   AdamW opt(param_groups_weight_decay(mae.named_parameters(), 0.05, {}), AdamWOptions{1.5e-4, 0.9, 0.95, 1e-8, 0.05});
   Generator g(1);
   Tensor imgs = g.normal({batch, 3, cfg.img_size, cfg.img_size});
   auto& alloc = allocator_for(Device::cpu());
+  std::printf("config %s, batch %lld, %d OpenMP threads, SGEMM kernel %s; medians of %lld steps after %lld warm-up\n",
+              config.c_str(), (long long)batch, omp_get_max_threads(), cpu_sgemm_kernel_name(), (long long)steps,
+              (long long)warmup);
 
-  std::vector<double> step_s;
-  for (int64_t s = 0; s < warmup + steps; s++) {
+  auto train_step = [&] {
     Tensor noise = g.uniform({batch, cfg.num_patches()});
-    if (s == warmup) alloc.reset_peak();
-    auto t0 = std::chrono::steady_clock::now();
-    model::MaeOutput out = mae.forward(imgs, noise, 0.75);
+    model::MaeOutput out = mae.forward(imgs, noise, mask_ratio);
     out.loss.backward();
     opt.step();
     opt.zero_grad();
-    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (s >= warmup) step_s.push_back(dt);
-    std::fprintf(stderr, "step %lld: %.3f s, loss %.4f\n", (long long)s, dt, out.loss.item());
-  }
-  size_t peak = alloc.stats().peak_bytes;
-  size_t sys_before = alloc.stats().system_allocs;
-  {  // one more step to confirm the steady state allocates nothing from the system
-    Tensor noise = g.uniform({batch, cfg.num_patches()});
-    model::MaeOutput out = mae.forward(imgs, noise, 0.75);
-    out.loss.backward();
-    opt.step();
-    opt.zero_grad();
-  }
-  size_t sys_after = alloc.stats().system_allocs;
+    return out.loss.item();
+  };
 
-  std::vector<double> fwd_s;
-  {
+  double step_wall = 0, step_cpu = 0, fwd_wall = 0, fwd_cpu = 0;
+  const double rss_before = rss_mib_now();
+  if (do_train) {
+    std::vector<double> wall, cpu;
+    for (int64_t s = 0; s < warmup + steps; s++) {
+      if (s == warmup) alloc.reset_peak();
+      const double c0 = cpu_seconds();
+      const auto t0 = std::chrono::steady_clock::now();
+      const double loss = train_step();
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double dc = cpu_seconds() - c0;
+      if (s >= warmup) {
+        wall.push_back(dt);
+        cpu.push_back(dc);
+      }
+      std::fprintf(stderr, "step %lld: %.3f s (cpu %.3f s), loss %.4f\n", (long long)s, dt, dc, loss);
+    }
+    const size_t peak = alloc.stats().peak_bytes;
+    const size_t sys_before = alloc.stats().system_allocs, req_before = alloc.stats().requests;
+    const long long heap_before = g_heap_allocs.load();
+    train_step();  // one more step: the steady state allocates no tensor memory from the system
+    const long long heap = g_heap_allocs.load() - heap_before;
+    const size_t sys = alloc.stats().system_allocs - sys_before, req = alloc.stats().requests - req_before;
+    step_wall = median(wall);
+    step_cpu = median(cpu);
+    const double gflop = 3.0 * 2.0 * mae_forward_macs(cfg, batch, mask_ratio) * 1e-9;  // backward ~ 2x forward
+    std::printf("train step: %.3f s wall (cpu %.3f s), %.1f images/s, %.1f GFLOP/s (%.1f GFLOP per step)\n",
+                step_wall, step_cpu, double(batch) / step_wall, gflop / step_wall, gflop);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    std::printf("peak memory of the training step: %.1f MiB (allocator peak); peak RSS growth over the steps %.0f MiB\n",
+                double(peak) / (1 << 20), double(ru.ru_maxrss) / 1024.0 - rss_before);
+    std::printf("steady-state step: %zu tensor allocations, %zu from the system; %lld small heap objects\n", req, sys,
+                heap);
+  }
+  if (do_forward) {
+    std::vector<double> wall, cpu;
     NoGradGuard ng;
     for (int64_t s = 0; s < warmup + steps; s++) {
-      auto t0 = std::chrono::steady_clock::now();
+      const double c0 = cpu_seconds();
+      const auto t0 = std::chrono::steady_clock::now();
       Tensor f = mae.features(imgs);
-      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (s >= warmup) fwd_s.push_back(dt);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double dc = cpu_seconds() - c0;
+      if (s >= warmup) {
+        wall.push_back(dt);
+        cpu.push_back(dc);
+      }
     }
+    fwd_wall = median(wall);
+    fwd_cpu = median(cpu);
+    const double gflop = 2.0 * features_macs(cfg, batch) * 1e-9;
+    std::printf("forward features (all %lld patches, no grad): %.3f s wall (cpu %.3f s), %.1f images/s, %.1f GFLOP/s\n",
+                (long long)cfg.num_patches(), fwd_wall, fwd_cpu, double(batch) / fwd_wall, gflop / fwd_wall);
   }
-  double ms = median(step_s), mf = median(fwd_s);
-  std::printf("config %s, batch %lld, %lld timed steps (median)\n", config.c_str(), (long long)batch, (long long)steps);
-  std::printf("train step: %.3f s, %.1f images/s\n", ms, double(batch) / ms);
-  std::printf("forward features (all 64 patches, no grad): %.3f s, %.1f images/s\n", mf, double(batch) / mf);
-  std::printf("peak memory (allocator, training step): %.1f MiB; system allocations in a steady-state step: %zu\n",
-              double(peak) / (1 << 20), sys_after - sys_before);
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   std::printf("peak RSS of the process: %.0f MiB\n", double(ru.ru_maxrss) / 1024.0);
-  std::printf("train_step: %.1f images/s\n", double(batch) / ms);
-  std::printf("forward: %.1f images/s\n", double(batch) / mf);
+  if (do_train) std::printf("train_step: %.1f images/s\n", double(batch) / step_wall);
+  if (do_forward) std::printf("forward: %.1f images/s\n", double(batch) / fwd_wall);
   return 0;
 }

@@ -2,6 +2,13 @@
 """PyTorch peer of bench/bench_train_step.cpp: the same MAE step (mae_tiny_p4_32: 32x32 images, patch 4,
 encoder 192 x 12 with 3 heads, decoder 128 x 4 with 4 heads, mask ratio 0.75, norm_pix_loss), batch 128, AdamW
 (0.9, 0.95), timed as forward + backward + optimizer step; and forward-only features (all patches, no grad).
+The model is tests/fixtures/make_mae_fixture.py's restatement of facebookresearch/mae (the golden fixture's
+generator), so both sides compute the same thing.
+
+Threads: torch.set_num_threads(--threads), by default the number of CPUs this process may run on (what our
+OpenMP runtime uses), so both sides get the same cores. (This Debian build of torch otherwise starts with 1.)
+AdamW: --foreach 1 uses the multi-tensor implementation when this torch has it (the faster one on CPU);
+the default is PyTorch's own default for CPU tensors.
 Used only for comparison; the engine never needs Python. Run: python3 bench/peer_train_step.py [--batch 128]
 Prints lines `peer_train_step: X images/s` and `peer_forward: X images/s` for make bench to read.
 """
@@ -21,49 +28,72 @@ TINY = dict(img_size=32, patch_size=4, in_chans=3, embed_dim=192, depth=12, num_
             decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, mlp_ratio=4.0, norm_pix_loss=True)
 
 
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--foreach", type=int, default=-1, help="1/0: force AdamW's foreach implementation on/off")
+    ap.add_argument("--only", choices=["train", "forward"], default=None)
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = MAE(TINY)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1.5e-4, betas=(0.9, 0.95),
-                            weight_decay=0.05)
+    params = [p for p in model.parameters() if p.requires_grad]
+    kw = {} if a.foreach < 0 else {"foreach": bool(a.foreach)}
+    opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, **kw)
     imgs = torch.randn(a.batch, 3, 32, 32)
     L = 64
-    times = []
-    for s in range(a.warmup + a.steps):
-        noise = torch.rand(a.batch, L)
-        t0 = time.perf_counter()
-        loss, _, _ = model(imgs, noise, 0.75)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        if s >= a.warmup:
-            times.append(dt)
-    step = statistics.median(times)
-    fwd = []
-    with torch.no_grad():
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {a.batch}, AdamW foreach "
+          f"{kw.get('foreach', 'default')}; medians of {a.steps} steps after {a.warmup} warm-up")
+    rss0 = rss_mib()
+    step = fw = None
+    if a.only in (None, "train"):
+        wall, cpu = [], []
         for s in range(a.warmup + a.steps):
-            t0 = time.perf_counter()
-            x = model.patch_embed(imgs) + model.pos_embed[:, 1:, :]
-            cls = (model.cls_token + model.pos_embed[:, :1, :]).expand(a.batch, -1, -1)
-            x = torch.cat((cls, x), dim=1)
-            for b in model.blocks:
-                x = b(x)
-            f = model.norm(x)[:, 1:, :].mean(dim=1)
-            dt = time.perf_counter() - t0
+            noise = torch.rand(a.batch, L)
+            c0, t0 = time.process_time(), time.perf_counter()
+            loss, _, _ = model(imgs, noise, 0.75)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if s >= a.warmup:
-                fwd.append(dt)
-    fw = statistics.median(fwd)
+                wall.append(dt)
+                cpu.append(dc)
+        step = statistics.median(wall)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(f"train step: {step:.3f} s wall (cpu {statistics.median(cpu):.3f} s), {a.batch / step:.1f} images/s")
+        print(f"peak memory of the training step: peak RSS growth over the steps {peak - rss0:.0f} MiB")
+    if a.only in (None, "forward"):
+        wall, cpu = [], []
+        with torch.no_grad():
+            for s in range(a.warmup + a.steps):
+                c0, t0 = time.process_time(), time.perf_counter()
+                x = model.patch_embed(imgs) + model.pos_embed[:, 1:, :]
+                cls = (model.cls_token + model.pos_embed[:, :1, :]).expand(a.batch, -1, -1)
+                x = torch.cat((cls, x), dim=1)
+                for b in model.blocks:
+                    x = b(x)
+                f = model.norm(x)[:, 1:, :].mean(dim=1)
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
+                if s >= a.warmup:
+                    wall.append(dt)
+                    cpu.append(dc)
+        fw = statistics.median(wall)
+        print(f"forward features: {fw:.3f} s wall (cpu {statistics.median(cpu):.3f} s), {a.batch / fw:.1f} images/s")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {a.batch}")
-    print(f"train step: {step:.3f} s; forward features: {fw:.3f} s; peak RSS {rss:.0f} MiB")
-    print(f"peer_train_step: {a.batch / step:.1f} images/s")
-    print(f"peer_forward: {a.batch / fw:.1f} images/s")
+    print(f"peak RSS of the process: {rss:.0f} MiB")
+    if step is not None:
+        print(f"peer_train_step: {a.batch / step:.1f} images/s")
+    if fw is not None:
+        print(f"peer_forward: {a.batch / fw:.1f} images/s")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,64 @@
 #!/usr/bin/env bash
-# run_bench.sh: runs every benchmark binary, then the PyTorch peer of the training step when torch imports,
-# and prints the ratios (ours / PyTorch) measured in this same invocation.
+# run_bench.sh: what `make bench` runs. Every benchmark binary in <build>/bench (the GEMM benchmark beside
+# OpenBLAS, ...), then the MAE training-step benchmark and its PyTorch peer (bench/peer_train_step.py, when torch
+# imports) in alternating rounds, so both see the same machine state, and finally the medians over the rounds as
+# ratio lines. Usage: bash bench/run_bench.sh [build-dir]   (BENCH_ROUNDS=3 by default; BENCH_THREADS sets both
+# sides' thread count, default: all CPUs this process may use).
 set -euo pipefail
 build=${1:-build}
+rounds=${BENCH_ROUNDS:-3}
+threads=${BENCH_THREADS:-$(nproc)}
+here=$(dirname "$0")
+
+echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), load average" \
+  "$(cut -d' ' -f1-3 /proc/loadavg) before the benchmarks"
 for b in "$build"/bench/*; do
   [ -x "$b" ] || continue
+  [ "$(basename "$b")" = bench_train_step ] && continue
   echo "== $b"
   "$b" | tee "$build/bench-$(basename "$b").out"
 done
+
 py=""
 for cand in python3 /usr/bin/python3; do
   if "$cand" -c 'import torch' >/dev/null 2>&1; then py=$cand; break; fi
 done
-if [ -z "$py" ]; then
-  echo "PyTorch not importable: no peer figures (apt-get install python3-torch gives one)"
-  exit 0
+[ -z "$py" ] && echo "PyTorch not importable: no peer figures (apt-get install python3-torch gives one)"
+
+rm -f "$build"/bench-train-*.out "$build"/bench-peer-*.out
+for r in $(seq 1 "$rounds"); do
+  echo "== round $r/$rounds: ours ($threads threads)"
+  OMP_NUM_THREADS=$threads "$build/bench/bench_train_step" 2>/dev/null | tee "$build/bench-train-$r.out"
+  if [ -n "$py" ]; then
+    echo "== round $r/$rounds: PyTorch peer ($py, $threads threads)"
+    "$py" "$here/peer_train_step.py" --threads "$threads" | tee "$build/bench-peer-$r.out"
+  fi
+done
+
+# median of field $2 of the lines starting with $1 over the round files $3...
+median() {
+  local key=$1 field=$2; shift 2
+  awk -v k="$key" -v f="$field" '$0 ~ "^"k {print $f}' "$@" | sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "nan"}'
+}
+ours=("$build"/bench-train-*.out)
+ours_step=$(median "train_step:" 2 "${ours[@]}")
+ours_fwd=$(median "forward:" 2 "${ours[@]}")
+ours_peak=$(median "peak memory of the training step:" 7 "${ours[@]}")
+ours_rss=$(median "peak memory of the training step:" 17 "${ours[@]}")
+echo "== summary: medians of $rounds rounds, $threads threads, load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "$py" ]; then
+  peer=("$build"/bench-peer-*.out)
+  peer_step=$(median "peer_train_step:" 2 "${peer[@]}")
+  peer_fwd=$(median "peer_forward:" 2 "${peer[@]}")
+  peer_rss=$(median "peak memory of the training step:" 13 "${peer[@]}")
+  awk -v a="$ours_step" -v b="$peer_step" -v t="$threads" \
+    'BEGIN{printf "train_step (mae_tiny_p4_32, batch 128, %d threads): %.1f images/s (%.2fx PyTorch %.1f)\n", t, a, a/b, b}'
+  awk -v a="$ours_fwd" -v b="$peer_fwd" -v t="$threads" \
+    'BEGIN{printf "forward features (no grad, %d threads): %.1f images/s (%.2fx PyTorch %.1f)\n", t, a, a/b, b}'
+  awk -v p="$ours_peak" -v a="$ours_rss" -v b="$peer_rss" \
+    'BEGIN{printf "peak memory of the training step: %.0f MiB RSS growth (allocator peak %.0f MiB) (%.2fx PyTorch %.0f MiB RSS growth)\n", a, p, a/b, b}'
+else
+  echo "train_step (mae_tiny_p4_32, batch 128, $threads threads): $ours_step images/s"
+  echo "forward features (no grad, $threads threads): $ours_fwd images/s"
+  echo "peak memory of the training step: $ours_rss MiB RSS growth (allocator peak $ours_peak MiB)"
 fi
-echo "== PyTorch peer ($py)"
-"$py" "$(dirname "$0")/peer_train_step.py" | tee "$build/bench-peer.out"
-ours_step=$(awk '/^train_step:/{print $2}' "$build/bench-bench_train_step.out")
-ours_fwd=$(awk '/^forward:/{print $2}' "$build/bench-bench_train_step.out")
-peer_step=$(awk '/^peer_train_step:/{print $2}' "$build/bench-peer.out")
-peer_fwd=$(awk '/^peer_forward:/{print $2}' "$build/bench-peer.out")
-awk -v a="$ours_step" -v b="$peer_step" 'BEGIN{printf "train_step (mae_tiny_p4_32, batch 128): %.1f images/s (%.2fx PyTorch %.1f)\n", a, a/b, b}'
-awk -v a="$ours_fwd" -v b="$peer_fwd" 'BEGIN{printf "forward features (no grad): %.1f images/s (%.2fx PyTorch %.1f)\n", a, a/b, b}'

@@ -1,6 +1,7 @@
 // backend.h: the small, typed interface every device implements. A backend sees raw strided
 // descriptors, never Tensors or autograd. Methods a device has not implemented throw a clear error.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -57,8 +58,16 @@ enum class BinaryOp {
 
 enum class ReduceOp { Sum, Max, Min };
 
+// What a GEMM does to C after the product (backends that report supports_gemm_epilogue(e)):
+//   Bias:     C[b][i][j] += bias[j]
+//   BiasGelu: C[b][i][j] = gelu(C[b][i][j] + bias[j]) with the exact erf GELU (bias may be null: no add);
+//             pre_gelu (when set) receives the values before the GELU, in C's layout (ldc, stride_c), for the
+//             backward pass.
+enum class GemmEpilogue : uint8_t { None, Bias, BiasGelu };
+
 // Row-major C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b], op = transpose when the flag is set.
 // A is m x k after op (stored k x m when trans_a), B is k x n after op.
+// dtype BF16 (CUDA): A, B and C are bf16, products are accumulated in f32.
 struct GemmArgs {
   DType dtype = DType::F32;
   bool trans_a = false, trans_b = false;
@@ -71,6 +80,35 @@ struct GemmArgs {
   void* c = nullptr;
   int64_t ldc = 0, stride_c = 0;
   int64_t batch = 1;
+  GemmEpilogue epilogue = GemmEpilogue::None;  // only where the backend supports it (see Backend)
+  const void* bias = nullptr;                  // [n], C's dtype, shared by every batch item
+  void* pre_gelu = nullptr;                    // BiasGelu only; may be null
+};
+
+// Fused scaled-dot-product attention on contiguous row-major tensors:
+//   q [batch, heads, tq, head_dim], k [batch, heads, tk, head_dim], v [batch, heads, tk, v_dim]
+//   out [batch, heads, tq, v_dim] = softmax(scale * q k^T) v
+//   lse [batch, heads, tq] = log-sum-exp of each row of scale * q k^T (f32 for f32/bf16 inputs, f64 for f64),
+//   written by the forward pass and read by the backward pass.
+// Backward: dq, dk, dv (the shapes of q, k, v) from dout (the shape of out), q, k, v, out and lse.
+struct AttentionArgs {
+  DType dtype = DType::F32;
+  int64_t batch = 0, heads = 0, tq = 0, tk = 0, head_dim = 0, v_dim = 0;
+  double scale = 1.0;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  void* lse = nullptr;
+  const void* dout = nullptr;  // backward only
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  // Optional layouts: element strides of the [batch, heads, tokens] dims (the last dim is contiguous) of q and dq,
+  // k and dk, v and dv, out and dout. All zero (the default): contiguous as above. Set only for backends whose
+  // supports_strided_attention() is true (then q, k, v can be views of a packed qkv projection and out can be
+  // [batch, tokens, heads, v_dim], with no copies); lse is always contiguous.
+  int64_t q_strides[3] = {0, 0, 0}, k_strides[3] = {0, 0, 0}, v_strides[3] = {0, 0, 0}, o_strides[3] = {0, 0, 0};
 };
 
 struct AdamWArgs {
@@ -119,6 +157,16 @@ class Backend {
   // fused AdamW on contiguous tensors of the same numel (param, grad, m, v all of one float dtype)
   virtual void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a);
 
+  // Optional capabilities; callers ask before they use them (the defaults say "no").
+  // GEMM epilogues other than None (GemmArgs::epilogue); a backend that says no ignores the fields.
+  virtual bool supports_gemm_epilogue(GemmEpilogue e) const { return e == GemmEpilogue::None; }
+  // Fused attention (AttentionArgs) for this dtype and these head sizes.
+  virtual bool has_fused_attention(DType /*dt*/, int64_t /*head_dim*/, int64_t /*v_dim*/) const { return false; }
+  virtual void attention_forward(const AttentionArgs&) { not_implemented("attention_forward"); }
+  virtual void attention_backward(const AttentionArgs&) { not_implemented("attention_backward"); }
+  // Whether attention_forward/backward read AttentionArgs' strides (default: no, operands must be contiguous).
+  virtual bool supports_strided_attention() const { return false; }
+
  protected:
   [[noreturn]] void not_implemented(const char* op) const;
 };
@@ -128,5 +176,16 @@ Backend& backend_for(Device d);
 bool cuda_available();
 // Host <-> device transfer of contiguous bytes (either side may be the CPU).
 void copy_bytes_between_devices(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes);
+
+// TF32 tensor-core math for f32 GEMMs on CUDA (inputs rounded to a 10-bit mantissa, f32 accumulation).
+// Off by default, so f32 GEMMs on the GPU agree with the CPU to ~1e-6; no effect on the CPU backend.
+namespace detail {
+inline std::atomic<bool>& cuda_tf32_flag() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+}  // namespace detail
+inline void set_cuda_tf32(bool on) { detail::cuda_tf32_flag().store(on, std::memory_order_relaxed); }
+inline bool cuda_tf32_enabled() { return detail::cuda_tf32_flag().load(std::memory_order_relaxed); }
 
 }  // namespace eng

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/backend.h"
+#include "engine/fast_math_f32.h"
 
 #ifdef __CUDACC__
 #define ENG_HOST_DEVICE __host__ __device__
@@ -22,6 +23,10 @@ template <typename T> ENG_HOST_DEVICE inline T gelu_exact_grad(T x) {
   T pdf = ::exp(T(-0.5) * x * x) * T(0.39894228040143267794);
   return cdf + x * pdf;
 }
+// f32 GELU: the vectorisable polynomial form of engine/fast_math_f32.h (accuracy stated there) instead of libm's
+// erf/exp; f64 keeps libm for the gradient checks.
+template <> ENG_HOST_DEVICE inline float gelu_exact<float>(float x) { return gelu_f32(x); }
+template <> ENG_HOST_DEVICE inline float gelu_exact_grad<float>(float x) { return gelu_grad_f32(x); }
 template <typename T> ENG_HOST_DEVICE inline T sigmoid_of(T x) {
   return x >= T(0) ? T(1) / (T(1) + ::exp(-x)) : ::exp(x) / (T(1) + ::exp(x));
 }
@@ -74,7 +79,7 @@ template <typename T> ENG_HOST_DEVICE inline T binary_math(BinaryOp op, T a, T b
 }
 
 // Integer tensors take only the ops that make sense for indices.
-template <typename T> inline T binary_int(BinaryOp op, T a, T b) {
+template <typename T> ENG_HOST_DEVICE inline T binary_int(BinaryOp op, T a, T b) {
   switch (op) {
     case BinaryOp::Add: return a + b;
     case BinaryOp::Sub: return a - b;

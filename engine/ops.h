@@ -76,8 +76,11 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 // ---- linear algebra (engine/ops/linalg.cpp) ----
 // matmul: 1-D and n-D like numpy; batch dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b);
-// linear: x[..., in] @ w[out, in]^T + b[out] (b may be undefined)
+// linear: x[..., in] @ w[out, in]^T + b[out] (b may be undefined). Where the backend has GEMM epilogues the bias
+// is added inside the GEMM, and the backward pass is two GEMMs and a column sum.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+// gelu(linear(x, w, b)) with the GELU in the GEMM's epilogue where the backend can (its input is kept for backward).
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
 
 // ---- neural-network ops (engine/ops/nn.cpp) ----
 Tensor softmax(const Tensor& x, int64_t dim = -1);
@@ -87,8 +90,14 @@ Tensor l2_normalize(const Tensor& x, int64_t dim = -1, double eps = 1e-12);  // 
 // logits [N, C], targets i64 [N]; mean over N. label_smoothing as in PyTorch.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, double label_smoothing = 0.0);
 Tensor mse_loss(const Tensor& a, const Tensor& b);  // mean of squared differences
-// q [B, H, Tq, D], k/v [B, H, Tk, D]: softmax(q k^T * scale) v; scale <= 0 means 1/sqrt(D)
+// q [B, H, Tq, D], k/v [B, H, Tk, D]: softmax(q k^T * scale) v; scale <= 0 means 1/sqrt(D). A fused kernel (no
+// Tq x Tk matrix saved; the backward pass recomputes it from the row log-sum-exp) where the backend has one.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale = 0.0);
+// Multi-head self-attention on a packed projection (timm's layout): qkv [B, T, 3 * D] holds q, k, v, each as
+// heads x D / heads, per token; returns [B, T, D] with the heads side by side per token. The same as splitting
+// qkv into q, k, v of [B, heads, T, D / heads], attention(q, k, v, scale), and merging the heads back, with
+// one copy per operand instead of chains of views and their zero-filled gradients.
+Tensor attention_qkv(const Tensor& qkv, int64_t heads, double scale = 0.0);
 // Inverted dropout with a Philox mask keyed by (seed, stream, offset): identical on any device and thread count.
 Tensor dropout(const Tensor& x, double p, bool training, uint64_t seed, uint64_t stream, uint64_t offset);
 

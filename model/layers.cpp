@@ -36,11 +36,9 @@ Attention::Attention(eng::Generator& g, int64_t dim, int64_t h) : qkv(g, dim, 3 
   ENG_CHECK(dim % h == 0, "attention: width {} is not divisible by {} heads", dim, h);
 }
 Tensor Attention::operator()(const Tensor& x) const {
-  int64_t B = x.size(0), T = x.size(1), D = x.size(2);
-  // [B, T, 3D] -> [3, B, H, T, D/H]; q, k, v are views, the attention op takes them as they are.
-  Tensor t = qkv(x).reshape({B, T, 3, heads, D / heads}).permute({2, 0, 3, 1, 4});
-  Tensor a = eng::attention(t.select(0, 0), t.select(0, 1), t.select(0, 2));
-  return proj(a.transpose(1, 2).reshape({B, T, D}));
+  // [B, T, 3D] packed (q, k, v) x heads x D/H per token -> [B, T, D] with the heads side by side: one fused op
+  // (engine attention_qkv), the same math as splitting into q, k, v views and merging the heads back.
+  return proj(eng::attention_qkv(qkv(x), heads));
 }
 void Attention::visit(const std::string& p, const Visitor& f) {
   qkv.visit(p + "qkv.", f);

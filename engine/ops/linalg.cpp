@@ -107,12 +107,114 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   return out;
 }
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  ENG_CHECK(w.dim() == 2, "linear: weight must be [out, in], got {}", shape_str(w.shape()));
-  ENG_CHECK(x.size(-1) == w.size(1), "linear: input has {} features, weight {} expects {}", x.size(-1),
+namespace {
+
+void check_linear(const Tensor& x, const Tensor& w, const Tensor& b, const char* op) {
+  ENG_CHECK(w.dim() == 2, "{}: weight must be [out, in], got {}", op, shape_str(w.shape()));
+  ENG_CHECK(x.dim() >= 1, "{}: input is 0-d", op);
+  ENG_CHECK(x.size(-1) == w.size(1), "{}: input has {} features, weight {} expects {}", op, x.size(-1),
             shape_str(w.shape()), w.size(1));
+  check_same_device(x, w, op);
+  ENG_CHECK(x.dtype() == w.dtype(), "{}: input is {} but the weight is {}", op, dtype_name(x.dtype()),
+            dtype_name(w.dtype()));
+  if (b.defined()) {
+    ENG_CHECK(b.dim() == 1 && b.size(0) == w.size(0), "{}: bias must be [{}], got {}", op, w.size(0),
+              shape_str(b.shape()));
+    ENG_CHECK(b.dtype() == x.dtype(), "{}: bias is {} but the input is {}", op, dtype_name(b.dtype()),
+              dtype_name(x.dtype()));
+    check_same_device(x, b, op);
+  }
+}
+
+// One row-major GEMM on contiguous 2-D tensors: c = op(a) op(b) (+ epilogue).
+void gemm_2d(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c, GemmEpilogue ep = GemmEpilogue::None,
+             const Tensor& bias = Tensor(), const Tensor& pre = Tensor()) {
+  GemmArgs g;
+  g.dtype = c.dtype();
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.m = c.size(0);
+  g.n = c.size(1);
+  g.k = trans_a ? a.size(0) : a.size(1);
+  g.a = a.raw_data();
+  g.lda = a.size(1);
+  g.b = b.raw_data();
+  g.ldb = b.size(1);
+  g.c = c.raw_data();
+  g.ldc = g.n;
+  g.epilogue = ep;
+  g.bias = bias.defined() ? bias.raw_data() : nullptr;
+  g.pre_gelu = pre.defined() ? pre.raw_data() : nullptr;
+  if (g.m == 0 || g.n == 0) return;
+  if (g.k == 0 && ep == GemmEpilogue::None) {
+    Tensor(c).zero_();
+    return;
+  }
+  backend_for(c.device()).gemm(g);
+}
+
+// Fused linear (+ GELU): one GEMM whose epilogue adds the bias (and applies the GELU, keeping its input for the
+// backward pass). Backward: dh = dy (* gelu'(pre)), dx = dh w (NN), dw = dh^T x (TN, written as [out, in]
+// directly), db = column sums of dh. No transposed copies, no broadcast add.
+Tensor linear_fused(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu) {
+  const int64_t in = w.size(1), out = w.size(0);
+  const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+  Shape out_shape = x.shape();
+  out_shape.back() = out;
+  Tensor x2 = x.detach().contiguous().view({rows, in});
+  Tensor wc = w.detach().contiguous();
+  Tensor bc = b.defined() ? b.detach().contiguous() : Tensor();
+  const bool need_grad = any_requires_grad({&x, &w, &b});
+  Tensor y = Tensor::empty({rows, out}, x.dtype(), x.device());
+  Tensor pre = gelu && need_grad ? Tensor::empty({rows, out}, x.dtype(), x.device()) : Tensor();
+  const GemmEpilogue ep = gelu ? GemmEpilogue::BiasGelu : (bc.defined() ? GemmEpilogue::Bias : GemmEpilogue::None);
+  gemm_2d(x2, false, wc, true, y, ep, bc, pre);
+  Tensor result = y.view(out_shape);
+  if (!need_grad) return result;
+  const bool gx = x.requires_grad(), gw = w.requires_grad(), gb = b.defined() && b.requires_grad();
+  Shape x_shape = x.shape();
+  Tensor xs = gw ? x2 : Tensor();  // only what the wanted gradients read
+  Tensor ws = gx ? wc : Tensor();
+  return record(gelu ? "linear_gelu" : "linear", result, {x, w, b}, [=](const Tensor& g) {
+    Tensor dh = g.contiguous().view({rows, out});
+    if (gelu) {
+      Tensor t = Tensor::empty({rows, out}, dh.dtype(), dh.device());
+      backend_for(dh.device()).binary(BinaryOp::GeluBackward, desc_of(t), desc_of(pre), desc_of(dh));
+      dh = t;
+    }
+    Tensor dx, dw, db;
+    if (gx) {
+      dx = Tensor::empty({rows, in}, dh.dtype(), dh.device());
+      gemm_2d(dh, false, ws, false, dx);
+      dx = dx.view(x_shape);
+    }
+    if (gw) {
+      dw = Tensor::empty({out, in}, dh.dtype(), dh.device());
+      gemm_2d(dh, true, xs, false, dw);
+    }
+    if (gb) db = rows ? sum(dh, {0}) : Tensor::zeros({out}, dh.dtype(), dh.device());
+    return std::vector<Tensor>{dx, dw, db};
+  });
+}
+
+bool fused_linear_ok(const Tensor& x, GemmEpilogue ep) {
+  return (x.dtype() == DType::F32 || x.dtype() == DType::F64) && backend_for(x.device()).supports_gemm_epilogue(ep);
+}
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_linear(x, w, b, "linear");
+  if (fused_linear_ok(x, b.defined() ? GemmEpilogue::Bias : GemmEpilogue::None)) return linear_fused(x, w, b, false);
   Tensor y = matmul(x, w.t());
   return b.defined() ? add(y, b) : y;
+}
+
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_linear(x, w, b, "linear_gelu");
+  if (fused_linear_ok(x, GemmEpilogue::BiasGelu)) return linear_fused(x, w, b, true);
+  Tensor y = matmul(x, w.t());
+  return gelu(b.defined() ? add(y, b) : y);
 }
 
 }  // namespace eng

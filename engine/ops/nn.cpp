@@ -52,6 +52,114 @@ void check_param(const Tensor& p, const Tensor& x, int64_t cols, const char* wha
   check_same_device(p, x, "layer_norm");
 }
 
+// Arguments of the backend's fused attention for contiguous q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv].
+AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                             double scale) {
+  AttentionArgs a;
+  a.dtype = q.dtype();
+  a.batch = q.size(0);
+  a.heads = q.size(1);
+  a.tq = q.size(2);
+  a.tk = k.size(2);
+  a.head_dim = q.size(3);
+  a.v_dim = v.size(3);
+  a.scale = scale;
+  a.q = q.raw_data();
+  a.k = k.raw_data();
+  a.v = v.raw_data();
+  a.out = out.raw_data();
+  a.lse = lse.raw_data();
+  return a;
+}
+
+// The backend's fused attention: no Tq x Tk matrix is kept; lse (per query row) lets the backward pass
+// recompute the probabilities.
+Tensor fused_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double scale) {
+  Tensor q = q_in.detach().contiguous(), k = k_in.detach().contiguous(), v = v_in.detach().contiguous();
+  const DType dt = q.dtype();
+  const Device dev = q.device();
+  Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, dt, dev);
+  Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, dt, dev);
+  Backend& be = backend_for(dev);
+  if (out.numel()) {
+    if (k.size(2) == 0) {
+      out.fill_(std::nan(""));  // softmax over no keys
+      lse.fill_(-INFINITY);
+    } else {
+      be.attention_forward(attention_args(q, k, v, out, lse, scale));
+    }
+  }
+  if (!any_requires_grad({&q_in, &k_in, &v_in})) return out;
+  const bool gq = q_in.requires_grad(), gk = k_in.requires_grad(), gv = v_in.requires_grad();
+  Tensor o = out.detach();
+  return record("attention", out, {q_in, k_in, v_in}, [=](const Tensor& g) {
+    Tensor dq = Tensor::zeros(q.shape(), dt, dev), dk = Tensor::zeros(k.shape(), dt, dev),
+           dv = Tensor::zeros(v.shape(), dt, dev);
+    if (g.numel() && k.size(2) > 0) {
+      Tensor gc = g.contiguous();
+      AttentionArgs a = attention_args(q, k, v, o, lse, scale);
+      a.dout = gc.raw_data();
+      a.dq = dq.raw_data();
+      a.dk = dk.raw_data();
+      a.dv = dv.raw_data();
+      backend_for(dev).attention_backward(a);
+    }
+    return std::vector<Tensor>{gq ? dq : Tensor(), gk ? dk : Tensor(), gv ? dv : Tensor()};
+  });
+}
+
+// attention_qkv on a backend that reads strided operands: q, k, v are read in place from the packed projection,
+// the output is written as [B, T, heads, Dh] (the merged heads), and the gradient lands in qkv's layout. No copies.
+Tensor strided_attention_qkv(const Tensor& qkv_in, int64_t heads, double scale) {
+  const int64_t B = qkv_in.size(0), T = qkv_in.size(1), D = qkv_in.size(2) / 3, Dh = D / heads;
+  const DType dt = qkv_in.dtype();
+  const Device dev = qkv_in.device();
+  const size_t esz = dtype_size(dt);
+  Tensor qkv = qkv_in.detach().contiguous();
+  Tensor y = Tensor::empty({B, T, D}, dt, dev);
+  Tensor lse = Tensor::empty({B, heads, T}, dt, dev);
+  auto args = [=](const Tensor& packed, const Tensor& out) {
+    AttentionArgs a;
+    a.dtype = dt;
+    a.batch = B;
+    a.heads = heads;
+    a.tq = a.tk = T;
+    a.head_dim = a.v_dim = Dh;
+    a.scale = scale;
+    char* base = static_cast<char*>(packed.raw_data());
+    a.q = base;
+    a.k = base + size_t(D) * esz;
+    a.v = base + size_t(2 * D) * esz;
+    for (int64_t* st : {a.q_strides, a.k_strides, a.v_strides}) {
+      st[0] = T * 3 * D;
+      st[1] = Dh;
+      st[2] = 3 * D;
+    }
+    a.o_strides[0] = T * D;
+    a.o_strides[1] = Dh;
+    a.o_strides[2] = D;
+    a.out = out.raw_data();
+    a.lse = lse.raw_data();
+    return a;
+  };
+  if (y.numel()) backend_for(dev).attention_forward(args(qkv, y));
+  if (!any_requires_grad({&qkv_in})) return y;
+  Tensor o = y.detach();
+  return record("attention_qkv", y, {qkv_in}, [=](const Tensor& g) {
+    Tensor dqkv = Tensor::empty({B, T, 3 * D}, dt, dev);
+    if (dqkv.numel() == 0) return std::vector<Tensor>{dqkv};
+    Tensor gc = g.contiguous();
+    AttentionArgs a = args(qkv, o);
+    char* dbase = static_cast<char*>(dqkv.raw_data());
+    a.dq = dbase;
+    a.dk = dbase + size_t(D) * esz;
+    a.dv = dbase + size_t(2 * D) * esz;
+    a.dout = gc.raw_data();
+    backend_for(dev).attention_backward(a);
+    return std::vector<Tensor>{dqkv};
+  });
+}
+
 }  // namespace
 
 Tensor softmax(const Tensor& x, int64_t dim) { return softmax_any_dim(x, dim, 1.0, false, "softmax"); }
@@ -148,10 +256,72 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale
   ENG_CHECK(v.size(0) == k.size(0) && v.size(1) == k.size(1) && v.size(2) == k.size(2),
             "attention: v {} must match k {} in batch, heads and tokens", shape_str(v.shape()), shape_str(k.shape()));
   ENG_CHECK(q.size(3) > 0, "attention: head dim is 0");
+  check_same_device(q, k, "attention");
+  check_same_device(q, v, "attention");
+  ENG_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), "attention: q, k, v dtypes differ ({}, {}, {})",
+            dtype_name(q.dtype()), dtype_name(k.dtype()), dtype_name(v.dtype()));
   if (scale <= 0) scale = 1.0 / std::sqrt(double(q.size(3)));
+  if (backend_for(q.device()).has_fused_attention(q.dtype(), q.size(3), v.size(3)))
+    return fused_attention(q, k, v, scale);
   Tensor scores = matmul(q, k.transpose(-2, -1));  // [B, H, Tq, Tk]
   Tensor probs = softmax_last_dim(scores.contiguous(), scale, false, "attention_softmax");
   return matmul(probs, v);
+}
+
+Tensor attention_qkv(const Tensor& qkv, int64_t heads, double scale) {
+  check_float(qkv, "attention_qkv");
+  ENG_CHECK(qkv.dim() == 3, "attention_qkv: qkv must be [B, T, 3 * D], got {}", shape_str(qkv.shape()));
+  ENG_CHECK(heads > 0 && qkv.size(2) % (3 * heads) == 0,
+            "attention_qkv: the last dim of qkv {} is not 3 x heads ({}) x head_dim", shape_str(qkv.shape()), heads);
+  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / 3, Dh = D / heads;
+  ENG_CHECK(Dh > 0, "attention_qkv: head dim is 0 ({})", shape_str(qkv.shape()));
+  if (scale <= 0) scale = 1.0 / std::sqrt(double(Dh));
+  Backend& be = backend_for(qkv.device());
+  if (!be.has_fused_attention(qkv.dtype(), Dh, Dh)) {  // composition of views and differentiable ops
+    Tensor t = qkv.reshape({B, T, 3, heads, Dh}).permute({2, 0, 3, 1, 4});
+    Tensor a = attention(t.select(0, 0), t.select(0, 1), t.select(0, 2), scale);
+    return a.transpose(1, 2).reshape({B, T, D});
+  }
+  const DType dt = qkv.dtype();
+  const Device dev = qkv.device();
+  if (be.supports_strided_attention()) return strided_attention_qkv(qkv, heads, scale);
+  // [3, B, H, T, Dh] view of the packed projection; one copy per operand into [B, H, T, Dh].
+  Tensor split = qkv.detach().reshape({B, T, 3, heads, Dh}).permute({2, 0, 3, 1, 4});
+  Tensor q = Tensor::empty({B, heads, T, Dh}, dt, dev), k = Tensor::empty({B, heads, T, Dh}, dt, dev),
+         v = Tensor::empty({B, heads, T, Dh}, dt, dev);
+  if (q.numel()) {
+    be.copy(desc_of(q), desc_of(split.select(0, 0)));
+    be.copy(desc_of(k), desc_of(split.select(0, 1)));
+    be.copy(desc_of(v), desc_of(split.select(0, 2)));
+  }
+  Tensor out = Tensor::empty({B, heads, T, Dh}, dt, dev);
+  Tensor lse = Tensor::empty({B, heads, T}, dt, dev);
+  AttentionArgs args = attention_args(q, k, v, out, lse, scale);
+  if (out.numel()) be.attention_forward(args);
+  Tensor y = Tensor::empty({B, T, heads, Dh}, dt, dev);  // heads side by side per token
+  if (y.numel()) be.copy(desc_of(y), desc_of(out.permute({0, 2, 1, 3})));
+  Tensor result = y.view({B, T, D});
+  if (!any_requires_grad({&qkv})) return result;
+  return record("attention_qkv", result, {qkv}, [=](const Tensor& g) {
+    Backend& b = backend_for(dev);
+    Tensor dout = Tensor::empty({B, heads, T, Dh}, dt, dev);
+    Tensor dqkv = Tensor::empty({B, T, 3, heads, Dh}, dt, dev);
+    if (dout.numel() == 0) return std::vector<Tensor>{dqkv.view({B, T, 3 * D})};
+    b.copy(desc_of(dout), desc_of(g.reshape({B, T, heads, Dh}).permute({0, 2, 1, 3})));
+    Tensor dq = Tensor::empty(q.shape(), dt, dev), dk = Tensor::empty(k.shape(), dt, dev),
+           dv = Tensor::empty(v.shape(), dt, dev);
+    AttentionArgs ba = attention_args(q, k, v, out, lse, scale);
+    ba.dout = dout.raw_data();
+    ba.dq = dq.raw_data();
+    ba.dk = dk.raw_data();
+    ba.dv = dv.raw_data();
+    b.attention_backward(ba);
+    Tensor parts = dqkv.permute({2, 0, 3, 1, 4});  // [3, B, H, T, Dh] view of the packed gradient
+    b.copy(desc_of(parts.select(0, 0)), desc_of(dq));
+    b.copy(desc_of(parts.select(0, 1)), desc_of(dk));
+    b.copy(desc_of(parts.select(0, 2)), desc_of(dv));
+    return std::vector<Tensor>{dqkv.view({B, T, 3 * D})};
+  });
 }
 
 Tensor dropout(const Tensor& x, double p, bool training, uint64_t seed, uint64_t stream, uint64_t offset) {

@@ -1,8 +1,10 @@
 // cpu_backend.h: the CPU backend. Each family of kernels is in its own file:
 //   cpu_elementwise.cpp  copy, fill, unary, binary, where
 //   cpu_reduce.cpp       reduce, arg_reduce
-//   cpu_gemm.cpp         gemm (packed, cache-blocked, run-time chosen micro-kernel)
+//   cpu_gemm.cpp         gemm (packed, cache-blocked, run-time chosen micro-kernel) with bias / GELU epilogues
 //   cpu_nn.cpp           softmax, layer norm
+//   cpu_attention.cpp    fused attention for short sequences (forward and backward)
+//   cpu_fused.cpp        f32 leaf kernels compiled per instruction set (GELU, epilogue tiles, column sums)
 //   cpu_optim.cpp        adamw_update (per-element math in engine/optim_math.h)
 //   cpu_index.cpp        index_select, index_add, gather, scatter_add, sort, topk
 //   cpu_random.cpp       random_uniform, random_normal (Philox, engine/rng.h)
@@ -24,6 +26,11 @@ class CpuBackend final : public Backend {
   void reduce(ReduceOp op, const TensorDesc& dst, const TensorDesc& src) override;
   void arg_reduce(bool is_max, const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim) override;
   void gemm(const GemmArgs& g) override;
+  bool supports_gemm_epilogue(GemmEpilogue e) const override;
+  bool has_fused_attention(DType dt, int64_t head_dim, int64_t v_dim) const override;
+  void attention_forward(const AttentionArgs& a) override;
+  void attention_backward(const AttentionArgs& a) override;
+  bool supports_strided_attention() const override;
   void softmax_forward(DType dt, void* y, const void* x, int64_t rows, int64_t cols, double scale, bool log) override;
   void softmax_backward(DType dt, void* dx, const void* y, const void* dy, int64_t rows, int64_t cols, double scale,
                         bool log) override;
@@ -50,6 +57,18 @@ void cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, floa
                const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 void cpu_dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
                const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+// What cpu_sgemm_fused does to C after alpha * op(A) op(B) + beta * C: add bias[j] to every row (bias may be
+// null), then with gelu store the values to pre (row stride ldp; may be null) and apply the exact GELU. Each
+// register tile gets it right after its last k block, while the tile is in L1.
+struct SgemmEpilogue {
+  const float* bias = nullptr;
+  bool gelu = false;
+  float* pre = nullptr;
+  int64_t ldp = 0;
+};
+void cpu_sgemm_fused(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                     int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
+                     const SgemmEpilogue* ep);
 // Name of the SGEMM micro-kernel chosen at run time ("avx512", "avx2", "generic").
 const char* cpu_sgemm_kernel_name();
 

@@ -3,27 +3,25 @@
 // Work is split into fixed pieces (rows of the innermost dim, or blocks of kBlock elements when
 // everything is contiguous), so which thread runs a piece never changes any result.
 #pragma once
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdint>
 
 #include "engine/backend.h"
+#include "engine/backends/cpu/cpu_pool.h"
 #include "engine/error.h"
 
 namespace eng::cpu {
 
 constexpr int64_t kBlock = 16384;  // elements per parallel piece for flat loops
 
-// Run f over [0, n) in pieces of `grain`, in parallel when there is more than one piece.
+// Run f over [0, n) in pieces of `grain`, in parallel (cpu_pool.h) when there is more than one piece.
 template <typename F> void parallel_for(int64_t n, int64_t grain, F f) {
   int64_t pieces = (n + grain - 1) / grain;
   if (pieces <= 1) {
     if (n > 0) f(int64_t(0), n);
     return;
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < pieces; p++) f(p * grain, std::min(n, (p + 1) * grain));
+  run_pieces(pieces, [&](int64_t p) { f(p * grain, std::min(n, (p + 1) * grain)); });
 }
 
 // Offsets (in elements) of the element with row-major linear index `i` of `shape`, for up to 4 operands.

@@ -5,6 +5,10 @@
 // accumulated in double for both dtypes (f32 results then agree with f64 to ~1e-7 relative).
 // Layer norm's dw/db (column sums over all rows) use fixed blocks of rows whose partial sums are
 // added in block order: deterministic for any OMP_NUM_THREADS.
+// fp-contract=off: vector clones round exactly like the portable code; no-trapping-math lets the float selects
+// vectorise (no result changes). The f32 row loops are compiled per instruction set (ENG_CLONES, as cpu_fused.cpp).
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,6 +18,13 @@
 
 #include "engine/backends/cpu/cpu_backend.h"
 #include "engine/backends/cpu/cpu_loops.h"
+#include "engine/fast_math_f32.h"
+
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define ENG_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#else
+#define ENG_CLONES
+#endif
 
 namespace eng {
 
@@ -69,42 +80,7 @@ template <typename T, typename F> inline T lane_max(int64_t n, F f) {
   return r;
 }
 
-// exp for f32 without a libm call or a data-dependent branch, so loops over it vectorise. Cephes-style:
-// x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick, its integer read from the bits),
-// exp(r) by a degree-6 polynomial, 2^n built in the exponent field. Within 1 ulp of exp for
-// -87 <= x <= 88; below -87 it returns 0 (the true value is under 1.7e-38, -inf included); +inf and
-// NaN come back as themselves. Pure arithmetic: the same bits on any thread count.
-// (Float selects like `x < lo ? lo : x` would stop GCC from vectorising under -ftrapping-math, hence
-// the integer clamp and the bit mask.)
-inline float exp_f32(float x) {
-  const float round_magic = 12582912.0f;
-  const float nm = x * 1.44269504088896341f + round_magic;
-  int32_t nm_bits, magic_bits;
-  std::memcpy(&nm_bits, &nm, sizeof(nm_bits));
-  std::memcpy(&magic_bits, &round_magic, sizeof(magic_bits));
-  const int32_t ni = std::min(std::max(nm_bits - magic_bits, int32_t(-126)), int32_t(127));
-  const float n = float(ni);
-  float r = x - n * 0.693359375f;  // ln2 split in two so n * ln2_hi is exact
-  r = r - n * -2.12194440e-4f;
-  const float z = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * z + r + 1.0f;
-  const int32_t scale_bits = (ni + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &scale_bits, sizeof(scale));
-  const float y = p * scale;
-  int32_t y_bits;
-  std::memcpy(&y_bits, &y, sizeof(y_bits));
-  y_bits &= x >= -87.0f ? -1 : 0;  // a mask, not a multiply: the polynomial of -inf is NaN
-  float out;
-  std::memcpy(&out, &y_bits, sizeof(out));
-  return out + (x == x ? 0.0f : x);  // NaN in, NaN out
-}
+// exp_f32 (engine/fast_math_f32.h): no libm call, so loops over it vectorise; within 1 ulp.
 inline float exp_t(float x) { return exp_f32(x); }
 inline double exp_t(double x) { return std::exp(x); }
 
@@ -142,23 +118,28 @@ template <typename T> void softmax_backward_row(T* dx, const T* y, const T* dy, 
 
 // ---------------------------------------------------------------- layer norm
 
+// Rows [lo, hi) of the forward pass.
 template <typename T>
-void layer_norm_forward_rows(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t rows, int64_t cols,
-                             double eps) {
-  cpu::parallel_for(rows, row_grain(cols), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; r++) {
-      const T* xr = x + r * cols;
-      T* yr = y + r * cols;
-      // Mean, then the variance about it (the row is in cache; two sweeps avoid the cancellation of E[x^2]-E[x]^2).
-      const double mu = lane_sum(cols, [&](int64_t j) { return double(xr[j]); }) / double(cols);
-      const double sq = lane_sum(cols, [&](int64_t j) {
-        double d = double(xr[j]) - mu;
-        return d * d;
-      });
-      const double rs = 1.0 / std::sqrt(sq / double(cols) + eps);
-      const T mu_t = T(mu), rs_t = T(rs);
-      if (mean) mean[r] = mu_t;
-      if (rstd) rstd[r] = rs_t;
+inline __attribute__((always_inline)) void layer_norm_forward_range(T* y, T* mean, T* rstd, const T* x, const T* w,
+                                                                    const T* b, int64_t lo, int64_t hi, int64_t cols,
+                                                                    double eps) {
+  for (int64_t r = lo; r < hi; r++) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    // Mean, then the variance about it (the row is in cache; two sweeps avoid the cancellation of E[x^2]-E[x]^2).
+    const double mu = lane_sum(cols, [&](int64_t j) { return double(xr[j]); }) / double(cols);
+    const double sq = lane_sum(cols, [&](int64_t j) {
+      double d = double(xr[j]) - mu;
+      return d * d;
+    });
+    const double rs = 1.0 / std::sqrt(sq / double(cols) + eps);
+    const T mu_t = T(mu), rs_t = T(rs);
+    if (mean) mean[r] = mu_t;
+    if (rstd) rstd[r] = rs_t;
+    if (w && b) {
+#pragma omp simd
+      for (int64_t j = 0; j < cols; j++) yr[j] = (xr[j] - mu_t) * rs_t * w[j] + b[j];
+    } else {
       for (int64_t j = 0; j < cols; j++) {
         T v = (xr[j] - mu_t) * rs_t;
         if (w) v *= w[j];
@@ -166,11 +147,100 @@ void layer_norm_forward_rows(T* y, T* mean, T* rstd, const T* x, const T* w, con
         yr[j] = v;
       }
     }
+  }
+}
+
+ENG_CLONES void layer_norm_forward_range_f32(float* y, float* mean, float* rstd, const float* x, const float* w,
+                                             const float* b, int64_t lo, int64_t hi, int64_t cols, double eps) {
+  layer_norm_forward_range<float>(y, mean, rstd, x, w, b, lo, hi, cols, eps);
+}
+inline void layer_norm_forward_range_any(float* y, float* mean, float* rstd, const float* x, const float* w,
+                                         const float* b, int64_t lo, int64_t hi, int64_t cols, double eps) {
+  layer_norm_forward_range_f32(y, mean, rstd, x, w, b, lo, hi, cols, eps);
+}
+inline void layer_norm_forward_range_any(double* y, double* mean, double* rstd, const double* x, const double* w,
+                                         const double* b, int64_t lo, int64_t hi, int64_t cols, double eps) {
+  layer_norm_forward_range<double>(y, mean, rstd, x, w, b, lo, hi, cols, eps);
+}
+
+template <typename T>
+void layer_norm_forward_rows(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, int64_t rows, int64_t cols,
+                             double eps) {
+  cpu::parallel_for(rows, row_grain(cols), [&](int64_t lo, int64_t hi) {
+    layer_norm_forward_range_any(y, mean, rstd, x, w, b, lo, hi, cols, eps);
   });
 }
 
 // Rows per block of the dw/db partial sums. Fixed, so the summation order never depends on threads.
 constexpr int64_t kLnRowsPerBlock = 32;
+
+// Rows [r0, r1) of the backward pass: dx, and this block's dw/db partials (pdw/pdb, zeroed here; may be null).
+template <typename T>
+inline __attribute__((always_inline)) void layer_norm_backward_block(T* dx, double* pdw, double* pdb, const T* dy,
+                                                                     const T* x, const T* mean, const T* rstd,
+                                                                     const T* w, int64_t r0, int64_t r1,
+                                                                     int64_t cols) {
+  if (pdw) {
+    for (int64_t j = 0; j < cols; j++) pdw[j] = 0.0;
+    for (int64_t j = 0; j < cols; j++) pdb[j] = 0.0;
+  }
+  for (int64_t r = r0; r < r1; r++) {
+    const T* xr = x + r * cols;
+    const T* gr = dy + r * cols;
+    const double mu = double(mean[r]), rs = double(rstd[r]);
+    if (pdw) {
+#pragma omp simd
+      for (int64_t j = 0; j < cols; j++) {
+        double xhat = (double(xr[j]) - mu) * rs;
+        pdw[j] += double(gr[j]) * xhat;
+        pdb[j] += double(gr[j]);
+      }
+    }
+    if (!dx) continue;
+    // dxhat = dy * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    T* dr = dx + r * cols;
+    auto row = [&](auto has_w) {
+      constexpr bool kW = decltype(has_w)::value;
+      auto dxhat = [&](int64_t j) { return kW ? double(gr[j]) * double(w[j]) : double(gr[j]); };
+      double s1, s2;
+      lane_sum2(cols, [&](int64_t j, double& a, double& b) {
+        double g = dxhat(j);
+        a += g;
+        b += g * ((double(xr[j]) - mu) * rs);
+      }, s1, s2);
+      const double m1 = s1 / double(cols), m2 = s2 / double(cols);
+#pragma omp simd
+      for (int64_t j = 0; j < cols; j++) dr[j] = T(rs * (dxhat(j) - m1 - (double(xr[j]) - mu) * rs * m2));
+    };
+    if (w)
+      row(std::true_type{});
+    else
+      row(std::false_type{});
+  }
+}
+
+ENG_CLONES void layer_norm_backward_block_f32(float* dx, double* pdw, double* pdb, const float* dy, const float* x,
+                                              const float* mean, const float* rstd, const float* w, int64_t r0,
+                                              int64_t r1, int64_t cols) {
+  layer_norm_backward_block<float>(dx, pdw, pdb, dy, x, mean, rstd, w, r0, r1, cols);
+}
+inline void layer_norm_backward_block_any(float* dx, double* pdw, double* pdb, const float* dy, const float* x,
+                                          const float* mean, const float* rstd, const float* w, int64_t r0, int64_t r1,
+                                          int64_t cols) {
+  layer_norm_backward_block_f32(dx, pdw, pdb, dy, x, mean, rstd, w, r0, r1, cols);
+}
+inline void layer_norm_backward_block_any(double* dx, double* pdw, double* pdb, const double* dy, const double* x,
+                                          const double* mean, const double* rstd, const double* w, int64_t r0,
+                                          int64_t r1, int64_t cols) {
+  layer_norm_backward_block<double>(dx, pdw, pdb, dy, x, mean, rstd, w, r0, r1, cols);
+}
+
+// Grow-only scratch for the dw/db block partials, owned by the calling thread.
+double* ln_partials(size_t n) {
+  static thread_local std::vector<double> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
 
 template <typename T>
 void layer_norm_backward_rows(T* dx, T* dw, T* db, const T* dy, const T* x, const T* mean, const T* rstd, const T* w,
@@ -178,51 +248,22 @@ void layer_norm_backward_rows(T* dx, T* dw, T* db, const T* dy, const T* x, cons
   const bool want_params = dw || db;
   const int64_t blocks = (rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock;
   // partial[blk] holds [dw partial (cols), db partial (cols)] for that block of rows.
-  std::vector<double> partial(want_params ? size_t(blocks) * size_t(2 * cols) : 0, 0.0);
-#pragma omp parallel for schedule(static) if (blocks > 1 && rows * cols >= cpu::kBlock)
-  for (int64_t blk = 0; blk < blocks; blk++) {
-    const int64_t r0 = blk * kLnRowsPerBlock, r1 = std::min(rows, r0 + kLnRowsPerBlock);
-    double* pdw = want_params ? partial.data() + size_t(blk) * size_t(2 * cols) : nullptr;
-    double* pdb = want_params ? pdw + cols : nullptr;
-    for (int64_t r = r0; r < r1; r++) {
-      const T* xr = x + r * cols;
-      const T* gr = dy + r * cols;
-      const double mu = double(mean[r]), rs = double(rstd[r]);
-      if (want_params) {
-        for (int64_t j = 0; j < cols; j++) {
-          double xhat = (double(xr[j]) - mu) * rs;
-          pdw[j] += double(gr[j]) * xhat;
-          pdb[j] += double(gr[j]);
-        }
-      }
-      if (!dx) continue;
-      // dxhat = dy * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-      T* dr = dx + r * cols;
-      auto row = [&](auto has_w) {
-        constexpr bool kW = decltype(has_w)::value;
-        auto dxhat = [&](int64_t j) { return kW ? double(gr[j]) * double(w[j]) : double(gr[j]); };
-        double s1, s2;
-        lane_sum2(cols, [&](int64_t j, double& a, double& b) {
-          double g = dxhat(j);
-          a += g;
-          b += g * ((double(xr[j]) - mu) * rs);
-        }, s1, s2);
-        const double m1 = s1 / double(cols), m2 = s2 / double(cols);
-        for (int64_t j = 0; j < cols; j++) dr[j] = T(rs * (dxhat(j) - m1 - (double(xr[j]) - mu) * rs * m2));
-      };
-      if (w)
-        row(std::true_type{});
-      else
-        row(std::false_type{});
+  double* partial = want_params ? ln_partials(size_t(blocks) * size_t(2 * cols)) : nullptr;
+  const int64_t grain = std::max<int64_t>(1, cpu::kBlock / (kLnRowsPerBlock * std::max<int64_t>(cols, 1)));
+  cpu::parallel_for(blocks, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t blk = lo; blk < hi; blk++) {
+      double* pdw = want_params ? partial + size_t(blk) * size_t(2 * cols) : nullptr;
+      layer_norm_backward_block_any(dx, pdw, pdw ? pdw + cols : nullptr, dy, x, mean, rstd, w, blk * kLnRowsPerBlock,
+                                    std::min(rows, (blk + 1) * kLnRowsPerBlock), cols);
     }
-  }
+  });
   if (!want_params) return;
   // Column sums of the block partials, in block order; parallel over columns.
   cpu::parallel_for(cols, 256, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; j++) {
       double sw = 0, sb = 0;
       for (int64_t blk = 0; blk < blocks; blk++) {
-        const double* p = partial.data() + size_t(blk) * size_t(2 * cols);
+        const double* p = partial + size_t(blk) * size_t(2 * cols);
         sw += p[j];
         sb += p[cols + j];
       }

@@ -3,11 +3,15 @@
 // Determinism: every output is accumulated in the same order (row-major over the reduced elements,
 // f64 accumulator for sums). A reduction with few outputs is split into fixed chunks of the reduced
 // range whose partial sums are then added in order, so the thread count never changes the result.
+// f32 column sums over leading dims (bias gradients) use fixed blocks of 64 rows the same way.
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "engine/backends/cpu/cpu_backend.h"
+#include "engine/backends/cpu/cpu_fused.h"
 #include "engine/backends/cpu/cpu_loops.h"
 
 namespace eng {
@@ -16,6 +20,14 @@ using namespace cpu;
 namespace {
 
 constexpr int64_t kChunk = 32768;  // reduced elements per partial sum when outputs are few
+constexpr int64_t kRowBlock = 64;  // rows per partial of a column sum (fixed: the summation order never depends on threads)
+
+// Grow-only scratch for column-sum partials, owned by the calling thread (kernels run one at a time per caller).
+double* reduce_scratch(size_t n) {
+  static thread_local std::vector<double> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
 
 // Row-major walk over a sub-box of dims (shape/strides), visiting offsets of `count` elements starting at `start`.
 struct Odometer {
@@ -88,15 +100,7 @@ template <typename T> void reduce_typed(ReduceOp op, const TensorDesc& dst, cons
   T* o = static_cast<T*>(dst.data);
   using R = ReduceOps<T, Acc>;
 
-  std::vector<int64_t> out_src(static_cast<size_t>(n_out)), out_dst(static_cast<size_t>(n_out));
-  {
-    int64_t i = 0;
-    kept.walk(0, n_out, [&](int64_t off) { out_src[size_t(i++)] = off; });
-    i = 0;
-    dkept.walk(0, n_out, [&](int64_t off) { out_dst[size_t(i++)] = off; });
-  }
-  // Leading dims reduced, trailing dims kept, all contiguous (bias gradients, means over a batch):
-  // accumulate whole rows, column blocks in parallel. Same summation order as the general path.
+  // Leading dims reduced, trailing dims kept, all contiguous (bias gradients, means over a batch).
   bool leading = src.contiguous() && dst.contiguous() && n_out > 1;
   for (int d = 0, seen_kept = 0; d < src.ndim && leading; d++) {
     bool kept_dim = dst.shape[d] == src.shape[d] && src.shape[d] != 1;
@@ -105,6 +109,31 @@ template <typename T> void reduce_typed(ReduceOp op, const TensorDesc& dst, cons
     if (red_dim && seen_kept) leading = false;
   }
   if (leading && n_red > 1) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (op == ReduceOp::Sum) {
+        // Sums of f32 columns (bias gradients): fixed blocks of kRowBlock rows, each summed into f64 column partials
+        // by the vectorised kernel, blocks in parallel; then each column adds its block partials in block order.
+        const int64_t blocks = (n_red + kRowBlock - 1) / kRowBlock;
+        double* part = reduce_scratch(size_t(blocks * n_out));
+        parallel_for(blocks, std::max<int64_t>(1, kChunk / (kRowBlock * n_out)), [&](int64_t lo, int64_t hi) {
+          for (int64_t blk = lo; blk < hi; blk++) {
+            double* acc = part + blk * n_out;
+            std::fill(acc, acc + n_out, 0.0);
+            const int64_t r0 = blk * kRowBlock;
+            cpu::column_sums_f32(acc, s + r0 * n_out, n_out, std::min(kRowBlock, n_red - r0), n_out);
+          }
+        });
+        parallel_for(n_out, 1024, [&](int64_t lo, int64_t hi) {
+          for (int64_t c = lo; c < hi; c++) {
+            double acc = 0;
+            for (int64_t blk = 0; blk < blocks; blk++) acc += part[blk * n_out + c];
+            o[c] = T(acc);
+          }
+        });
+        return;
+      }
+    }
+    // Max/min and f64: accumulate whole rows, column blocks in parallel (the general path's order).
     constexpr int64_t kCols = 256;
     parallel_for(n_out, kCols, [&](int64_t lo, int64_t hi) {
       Acc acc[kCols];
@@ -116,6 +145,13 @@ template <typename T> void reduce_typed(ReduceOp op, const TensorDesc& dst, cons
       for (int64_t c = lo; c < hi; c++) o[c] = T(acc[c - lo]);
     });
     return;
+  }
+  std::vector<int64_t> out_src(static_cast<size_t>(n_out)), out_dst(static_cast<size_t>(n_out));
+  {
+    int64_t i = 0;
+    kept.walk(0, n_out, [&](int64_t off) { out_src[size_t(i++)] = off; });
+    i = 0;
+    dkept.walk(0, n_out, [&](int64_t off) { out_dst[size_t(i++)] = off; });
   }
   if (n_out >= 64 || n_red <= kChunk) {
     int64_t grain = std::max<int64_t>(1, kChunk / std::max<int64_t>(n_red, 1));

@@ -26,6 +26,12 @@ using SgemmSmallKernel = void (*)(bool trans_a, bool trans_b, int64_t m, int64_t
 using SgemmPackA = void (*)(bool trans_a, const float* a, int64_t lda, int64_t rows, int64_t kc, float* dst);
 using SgemmPackB = void (*)(bool trans_b, const float* b, int64_t ldb, int64_t cols, int64_t kc, float* dst);
 
+// Micro-kernel reading A in place instead of from a packed panel: row i of the tile is a + i * lda (op(A) not
+// transposed), i < mr; same arithmetic, in the same order, as `micro`, so results are bitwise equal. Optional
+// (null where a kernel has none); the driver uses it when op(A) is row-major, saving the packing of A.
+using SgemmMicroKernelDirectA = void (*)(int64_t kc, const float* a, int64_t lda, const float* b_pack, float* c,
+                                         int64_t ldc, int mr, int nr, float alpha, float beta);
+
 struct SgemmKernel {
   const char* name;
   int mr, nr;      // register tile of the micro-kernel
@@ -36,6 +42,7 @@ struct SgemmKernel {
   SgemmSmallKernel small;
   SgemmPackA pack_a;
   SgemmPackB pack_b;
+  SgemmMicroKernelDirectA micro_direct_a = nullptr;
 };
 
 // Each returns its kernel table; only call one the CPU supports (see supported()).
@@ -50,5 +57,8 @@ const SgemmKernel& sgemm_active_kernel();
 bool sgemm_select_kernel(const char* name);
 // Restores the automatic choice.
 void sgemm_reset_kernel();
+// Reads row-major A in place where the kernel has micro_direct_a (the default), or always packs it (for
+// benchmarks and tests; results are bitwise the same). Not thread-safe against running GEMMs.
+void sgemm_set_direct_a(bool on);
 
 }  // namespace eng::gemm

@@ -8,6 +8,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "engine/backends/cpu/gemm_kernels.h"
@@ -66,6 +67,66 @@ ENG_AVX512 void micro_12x32(int64_t kc, const float* __restrict a, const float* 
     }
     a += kMR;
     b += kNR;
+  }
+  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
+  const bool read_c = beta != 0.0f;
+  if (mr == kMR && nr == kNR) {
+#pragma GCC unroll 12
+    for (int i = 0; i < kMR; i++) store_row(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c);
+    return;
+  }
+  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1);
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; i++)
+    if (i < mr) store_row_masked(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c, m0, m1);
+}
+
+// The k loop of the tile with A read in place: row i at rows[i / 4] + (i % 4) * lda, advancing one float per k step.
+ENG_AVX512 ENG_GEMM_INLINE void direct_a_loop(int64_t kc, const float* r0, const float* r4, const float* r8, int64_t lda,
+                                              const float* __restrict b, __m512* acc0, __m512* acc1) {
+  const int64_t l2 = 2 * lda, l3 = 3 * lda;
+  for (int64_t p = 0; p < kc; p++) {
+    const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNR), _MM_HINT_T0);
+    const float* base[3] = {r0 + p, r4 + p, r8 + p};
+#pragma GCC unroll 3
+    for (int g = 0; g < 3; g++) {
+      const __m512 x0 = _mm512_set1_ps(base[g][0]), x1 = _mm512_set1_ps(base[g][lda]);
+      const __m512 x2 = _mm512_set1_ps(base[g][l2]), x3 = _mm512_set1_ps(base[g][l3]);
+      acc0[4 * g] = _mm512_fmadd_ps(x0, b0, acc0[4 * g]);
+      acc1[4 * g] = _mm512_fmadd_ps(x0, b1, acc1[4 * g]);
+      acc0[4 * g + 1] = _mm512_fmadd_ps(x1, b0, acc0[4 * g + 1]);
+      acc1[4 * g + 1] = _mm512_fmadd_ps(x1, b1, acc1[4 * g + 1]);
+      acc0[4 * g + 2] = _mm512_fmadd_ps(x2, b0, acc0[4 * g + 2]);
+      acc1[4 * g + 2] = _mm512_fmadd_ps(x2, b1, acc1[4 * g + 2]);
+      acc0[4 * g + 3] = _mm512_fmadd_ps(x3, b0, acc0[4 * g + 3]);
+      acc1[4 * g + 3] = _mm512_fmadd_ps(x3, b1, acc1[4 * g + 3]);
+    }
+    b += kNR;
+  }
+}
+
+// The same tile as micro_12x32 with A read in place: row i at a + i * lda. Each k step broadcasts one float from
+// each of the 12 rows, whose current cache lines stay in L1 while the B block streams past, as a packed panel
+// would. Same arithmetic in the same order as micro_12x32, so the results are bitwise equal. A partial tile
+// (mr < 12) reads a copy of its rows padded with zeros instead, so no row past the matrix is touched.
+ENG_AVX512 void micro_12x32_direct_a(int64_t kc, const float* a, int64_t lda, const float* __restrict b, float* c,
+                                     int64_t ldc, int mr, int nr, float alpha, float beta) {
+  __m512 acc0[kMR], acc1[kMR];
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; i++) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  for (int i = 0; i < mr; i++) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
+  }
+  if (mr == kMR) {
+    direct_a_loop(kc, a, a + 4 * lda, a + 8 * lda, lda, b, acc0, acc1);
+  } else {
+    static thread_local std::vector<float> rows;
+    rows.assign(size_t(kMR * kc), 0.0f);
+    for (int i = 0; i < mr; i++) std::copy(a + i * lda, a + i * lda + kc, rows.begin() + i * kc);
+    direct_a_loop(kc, rows.data(), rows.data() + 4 * kc, rows.data() + 8 * kc, kc, b, acc0, acc1);
   }
   const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
   const bool read_c = beta != 0.0f;
@@ -217,19 +278,47 @@ ENG_AVX512 void copy_transposed_b_avx512(const float* b, int64_t ldb, int64_t k,
   }
 }
 
+// C[i][j] = alpha * (row i of A . row j of the stored B) + beta * C[i][j] for the last few columns of a problem
+// with B transposed (stored n x k, so a column of op(B) is contiguous): one vector dot product over k per element.
+ENG_AVX512 void small_tail_columns(int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a, int64_t lda,
+                                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  for (int64_t j = j0; j < j1; j++) {
+    const float* bj = b + j * ldb;
+    for (int64_t i = 0; i < m; i++) {
+      const float* ai = a + i * lda;
+      __m512 acc = _mm512_setzero_ps();
+      int64_t p = 0;
+      for (; p + 16 <= k; p += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(ai + p), _mm512_loadu_ps(bj + p), acc);
+      if (p < k) {
+        const __mmask16 mk = __mmask16((1u << (k - p)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, ai + p), _mm512_maskz_loadu_ps(mk, bj + p), acc);
+      }
+      const float v = alpha * _mm512_reduce_add_ps(acc);
+      c[i * ldc + j] = beta == 0.0f ? v : v + beta * c[i * ldc + j];
+    }
+  }
+}
+
 ENG_AVX512 void small_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                             const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                             int64_t ldc) {
+  // A last block of 1..4 columns would cost a whole 32-column block (attention scores of 65 tokens: 64 + 1); with
+  // B stored transposed and A row-major those columns are dot products instead.
+  int64_t n_main = n;
+  if (trans_b && !trans_a && n > 32 && n % 32 != 0 && n % 32 <= 4) {
+    n_main = n - n % 32;
+    small_tail_columns(m, n_main, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
   static thread_local std::vector<float> b_copy;
   if (trans_b) {
-    b_copy.resize(size_t(k * n));
-    copy_transposed_b_avx512(b, ldb, k, n, b_copy.data());
+    b_copy.resize(size_t(k * n_main));
+    copy_transposed_b_avx512(b, ldb, k, n_main, b_copy.data());
     b = b_copy.data();
-    ldb = n;
+    ldb = n_main;
   }
   const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
-  for (int64_t j = 0; j < n; j += 32) {
-    const int nc = int(n - j < 32 ? n - j : 32);
+  for (int64_t j = 0; j < n_main; j += 32) {
+    const int nc = int(n_main - j < 32 ? n_main - j : 32);
     int64_t i = 0;
     for (; i + 4 <= m; i += 4)
       small_block<4>(k, nc, alpha, a + i * a_row, a_row, a_col, b + j, ldb, beta, c + i * ldc + j, ldc);
@@ -243,7 +332,8 @@ ENG_AVX512 void small_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, in
 const SgemmKernel& sgemm_kernel_avx512() {
   // kc: A micro-panel 12 x 384 floats = 18 KiB of the 32 KiB L1; nc: B block 384 x 320 floats = 480 KiB of
   // a 1 MiB L2; mc: A block 3072 x 384 floats = 4.5 MiB of L3.
-  static const SgemmKernel k{"avx512", kMR, kNR, 384, 320, 3072, micro_12x32, small_sgemm, pack_a, pack_b};
+  static const SgemmKernel k{"avx512", kMR, kNR, 384, 320, 3072, micro_12x32, small_sgemm, pack_a, pack_b,
+                             micro_12x32_direct_a};
   return k;
 }
 

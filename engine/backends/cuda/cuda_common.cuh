@@ -1,0 +1,331 @@
+// cuda_common.cuh: what every CUDA kernel file of the backend shares: the CudaBackend class (its methods are
+// defined by family in cuda_*.cu), the per-op scope (device + NVTX range), strided geometry, dtype
+// dispatch, bf16 on the device, temporary device buffers and deterministic warp/block reductions.
+//
+// Files:  cuda_backend.cu    allocator, device registry, host<->device copies, capabilities
+//         cuda_elementwise.cu copy, fill, unary, binary, where (+ the GEMM epilogue kernel)
+//         cuda_reduce.cu     reduce, arg_reduce
+//         cuda_nn.cu         softmax / log_softmax, layer norm (forward and backward)
+//         cuda_index.cu      index_select, index_add, gather, scatter_add, sort, topk
+//         cuda_random.cu     random_uniform, random_normal (Philox, engine/rng.h)
+//         cuda_optim.cu      fused AdamW (engine/optim_math.h)
+//         cuda_gemm.cu       GEMM through cuBLASLt (cuBLAS as the fallback), epilogues, TF32 / bf16
+//         cuda_attention.cu  fused attention forward / backward
+//
+// Determinism: no kernel uses atomics to combine values. Every reduction runs in an order fixed by the shapes
+// alone (never by the number of SMs or by timing), so a run repeats bit for bit on the same GPU model.
+// Everything runs on the legacy default stream of the backend's device, so work is ordered and a temporary
+// buffer handed back to the caching allocator after a launch is only reused by later work.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "engine/allocator.h"
+#include "engine/backend.h"
+#include "engine/backends/cuda/cuda_check.h"
+#include "engine/nvtx.h"
+
+namespace eng {
+namespace cuda {
+
+struct GemmState;  // cuBLAS / cuBLASLt handles, workspace and the algorithm cache (cuda_gemm.cu)
+
+// ---------------------------------------------------------------- the backend
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+  const char* name() const override { return "cuda"; }
+  int device() const { return device_; }
+
+  void copy(const TensorDesc& dst, const TensorDesc& src) override;
+  void fill(const TensorDesc& dst, double value) override;
+  void unary(UnaryOp op, const TensorDesc& dst, const TensorDesc& src, UnaryParams p) override;
+  void binary(BinaryOp op, const TensorDesc& dst, const TensorDesc& a, const TensorDesc& b) override;
+  void where(const TensorDesc& dst, const TensorDesc& cond, const TensorDesc& a, const TensorDesc& b) override;
+  void reduce(ReduceOp op, const TensorDesc& dst, const TensorDesc& src) override;
+  void arg_reduce(bool is_max, const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim) override;
+  void gemm(const GemmArgs& g) override;
+  void softmax_forward(DType dt, void* y, const void* x, int64_t rows, int64_t cols, double scale, bool log) override;
+  void softmax_backward(DType dt, void* dx, const void* y, const void* dy, int64_t rows, int64_t cols, double scale,
+                        bool log) override;
+  void layer_norm_forward(DType dt, void* y, void* mean, void* rstd, const void* x, const void* w, const void* b,
+                          int64_t rows, int64_t cols, double eps) override;
+  void layer_norm_backward(DType dt, void* dx, void* dw, void* db, const void* dy, const void* x, const void* mean,
+                           const void* rstd, const void* w, int64_t rows, int64_t cols) override;
+  void index_select(const TensorDesc& dst, const TensorDesc& src, int dim, const TensorDesc& index) override;
+  void index_add(const TensorDesc& dst, int dim, const TensorDesc& index, const TensorDesc& src) override;
+  void gather(const TensorDesc& dst, const TensorDesc& src, int dim, const TensorDesc& index) override;
+  void scatter_add(const TensorDesc& dst, int dim, const TensorDesc& index, const TensorDesc& src) override;
+  void sort(const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim, bool descending) override;
+  void topk(const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int64_t k, int dim,
+            bool largest) override;
+  void random_uniform(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double lo,
+                      double hi) override;
+  void random_normal(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double mean,
+                     double std) override;
+  void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a) override;
+
+  bool supports_gemm_epilogue(GemmEpilogue e) const override;
+  bool has_fused_attention(DType dt, int64_t head_dim, int64_t v_dim) const override;
+  bool supports_strided_attention() const override;
+  void attention_forward(const AttentionArgs& a) override;
+  void attention_backward(const AttentionArgs& a) override;
+
+  // C[b] = epilogue(C[b]) for a GEMM result (bias add, exact GELU, pre-activation copy); cuda_elementwise.cu.
+  void gemm_epilogue(const GemmArgs& g, bool bias_done);
+  // C = beta * C over a batch of row-major m x n matrices (k == 0 or alpha == 0); cuda_elementwise.cu.
+  void gemm_scale_c(const GemmArgs& g);
+
+ private:
+  int device_;
+  std::once_flag gemm_once_;
+  std::unique_ptr<GemmState> gemm_;
+  GemmState& gemm_state();
+};
+
+// Every backend method opens one of these: makes the backend's device current and names the op in NVTX.
+class OpScope {
+ public:
+  OpScope(const CudaBackend& b, const char* name) : range_(name) { CUDA_CHECK(cudaSetDevice(b.device())); }
+
+ private:
+  NvtxRange range_;
+};
+
+// ---------------------------------------------------------------- temporary device memory
+
+// A scratch buffer from the device's caching allocator, returned when the scope ends. Safe because all work is
+// stream-ordered on one stream: whoever gets the block next runs after the kernels launched here.
+class DeviceBuffer {
+ public:
+  DeviceBuffer(int device, size_t nbytes) : alloc_(&allocator_for(Device::cuda(device))), nbytes_(nbytes) {
+    if (nbytes_) ptr_ = alloc_->allocate(nbytes_);
+  }
+  ~DeviceBuffer() {
+    if (ptr_) alloc_->deallocate(ptr_, nbytes_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <typename T> T* as() const { return static_cast<T*>(ptr_); }
+  void* get() const { return ptr_; }
+  size_t size() const { return nbytes_; }
+
+ private:
+  Allocator* alloc_;
+  size_t nbytes_;
+  void* ptr_ = nullptr;
+};
+
+// ---------------------------------------------------------------- bf16 on the device
+
+// Same bits as eng::bf16 (the upper half of an f32); conversions round to nearest even exactly like the host's.
+struct bf16_t {
+  uint16_t bits;
+};
+static_assert(sizeof(bf16_t) == sizeof(bf16), "bf16_t must match eng::bf16");
+
+__device__ inline bf16_t float_to_bf16(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{uint16_t((u >> 16) | 0x40u)};  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return bf16_t{uint16_t(u >> 16)};
+}
+
+// The type arithmetic runs in: T itself, f32 for bf16.
+template <typename T> struct CalcOf { using type = T; };
+template <> struct CalcOf<bf16_t> { using type = float; };
+template <typename T> using calc_t = typename CalcOf<T>::type;
+
+// Loads and stores through the arithmetic type.
+template <typename T> __device__ inline calc_t<T> ld(const T& x) { return x; }
+template <> __device__ inline float ld<bf16_t>(const bf16_t& x) { return __uint_as_float(uint32_t(x.bits) << 16); }
+template <typename T> __device__ inline T st(calc_t<T> x) { return x; }
+template <> __device__ inline bf16_t st<bf16_t>(float x) { return float_to_bf16(x); }
+
+// Conversion between any two element types, as the CPU's copy converts (bf16 through f32).
+template <typename D, typename S> struct Convert {
+  __device__ static D run(S s) { return static_cast<D>(s); }
+};
+template <typename S> struct Convert<bf16_t, S> {
+  __device__ static bf16_t run(S s) { return float_to_bf16(float(s)); }
+};
+template <typename D> struct Convert<D, bf16_t> {
+  __device__ static D run(bf16_t s) { return static_cast<D>(ld<bf16_t>(s)); }
+};
+template <> struct Convert<bf16_t, bf16_t> {
+  __device__ static bf16_t run(bf16_t s) { return s; }
+};
+template <typename D, typename S> __device__ inline D convert(S s) { return Convert<D, S>::run(s); }
+
+// ---------------------------------------------------------------- dtype dispatch
+
+// f(tag) with a value of the element type for dt: every dtype.
+template <typename F> void dispatch_all(DType dt, F f) {
+  switch (dt) {
+    case DType::F32: f(float{}); break;
+    case DType::F64: f(double{}); break;
+    case DType::BF16: f(bf16_t{}); break;
+    case DType::I32: f(int32_t{}); break;
+    case DType::I64: f(int64_t{}); break;
+  }
+}
+// Floating dtypes: f32, f64, bf16 (arithmetic in f32).
+template <typename F> void dispatch_float(DType dt, const char* op, F f) {
+  switch (dt) {
+    case DType::F32: f(float{}); break;
+    case DType::F64: f(double{}); break;
+    case DType::BF16: f(bf16_t{}); break;
+    default: ENG_FAIL("{} on cuda: dtype {} is not supported (f32, f64, bf16)", op, dtype_name(dt));
+  }
+}
+// Data movement by element size only.
+template <typename F> void dispatch_by_size(DType dt, F f) {
+  switch (dtype_size(dt)) {
+    case 2: f(uint16_t{}); break;
+    case 4: f(uint32_t{}); break;
+    case 8: f(uint64_t{}); break;
+    default: ENG_FAIL("internal: element size {} of dtype {}", dtype_size(dt), dtype_name(dt));
+  }
+}
+
+// ---------------------------------------------------------------- strided geometry
+
+constexpr int kMaxOperands = 4;
+
+// The shape an elementwise kernel walks (row-major linear index) and each operand's strides, by value.
+struct Geo {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[kMaxOperands][kMaxDims] = {};
+};
+
+// Geometry over ds[0]'s shape with the strides of ds[0..n); size-1 dims dropped and dims that are contiguous
+// with respect to each other in every operand merged, so the common cases become one dim.
+inline Geo make_geo(const TensorDesc* const ds[], int n) {
+  Geo g;
+  const TensorDesc& d0 = *ds[0];
+  for (int d = 0; d < d0.ndim; d++) {
+    if (d0.shape[d] == 1) continue;
+    if (g.ndim > 0) {
+      bool merge = true;
+      for (int k = 0; k < n; k++) merge = merge && g.strides[k][g.ndim - 1] == ds[k]->strides[d] * d0.shape[d];
+      if (merge) {
+        g.shape[g.ndim - 1] *= d0.shape[d];
+        for (int k = 0; k < n; k++) g.strides[k][g.ndim - 1] = ds[k]->strides[d];
+        continue;
+      }
+    }
+    g.shape[g.ndim] = d0.shape[d];
+    for (int k = 0; k < n; k++) g.strides[k][g.ndim] = ds[k]->strides[d];
+    g.ndim++;
+  }
+  return g;
+}
+
+// Element offsets of operands 0..N-1 for row-major linear index i.
+template <int N> __device__ inline void geo_offsets(const Geo& g, int64_t i, int64_t* off) {
+  if (g.ndim <= 1) {
+    for (int k = 0; k < N; k++) off[k] = g.ndim ? i * g.strides[k][0] : 0;
+    return;
+  }
+  for (int k = 0; k < N; k++) off[k] = 0;
+  for (int d = g.ndim - 1; d >= 0; d--) {
+    int64_t idx = i % g.shape[d];
+    i /= g.shape[d];
+    for (int k = 0; k < N; k++) off[k] += idx * g.strides[k][d];
+  }
+}
+
+// Iteration space split at one dim: every position of the other dims ("lines" along dim), with per-operand
+// offsets. Used by kernels that walk or index along `dim` (arg_reduce, scatter_add, sort, ...).
+struct LineGeo {
+  int ndim = 0;  // dims other than `dim`, size-1 dims dropped
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[kMaxOperands][kMaxDims] = {};
+  int64_t lines = 1;
+};
+
+// `loop` gives the shape (its size along dim is ignored); strides[k] are operand k's strides indexed like loop's.
+inline LineGeo make_line_geo(const TensorDesc& loop, int dim, const int64_t* const strides[], int n) {
+  LineGeo g;
+  for (int d = 0; d < loop.ndim; d++) {
+    if (d == dim || loop.shape[d] == 1) continue;
+    g.shape[g.ndim] = loop.shape[d];
+    for (int k = 0; k < n; k++) g.strides[k][g.ndim] = strides[k][d];
+    g.lines *= loop.shape[d];
+    g.ndim++;
+  }
+  return g;
+}
+
+template <int N> __device__ inline void line_offsets(const LineGeo& g, int64_t line, int64_t* off) {
+  for (int k = 0; k < N; k++) off[k] = 0;
+  for (int d = g.ndim - 1; d >= 0; d--) {
+    int64_t idx = line % g.shape[d];
+    line /= g.shape[d];
+    for (int k = 0; k < N; k++) off[k] += idx * g.strides[k][d];
+  }
+}
+
+// ---------------------------------------------------------------- launch helpers
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n items; the cap keeps the grid small. Results never depend on it.
+inline unsigned blocks_for(int64_t n, int threads = kThreads) {
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535 * 8)));
+}
+
+#define ENG_GRID_STRIDE(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+// ---------------------------------------------------------------- deterministic reductions
+
+struct SumOp {
+  template <typename A> __device__ A operator()(A a, A b) const { return a + b; }
+};
+// max / min that let NaN win, as the CPU's reductions do.
+struct MaxOp {
+  template <typename A> __device__ A operator()(A a, A b) const { return (b > a || b != b) ? b : a; }
+};
+struct MinOp {
+  template <typename A> __device__ A operator()(A a, A b) const { return (b < a || b != b) ? b : a; }
+};
+
+// Butterfly over a warp: every lane ends with the same value (each step adds the same two operands on both
+// partner lanes), in a fixed order.
+template <typename A, typename Op> __device__ inline A warp_allreduce(A v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Over a whole block of kBlock threads (a multiple of 32): warp butterflies, then every thread combines the
+// warp results in warp order. smem needs kBlock / 32 slots. All threads get the result.
+template <int kBlock, typename A, typename Op> __device__ inline A block_allreduce(A v, Op op, A* smem) {
+  v = warp_allreduce(v, op);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  A r = smem[0];
+  for (int w = 1; w < kBlock / 32; w++) r = op(r, smem[w]);
+  __syncthreads();  // smem may be reused right after
+  return r;
+}
+
+// A row handled by kGroup threads: one warp (kGroup == 32, several rows per block) or the whole block.
+template <int kGroup, typename A, typename Op> __device__ inline A group_allreduce(A v, Op op, A* smem) {
+  if constexpr (kGroup == 32) {
+    return warp_allreduce(v, op);
+  } else {
+    return block_allreduce<kGroup>(v, op, smem);
+  }
+}
+
+}  // namespace cuda
+}  // namespace eng
