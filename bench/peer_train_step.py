@@ -5,8 +5,10 @@ encoder 192 x 12 with 3 heads, decoder 128 x 4 with 4 heads, mask ratio 0.75, no
 The model is tests/fixtures/make_mae_fixture.py's restatement of facebookresearch/mae (the golden fixture's
 generator), so both sides compute the same thing.
 
-Threads: torch.set_num_threads(--threads), by default the number of CPUs this process may run on (what our
-OpenMP runtime uses), so both sides get the same cores. (This Debian build of torch otherwise starts with 1.)
+Threads: PyTorch's own defaults unless --threads is given. On the reference machine (Debian's python3-torch 1.13,
+2 CPUs) that is 1 intra-op thread, while the GEMMs go to OpenBLAS with its own 2 pthreads: both cores busy, and
+measured faster than torch.set_num_threads(2) (whose OpenMP threads then compete with OpenBLAS's), so the
+default is the peer's best configuration on these cores. The threads of both pools are printed.
 AdamW: --foreach 1 uses the multi-tensor implementation when this torch has it (the faster one on CPU);
 the default is PyTorch's own default for CPU tensors.
 Used only for comparison; the engine never needs Python. Run: python3 bench/peer_train_step.py [--batch 128]
@@ -28,6 +30,19 @@ TINY = dict(img_size=32, patch_size=4, in_chans=3, embed_dim=192, depth=12, num_
             decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4, mlp_ratio=4.0, norm_pix_loss=True)
 
 
+def blas_threads():
+    """Threads of the OpenBLAS that torch loaded (it runs its own pthreads beside torch's), or '?'."""
+    import ctypes
+    with open("/proc/self/maps") as f:
+        libs = sorted({line.split()[-1] for line in f if "openblas" in line and line.split()[-1].startswith("/")})
+    for path in libs:
+        try:
+            return ctypes.CDLL(path).openblas_get_num_threads()
+        except (OSError, AttributeError):
+            continue
+    return "?"
+
+
 def rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -38,11 +53,12 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps PyTorch's default")
     ap.add_argument("--foreach", type=int, default=-1, help="1/0: force AdamW's foreach implementation on/off")
     ap.add_argument("--only", choices=["train", "forward"], default=None)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = MAE(TINY)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -50,8 +66,9 @@ def main():
     opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, **kw)
     imgs = torch.randn(a.batch, 3, 32, 32)
     L = 64
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {a.batch}, AdamW foreach "
-          f"{kw.get('foreach', 'default')}; medians of {a.steps} steps after {a.warmup} warm-up")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, BLAS threads {blas_threads()}, "
+          f"{len(os.sched_getaffinity(0))} CPUs, batch {a.batch}, AdamW foreach {kw.get('foreach', 'default')}; "
+          f"medians of {a.steps} steps after {a.warmup} warm-up")
     rss0 = rss_mib()
     step = fw = None
     if a.only in (None, "train"):

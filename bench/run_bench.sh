@@ -2,8 +2,9 @@
 # run_bench.sh: what `make bench` runs. Every benchmark binary in <build>/bench (the GEMM benchmark beside
 # OpenBLAS, ...), then the MAE training-step benchmark and its PyTorch peer (bench/peer_train_step.py, when torch
 # imports) in alternating rounds, so both see the same machine state, and finally the medians over the rounds as
-# ratio lines. Usage: bash bench/run_bench.sh [build-dir]   (BENCH_ROUNDS=3 by default; BENCH_THREADS sets both
-# sides' thread count, default: all CPUs this process may use).
+# ratio lines. Usage: bash bench/run_bench.sh [build-dir]. Environment: BENCH_ROUNDS (3), BENCH_THREADS (our
+# OpenMP threads; default all CPUs this process may use), BENCH_PEER_THREADS (torch.set_num_threads for the peer;
+# default PyTorch's own setting, its fastest on the reference machine, see peer_train_step.py).
 set -euo pipefail
 build=${1:-build}
 rounds=${BENCH_ROUNDS:-3}
@@ -30,8 +31,8 @@ for r in $(seq 1 "$rounds"); do
   echo "== round $r/$rounds: ours ($threads threads)"
   OMP_NUM_THREADS=$threads "$build/bench/bench_train_step" 2>/dev/null | tee "$build/bench-train-$r.out"
   if [ -n "$py" ]; then
-    echo "== round $r/$rounds: PyTorch peer ($py, $threads threads)"
-    "$py" "$here/peer_train_step.py" --threads "$threads" | tee "$build/bench-peer-$r.out"
+    echo "== round $r/$rounds: PyTorch peer ($py)"
+    "$py" "$here/peer_train_step.py" --threads "${BENCH_PEER_THREADS:-0}" | tee "$build/bench-peer-$r.out"
   fi
 done
 
@@ -52,9 +53,9 @@ if [ -n "$py" ]; then
   peer_fwd=$(median "peer_forward:" 2 "${peer[@]}")
   peer_rss=$(median "peak memory of the training step:" 13 "${peer[@]}")
   awk -v a="$ours_step" -v b="$peer_step" -v t="$threads" \
-    'BEGIN{printf "train_step (mae_tiny_p4_32, batch 128, %d threads): %.1f images/s (%.2fx PyTorch %.1f)\n", t, a, a/b, b}'
+    'BEGIN{printf "train_step (mae_tiny_p4_32, batch 128, %d CPUs): %.1f images/s (%.2fx PyTorch %.1f)\n", t, a, a/b, b}'
   awk -v a="$ours_fwd" -v b="$peer_fwd" -v t="$threads" \
-    'BEGIN{printf "forward features (no grad, %d threads): %.1f images/s (%.2fx PyTorch %.1f)\n", t, a, a/b, b}'
+    'BEGIN{printf "forward features (no grad, %d CPUs): %.1f images/s (%.2fx PyTorch %.1f)\n", t, a, a/b, b}'
   awk -v p="$ours_peak" -v a="$ours_rss" -v b="$peer_rss" \
     'BEGIN{printf "peak memory of the training step: %.0f MiB RSS growth (allocator peak %.0f MiB) (%.2fx PyTorch %.0f MiB RSS growth)\n", a, p, a/b, b}'
 else

@@ -63,7 +63,9 @@ enum class ReduceOp { Sum, Max, Min };
 //   BiasGelu: C[b][i][j] = gelu(C[b][i][j] + bias[j]) with the exact erf GELU (bias may be null: no add);
 //             pre_gelu (when set) receives the values before the GELU, in C's layout (ldc, stride_c), for the
 //             backward pass.
-enum class GemmEpilogue : uint8_t { None, Bias, BiasGelu };
+//   GeluGrad: C[b][i][j] *= gelu'(pre_gelu[b][i][j]) (pre_gelu read in C's layout): the backward of a BiasGelu
+//             layer fused into the GEMM that produces the gradient of its output. No bias.
+enum class GemmEpilogue : uint8_t { None, Bias, BiasGelu, GeluGrad };
 
 // Row-major C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b], op = transpose when the flag is set.
 // A is m x k after op (stored k x m when trans_a), B is k x n after op.

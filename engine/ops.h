@@ -81,6 +81,9 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
 // gelu(linear(x, w, b)) with the GELU in the GEMM's epilogue where the backend can (its input is kept for backward).
 Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+// A transformer MLP, linear(linear_gelu(x, w1, b1), w2, b2), whose backward also puts the GELU's gradient in a GEMM
+// epilogue (that of the GEMM making fc2's input gradient) where the backend can; otherwise exactly that composition.
+Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2);
 
 // ---- neural-network ops (engine/ops/nn.cpp) ----
 Tensor softmax(const Tensor& x, int64_t dim = -1);

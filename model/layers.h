@@ -49,7 +49,7 @@ struct Mlp {
   Linear fc1, fc2;
   Mlp() = default;
   Mlp(eng::Generator& g, int64_t dim, int64_t hidden);
-  Tensor operator()(const Tensor& x) const { return fc2(eng::linear_gelu(x, fc1.weight, fc1.bias)); }
+  Tensor operator()(const Tensor& x) const { return eng::mlp_gelu(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias); }
   void visit(const std::string& prefix, const Visitor& f);
 };
 

@@ -1,5 +1,5 @@
 // test_ops_fused.cpp: the fused kernels of the CPU speed work. Registry cases (f64 reference, f32 forward,
-// finite-difference gradients) for linear with its bias in the GEMM epilogue, linear_gelu, attention_qkv on a
+// finite-difference gradients) for linear with its bias in the GEMM epilogue, linear_gelu, mlp_gelu, attention_qkv on a
 // packed projection (strided fused attention) and the fused attention on long sequences (row chunks); doctest
 // cases for what the registry cannot express: the f32 GELU/exp polynomials against f64 over dense sweeps, the
 // vectorised spans against the scalar formula bit for bit, the GEMM epilogue against a separate bias + GELU pass
@@ -121,6 +121,12 @@ OP_CASE({"linear_gelu without bias, 1-d input", {{{6}}, {{4, 6}}},
 OP_CASE({"linear_gelu, weight as a transposed view", {{{5, 3}}, {{4, 3}, Kind::Normal, 0, true, true}, {{4}}},
          [](const Ts& x) { return eng::linear_gelu(x[0], x[1], x[2]); },
          [](const Hs& h) { return linear_ref(h[0], h[1], &h[2], true); }});
+OP_CASE({"mlp_gelu (GELU gradient in the GEMM epilogue)", {{{2, 3, 5}}, {{8, 5}}, {{8}}, {{4, 8}}, {{4}}},
+         [](const Ts& x) { return eng::mlp_gelu(x[0], x[1], x[2], x[3], x[4]); },
+         [](const Hs& h) { return linear_ref(linear_ref(h[0], h[1], &h[2], true), h[3], &h[4], false); }});
+OP_CASE({"mlp_gelu without fc2 bias, 1-d input", {{{6}}, {{5, 6}}, {{5}}, {{3, 5}}},
+         [](const Ts& x) { return eng::mlp_gelu(x[0], x[1], x[2], x[3], Tensor()); },
+         [](const Hs& h) { return linear_ref(linear_ref(h[0], h[1], &h[2], true), h[3], nullptr, false); }});
 OP_CASE({"attention_qkv B2 T17 H3 D4 (encoder-like)", {{{2, 17, 36}}},
          [](const Ts& x) { return eng::attention_qkv(x[0], 3); },
          [](const Hs& h) { return attention_qkv_ref(h[0], 3, 0.0); }});
@@ -128,6 +134,9 @@ OP_CASE({"attention_qkv B1 T5 H2 D3, explicit scale", {{{1, 5, 18}}},
          [](const Ts& x) { return eng::attention_qkv(x[0], 2, 0.9); },
          [](const Hs& h) { return attention_qkv_ref(h[0], 2, 0.9); }});
 OP_CASE({"attention_qkv of a transposed view", {{{2, 4, 6}, Kind::Normal, 0, true, true}},
+         [](const Ts& x) { return eng::attention_qkv(x[0], 1); },
+         [](const Hs& h) { return attention_qkv_ref(h[0], 1, 0.0); }});
+OP_CASE({"attention_qkv T130 H1 D2 (strided operands, two row chunks)", {{{1, 130, 6}}},
          [](const Ts& x) { return eng::attention_qkv(x[0], 1); },
          [](const Hs& h) { return attention_qkv_ref(h[0], 1, 0.0); }});
 // More query rows than one chunk of the f32 kernel (128): the scores go in two chunks, dk and dv add up over them.
@@ -253,14 +262,20 @@ TEST_SUITE("fused") {
         const int64_t lda = (ta ? s.m : s.k) + 1, ldb = (tb ? s.k : s.n) + 2, ldc = s.n + 3;
         std::vector<float> a = wave(size_t((ta ? s.k : s.m) * lda), 1.0, 0.1), b = wave(size_t((tb ? s.n : s.k) * ldb), 1.0, 0.7);
         std::vector<float> bias = wave(size_t(s.n), 2.0, 0.2), c0 = wave(size_t(s.m * ldc), 1.0, 0.9);
-        for (int variant = 0; variant < 3; variant++) {  // bias only, bias + GELU, bias + GELU keeping pre
+        // bias only, bias + GELU, bias + GELU keeping pre, times gelu'(pre) (the backward epilogue)
+        for (int variant = 0; variant < 4; variant++) {
           const float beta = variant == 0 ? 0.5f : 0.0f;
           std::vector<float> want = c0, got = c0, pre(size_t(s.m * ldc), -7.0f);
+          if (variant == 3) pre = wave(size_t(s.m * ldc), 2.5, 0.4);
           eng::cpu_sgemm(ta, tb, s.m, s.n, s.k, 0.75f, a.data(), lda, b.data(), ldb, beta, want.data(), ldc);
-          std::vector<float> want_pre(pre.size(), -7.0f);
+          std::vector<float> want_pre = variant == 3 ? pre : std::vector<float>(pre.size(), -7.0f);
           for (int64_t i = 0; i < s.m; i++)
             for (int64_t j = 0; j < s.n; j++) {
               float& v = want[size_t(i * ldc + j)];
+              if (variant == 3) {
+                v = v * eng::gelu_grad_f32(pre[size_t(i * ldc + j)]);
+                continue;
+              }
               v += bias[size_t(j)];
               if (variant > 0) {
                 want_pre[size_t(i * ldc + j)] = v;
@@ -268,9 +283,10 @@ TEST_SUITE("fused") {
               }
             }
           eng::SgemmEpilogue ep;
-          ep.bias = bias.data();
-          ep.gelu = variant > 0;
-          ep.pre = variant == 2 ? pre.data() : nullptr;
+          ep.bias = variant == 3 ? nullptr : bias.data();
+          ep.gelu = variant == 1 || variant == 2;
+          ep.gelu_grad = variant == 3;
+          ep.pre = variant >= 2 ? pre.data() : nullptr;
           ep.ldp = ldc;
           for (int threads : {1, 2}) {
             std::vector<float> c = got;
@@ -281,7 +297,7 @@ TEST_SUITE("fused") {
             CHECK_MESSAGE(std::memcmp(c.data(), want.data(), c.size() * 4) == 0,
                           "m=" << s.m << " n=" << s.n << " k=" << s.k << " t=" << t << " variant " << variant
                                << " threads " << threads);
-            if (variant == 2) CHECK(std::memcmp(pre.data(), want_pre.data(), pre.size() * 4) == 0);
+            if (variant >= 2) CHECK(std::memcmp(pre.data(), want_pre.data(), pre.size() * 4) == 0);
           }
         }
       }
@@ -331,7 +347,7 @@ TEST_SUITE("fused") {
     }
   }
 
-  TEST_CASE("fused linear, linear_gelu and attention_qkv: forward and backward bitwise equal with 1 and 2 threads") {
+  TEST_CASE("fused linear, linear_gelu, mlp_gelu and attention_qkv: forward and backward bitwise equal with 1 and 2 threads") {
     const int64_t B = 16, T = 17, D = 48, H = 3;
     check_thread_invariant([&] {
       Tensor x = Tensor::from_vector(wave(size_t(B * T * D), 1.0, 0.0), {B, T, D});
@@ -342,7 +358,7 @@ TEST_SUITE("fused") {
       Tensor w2 = Tensor::from_vector(wave(size_t(4 * D * D), 0.2, 0.5), {D, 4 * D});
       for (Tensor* p : {&x, &wq, &bq, &w1, &b1, &w2}) p->requires_grad_(true);
       Tensor a = eng::attention_qkv(eng::linear(x, wq, bq), H);
-      Tensor y = eng::linear(eng::linear_gelu(a, w1, b1), w2);
+      Tensor y = eng::add(eng::linear(eng::linear_gelu(a, w1, b1), w2), eng::mlp_gelu(a, w1, b1, w2, Tensor()));
       eng::sum(eng::mul(y, y)).backward();
       std::vector<float> out = y.to_vector<float>();
       for (Tensor* p : {&x, &wq, &bq, &w1, &b1, &w2}) append(out, p->grad());
@@ -407,23 +423,26 @@ TEST_SUITE("fused") {
   }
 
   TEST_CASE("reading A in place gives the packed GEMM's bits (partial tiles, several k blocks, both thread counts)") {
-    const int64_t shapes[][3] = {{300, 50, 100}, {13, 200, 800}, {25, 33, 385}, {1000, 130, 64}, {7, 256, 9}};
+    // Row-major A (n <= 256) and transposed A (lda >= 192, not a multiple of 512) take the in-place kernels.
+    const int64_t shapes[][3] = {{300, 50, 100}, {13, 200, 800}, {25, 33, 385}, {1000, 130, 64}, {7, 256, 9},
+                                 {197, 40, 900}, {250, 300, 50}};
     for (const auto& s : shapes)
-      for (bool tb : {false, true}) {
-        const int64_t m = s[0], n = s[1], k = s[2], lda = k + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
-        std::vector<float> a = wave(size_t(m * lda), 1.0, 0.2), b = wave(size_t((tb ? n : k) * ldb), 1.0, 0.6);
+      for (int t = 0; t < 4; t++) {
+        const bool ta = t & 1, tb = t & 2;
+        const int64_t m = s[0], n = s[1], k = s[2], lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
+        std::vector<float> a = wave(size_t((ta ? k : m) * lda), 1.0, 0.2), b = wave(size_t((tb ? n : k) * ldb), 1.0, 0.6);
         std::vector<float> c0 = wave(size_t(m * ldc), 1.0, 0.8);
         for (int threads : {1, 2}) {
           std::vector<float> packed = c0, direct = c0;
           const int prev = omp_get_max_threads();
           omp_set_num_threads(threads);
           eng::gemm::sgemm_set_direct_a(false);
-          eng::cpu_sgemm(false, tb, m, n, k, 1.25f, a.data(), lda, b.data(), ldb, 0.5f, packed.data(), ldc);
+          eng::cpu_sgemm(ta, tb, m, n, k, 1.25f, a.data(), lda, b.data(), ldb, 0.5f, packed.data(), ldc);
           eng::gemm::sgemm_set_direct_a(true);
-          eng::cpu_sgemm(false, tb, m, n, k, 1.25f, a.data(), lda, b.data(), ldb, 0.5f, direct.data(), ldc);
+          eng::cpu_sgemm(ta, tb, m, n, k, 1.25f, a.data(), lda, b.data(), ldb, 0.5f, direct.data(), ldc);
           omp_set_num_threads(prev);
           CHECK_MESSAGE(std::memcmp(packed.data(), direct.data(), packed.size() * 4) == 0,
-                        "m=" << m << " n=" << n << " k=" << k << " tb=" << tb << " threads " << threads);
+                        "m=" << m << " n=" << n << " k=" << k << " ta=" << ta << " tb=" << tb << " threads " << threads);
         }
       }
   }

@@ -210,6 +210,72 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return b.defined() ? add(y, b) : y;
 }
 
+Tensor mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2) {
+  check_linear(x, w1, b1, "mlp_gelu (fc1)");
+  ENG_CHECK(w2.dim() == 2 && w2.size(1) == w1.size(0), "mlp_gelu: fc2 weight {} does not take fc1's {} outputs",
+            shape_str(w2.shape()), w1.size(0));
+  check_same_device(x, w2, "mlp_gelu");
+  ENG_CHECK(w2.dtype() == x.dtype(), "mlp_gelu: fc2 weight is {} but the input is {}", dtype_name(w2.dtype()),
+            dtype_name(x.dtype()));
+  if (b2.defined()) {
+    ENG_CHECK(b2.dim() == 1 && b2.size(0) == w2.size(0), "mlp_gelu: fc2 bias must be [{}], got {}", w2.size(0),
+              shape_str(b2.shape()));
+    ENG_CHECK(b2.dtype() == x.dtype(), "mlp_gelu: fc2 bias is {} but the input is {}", dtype_name(b2.dtype()),
+              dtype_name(x.dtype()));
+    check_same_device(x, b2, "mlp_gelu");
+  }
+  const bool fused = fused_linear_ok(x, GemmEpilogue::BiasGelu) &&
+                     backend_for(x.device()).supports_gemm_epilogue(GemmEpilogue::GeluGrad) &&
+                     backend_for(x.device()).supports_gemm_epilogue(GemmEpilogue::Bias);
+  if (!fused) return linear(linear_gelu(x, w1, b1), w2, b2);
+  const int64_t in = w1.size(1), hidden = w1.size(0), out = w2.size(0);
+  const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  Shape out_shape = x.shape();
+  out_shape.back() = out;
+  Tensor x2 = x.detach().contiguous().view({rows, in});
+  Tensor w1c = w1.detach().contiguous(), w2c = w2.detach().contiguous();
+  Tensor b1c = b1.defined() ? b1.detach().contiguous() : Tensor(), b2c = b2.defined() ? b2.detach().contiguous() : Tensor();
+  const bool need_grad = any_requires_grad({&x, &w1, &b1, &w2, &b2});
+  Tensor h = need_grad ? Tensor::empty({rows, hidden}, dt, dev) : Tensor();  // fc1's pre-activation
+  Tensor g = Tensor::empty({rows, hidden}, dt, dev);                          // gelu(h), fc2's input
+  gemm_2d(x2, false, w1c, true, g, GemmEpilogue::BiasGelu, b1c, h);
+  Tensor y = Tensor::empty({rows, out}, dt, dev);
+  gemm_2d(g, false, w2c, true, y, b2c.defined() ? GemmEpilogue::Bias : GemmEpilogue::None, b2c);
+  Tensor result = y.view(out_shape);
+  if (!need_grad) return result;
+  const bool gx = x.requires_grad(), gw1 = w1.requires_grad(), gb1 = b1.defined() && b1.requires_grad();
+  const bool gw2 = w2.requires_grad(), gb2 = b2.defined() && b2.requires_grad();
+  Shape x_shape = x.shape();
+  Tensor xs = gw1 ? x2 : Tensor(), gs = gw2 ? g : Tensor();  // only what the wanted gradients read
+  return record("mlp_gelu", result, {x, w1, b1, w2, b2}, [=](const Tensor& grad) {
+    Tensor dy = grad.contiguous().view({rows, out});
+    Tensor dx, dw1, db1, dw2, db2;
+    if (gw2) {
+      dw2 = Tensor::empty({out, hidden}, dt, dev);
+      gemm_2d(dy, true, gs, false, dw2);
+    }
+    if (gb2) db2 = rows ? sum(dy, {0}) : Tensor::zeros({out}, dt, dev);
+    if (gx || gw1 || gb1) {
+      // dh = (dy w2) * gelu'(h): the GELU's backward in the epilogue of the GEMM that makes its input gradient.
+      Tensor dh = Tensor::empty({rows, hidden}, dt, dev);
+      gemm_2d(dy, false, w2c, false, dh, GemmEpilogue::GeluGrad, Tensor(), h);
+      if (gw1) {
+        dw1 = Tensor::empty({hidden, in}, dt, dev);
+        gemm_2d(dh, true, xs, false, dw1);
+      }
+      if (gb1) db1 = rows ? sum(dh, {0}) : Tensor::zeros({hidden}, dt, dev);
+      if (gx) {
+        dx = Tensor::empty({rows, in}, dt, dev);
+        gemm_2d(dh, false, w1c, false, dx);
+        dx = dx.view(x_shape);
+      }
+    }
+    return std::vector<Tensor>{dx, dw1, db1, dw2, db2};
+  });
+}
+
 Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
   check_linear(x, w, b, "linear_gelu");
   if (fused_linear_ok(x, GemmEpilogue::BiasGelu)) return linear_fused(x, w, b, true);

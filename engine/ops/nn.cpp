@@ -52,6 +52,9 @@ void check_param(const Tensor& p, const Tensor& x, int64_t cols, const char* wha
   check_same_device(p, x, "layer_norm");
 }
 
+// The row log-sum-exp of fused attention is f64 for f64 inputs and f32 otherwise (bf16 included).
+DType lse_dtype(DType dt) { return dt == DType::F64 ? DType::F64 : DType::F32; }
+
 // Arguments of the backend's fused attention for contiguous q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv].
 AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                              double scale) {
@@ -79,7 +82,7 @@ Tensor fused_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_i
   const DType dt = q.dtype();
   const Device dev = q.device();
   Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, dt, dev);
-  Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, dt, dev);
+  Tensor lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, lse_dtype(dt), dev);
   Backend& be = backend_for(dev);
   if (out.numel()) {
     if (k.size(2) == 0) {
@@ -93,9 +96,13 @@ Tensor fused_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_i
   const bool gq = q_in.requires_grad(), gk = k_in.requires_grad(), gv = v_in.requires_grad();
   Tensor o = out.detach();
   return record("attention", out, {q_in, k_in, v_in}, [=](const Tensor& g) {
-    Tensor dq = Tensor::zeros(q.shape(), dt, dev), dk = Tensor::zeros(k.shape(), dt, dev),
-           dv = Tensor::zeros(v.shape(), dt, dev);
-    if (g.numel() && k.size(2) > 0) {
+    // The kernel writes every element of dq, dk, dv; with no query or no key the gradients are zero.
+    const bool empty = g.numel() == 0 || k.size(2) == 0;
+    auto grad_buffer = [&](const Tensor& like) {
+      return empty ? Tensor::zeros(like.shape(), dt, dev) : Tensor::empty(like.shape(), dt, dev);
+    };
+    Tensor dq = grad_buffer(q), dk = grad_buffer(k), dv = grad_buffer(v);
+    if (!empty) {
       Tensor gc = g.contiguous();
       AttentionArgs a = attention_args(q, k, v, o, lse, scale);
       a.dout = gc.raw_data();
@@ -117,7 +124,7 @@ Tensor strided_attention_qkv(const Tensor& qkv_in, int64_t heads, double scale) 
   const size_t esz = dtype_size(dt);
   Tensor qkv = qkv_in.detach().contiguous();
   Tensor y = Tensor::empty({B, T, D}, dt, dev);
-  Tensor lse = Tensor::empty({B, heads, T}, dt, dev);
+  Tensor lse = Tensor::empty({B, heads, T}, lse_dtype(dt), dev);
   auto args = [=](const Tensor& packed, const Tensor& out) {
     AttentionArgs a;
     a.dtype = dt;
@@ -295,7 +302,7 @@ Tensor attention_qkv(const Tensor& qkv, int64_t heads, double scale) {
     be.copy(desc_of(v), desc_of(split.select(0, 2)));
   }
   Tensor out = Tensor::empty({B, heads, T, Dh}, dt, dev);
-  Tensor lse = Tensor::empty({B, heads, T}, dt, dev);
+  Tensor lse = Tensor::empty({B, heads, T}, lse_dtype(dt), dev);
   AttentionArgs args = attention_args(q, k, v, out, lse, scale);
   if (out.numel()) be.attention_forward(args);
   Tensor y = Tensor::empty({B, T, heads, Dh}, dt, dev);  // heads side by side per token

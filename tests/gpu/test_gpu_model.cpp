@@ -123,7 +123,7 @@ TEST_SUITE("gpu model") {
     try {
       out = mae.forward(on(f.tensors.at("input.imgs"), cuda()), on(f.tensors.at("input.noise"), cuda()), ratio);
     } catch (const eng::Error& e) {
-      FAIL("MAE forward on cuda threw: " << e.what()
+      FAIL("MAE forward on cuda threw: " << std::string(e.what())
                                          << " (model code must create its tensors on the input's device, e.g. "
                                             "Tensor::zeros(shape, dtype, imgs.device()))");
       return;

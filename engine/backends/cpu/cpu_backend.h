@@ -60,11 +60,13 @@ void cpu_dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, doub
 // What cpu_sgemm_fused does to C after alpha * op(A) op(B) + beta * C: add bias[j] to every row (bias may be
 // null), then with gelu store the values to pre (row stride ldp; may be null) and apply the exact GELU. Each
 // register tile gets it right after its last k block, while the tile is in L1.
+// With gelu_grad instead, C is multiplied by gelu'(pre) (pre read, not written; no bias).
 struct SgemmEpilogue {
   const float* bias = nullptr;
   bool gelu = false;
   float* pre = nullptr;
   int64_t ldp = 0;
+  bool gelu_grad = false;
 };
 void cpu_sgemm_fused(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                      int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,

@@ -50,6 +50,15 @@ ENG_CLONES void bias_gelu_tile_f32(float* c, int64_t ldc, int64_t rows, int64_t 
   }
 }
 
+ENG_CLONES void gelu_grad_tile_f32(float* c, int64_t ldc, int64_t rows, int64_t cols, const float* pre, int64_t ldp) {
+  for (int64_t i = 0; i < rows; i++) {
+    float* __restrict row = c + i * ldc;
+    const float* __restrict p = pre + i * ldp;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; j++) row[j] = row[j] * gelu_grad_f32(p[j]);
+  }
+}
+
 ENG_CLONES void column_sums_f32(double* acc, const float* x, int64_t ldx, int64_t rows, int64_t cols) {
   double* __restrict a = acc;
   for (int64_t r = 0; r < rows; r++) {

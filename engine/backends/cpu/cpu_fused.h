@@ -20,6 +20,9 @@ void gelu_backward_span_f32(float* dx, const float* x, const float* dy, int64_t 
 void bias_gelu_tile_f32(float* c, int64_t ldc, int64_t rows, int64_t cols, const float* bias, bool gelu, float* pre,
                         int64_t ldp);
 
+// GEMM epilogue of the backward pass: c[i * ldc + j] *= gelu'(pre[i * ldp + j]) on a rows x cols tile.
+void gelu_grad_tile_f32(float* c, int64_t ldc, int64_t rows, int64_t cols, const float* pre, int64_t ldp);
+
 // acc[j] += sum over rows r of x[r * ldx + j] for j < cols, rows in order, one f64 accumulator per column.
 void column_sums_f32(double* acc, const float* x, int64_t ldx, int64_t rows, int64_t cols);
 

@@ -150,6 +150,30 @@ void scale_c(int64_t m, int64_t n, T beta, T* c, int64_t ldc) {
   }
 }
 
+using GemmMicro = gemm::SgemmMicroKernelDirectA;
+
+// The epilogue of one tile of C at (row, col), right after its last k block.
+inline void tile_epilogue(const SgemmEpilogue& ep, float* tile, int64_t ldc, int64_t row, int64_t col, int mr, int nr) {
+  if (ep.gelu_grad)
+    cpu::gelu_grad_tile_f32(tile, ldc, mr, nr, ep.pre + row * ep.ldp + col, ep.ldp);
+  else
+    cpu::bias_gelu_tile_f32(tile, ldc, mr, nr, ep.bias ? ep.bias + col : nullptr, ep.gelu,
+                            ep.pre ? ep.pre + row * ep.ldp + col : nullptr, ep.ldp);
+}
+
+// The kernel that reads op(A) in place, or null to pack it. Row-major A: when C is narrow (n <= kDirectAMaxN),
+// where packing would be amortised over few column tiles (wider C keeps the packed panel, whose L1 layout wins
+// when reused across many tiles). Transposed A (weight gradients dY^T X): the stored layout already has the 12
+// values of a k step side by side, as a packed panel does, so it is read in place where its stride allows (below).
+// Same bits either way.
+GemmMicro direct_a_kernel(const gemm::SgemmKernel& K, bool trans_a, int64_t n, int64_t lda) {
+  if (!g_direct_a.load(std::memory_order_relaxed)) return nullptr;
+  // Transposed A is read in place unless its row stride is a multiple of 2 KiB or short: those alias in the
+  // caches (measured on the weight-gradient shapes: +1..5% at lda 384, 576, 768; -4..13% at lda 128, 512).
+  if (trans_a) return lda % 512 != 0 && lda >= 192 ? K.micro_direct_at : nullptr;
+  return n <= kDirectAMaxN ? K.micro_direct_a : nullptr;
+}
+
 // One thread's packed GEMM: loops mc (rows, L3) > kc (L1) > nc (columns, L2) > register tiles.
 void sgemm_packed(const gemm::SgemmKernel& K, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                   float alpha, const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
@@ -158,10 +182,9 @@ void sgemm_packed(const gemm::SgemmKernel& K, bool trans_a, bool trans_b, int64_
   const int64_t MC = round_up(std::min(K.mc, round_up(m, MR)), MR);
   const int64_t KC = std::min(K.kc, k);
   const int64_t NC = round_up(std::min(K.nc, round_up(n, NR)), NR);
-  // A row-major op(A) is read in place where the kernel can, when C is narrow (n <= kDirectAMaxN): packing A
-  // would be amortised over few column tiles. Wider C keeps the packed panel, whose L1 layout wins when it is
-  // reused across many tiles. Same results either way.
-  const bool direct_a = !trans_a && n <= kDirectAMaxN && K.micro_direct_a && g_direct_a.load(std::memory_order_relaxed);
+  // op(A) is read in place where direct_a_kernel says so (no packing of A).
+  const GemmMicro direct = direct_a_kernel(K, trans_a, n, lda);
+  const bool direct_a = direct != nullptr;
   float* a_pack = direct_a ? nullptr : t_pack_a.get(size_t(MC * KC));
   float* b_pack = t_pack_b.get(size_t(KC * NC));
   for (int64_t ic = 0; ic < m; ic += MC) {
@@ -181,14 +204,12 @@ void sgemm_packed(const gemm::SgemmKernel& K, bool trans_a, bool trans_b, int64_
             const int nr = int(std::min<int64_t>(NR, ncb - jr));
             float* tile = c + (ic + ir) * ldc + jc + jr;
             if (direct_a)
-              K.micro_direct_a(kcb, a + (ic + ir) * lda + pc, lda, b_pack + jr * kcb, tile, ldc, mr, nr, alpha,
-                               beta_block);
+              direct(kcb, trans_a ? a + pc * lda + ic + ir : a + (ic + ir) * lda + pc, lda, b_pack + jr * kcb, tile,
+                     ldc, mr, nr, alpha, beta_block);
             else
               K.micro(kcb, a_pack + ir * kcb, b_pack + jr * kcb, tile, ldc, mr, nr, alpha, beta_block);
             // The epilogue runs on each tile right after its last k block, while the tile is still in L1.
-            if (ep && pc + kcb == k)
-              cpu::bias_gelu_tile_f32(tile, ldc, mr, nr, ep->bias ? ep->bias + jc + jr : nullptr, ep->gelu,
-                                      ep->pre ? ep->pre + (ic + ir) * ep->ldp + jc + jr : nullptr, ep->ldp);
+            if (ep && pc + kcb == k) tile_epilogue(*ep, tile, ldc, ic + ir, jc + jr, mr, nr);
           }
         }
       }
@@ -208,23 +229,38 @@ void sgemm_threaded(const gemm::SgemmKernel& K, bool trans_a, bool trans_b, int6
   const int MR = K.mr, NR = K.nr;
   const int64_t KC = std::min(K.kc, k);
   const int64_t NC = round_up(std::min(K.nc, round_up(n, NR)), NR);
-  const bool direct_a = !trans_a && n <= kDirectAMaxN && K.micro_direct_a && g_direct_a.load(std::memory_order_relaxed);
+  const GemmMicro direct = direct_a_kernel(K, trans_a, n, lda);
+  const bool direct_a = direct != nullptr;
   const int64_t row_panels = (m + MR - 1) / MR, col_panels = (n + NR - 1) / NR;
-  // About four row pieces per thread, so a late thread still finds work and an early one does not idle.
-  const int64_t panels_per_piece = std::max<int64_t>(1, row_panels / (4 * int64_t(nthreads)));
+  // About eight row pieces per thread (each packs only its own rows of A), so a late thread still finds work and
+  // the last pieces to finish are short.
+  const int64_t panels_per_piece = std::max<int64_t>(1, row_panels / (8 * int64_t(nthreads)));
   const int64_t row_pieces = (row_panels + panels_per_piece - 1) / panels_per_piece;
   const int64_t panels_per_pack = std::max<int64_t>(1, col_panels / (2 * int64_t(nthreads)));
-  float* b_shared = t_pack_b.get(size_t(KC * col_panels * NR));
+  // Two B buffers: the pieces of k block b also pack block b + 1 into the other buffer (after the compute pieces),
+  // so each k block costs one wait for the pool, not two.
+  const size_t b_size = size_t(KC * col_panels * NR);
+  float* b_buf = t_pack_b.get(2 * b_size);
+  const int64_t pack_pieces = (col_panels + panels_per_pack - 1) / panels_per_pack;
+  auto pack_piece = [&](int64_t pc, int64_t piece) {
+    const int64_t kcb = std::min(KC, k - pc);
+    const float* b_block = trans_b ? b + pc : b + pc * ldb;
+    float* dst = b_buf + size_t((pc / KC) % 2) * b_size;
+    const int64_t q0 = piece * panels_per_pack, q1 = std::min(col_panels, q0 + panels_per_pack);
+    const int64_t j0 = q0 * NR, cols = std::min(n, q1 * NR) - j0;
+    K.pack_b(trans_b, trans_b ? b_block + j0 * ldb : b_block + j0, ldb, cols, kcb, dst + j0 * kcb);
+  };
+  cpu::run_pieces(pack_pieces, [&](int64_t piece) { pack_piece(0, piece); });
   for (int64_t pc = 0; pc < k; pc += KC) {
     const int64_t kcb = std::min(KC, k - pc);
     const float beta_block = pc == 0 ? beta : 1.0f;  // later k blocks add onto what the earlier ones stored
-    const float* b_block = trans_b ? b + pc : b + pc * ldb;
-    cpu::run_pieces((col_panels + panels_per_pack - 1) / panels_per_pack, [&](int64_t piece) {
-      const int64_t q0 = piece * panels_per_pack, q1 = std::min(col_panels, q0 + panels_per_pack);
-      const int64_t j0 = q0 * NR, cols = std::min(n, q1 * NR) - j0;
-      K.pack_b(trans_b, trans_b ? b_block + j0 * ldb : b_block + j0, ldb, cols, kcb, b_shared + j0 * kcb);
-    });
-    cpu::run_pieces(row_pieces, [&](int64_t piece) {
+    const float* b_shared = b_buf + size_t((pc / KC) % 2) * b_size;
+    const bool pack_next = pc + KC < k;
+    cpu::run_pieces(row_pieces + (pack_next ? pack_pieces : 0), [&](int64_t piece) {
+      if (piece >= row_pieces) {
+        pack_piece(pc + KC, piece - row_pieces);
+        return;
+      }
       const int64_t i0 = piece * panels_per_piece * MR, i1 = std::min(m, i0 + panels_per_piece * MR);
       float* a_pack = nullptr;
       if (!direct_a) {
@@ -240,12 +276,11 @@ void sgemm_threaded(const gemm::SgemmKernel& K, bool trans_a, bool trans_b, int6
             float* tile = c + ir * ldc + jr;
             const float* bp = b_shared + jr * kcb;
             if (direct_a)
-              K.micro_direct_a(kcb, a + ir * lda + pc, lda, bp, tile, ldc, mr, nr, alpha, beta_block);
+              direct(kcb, trans_a ? a + pc * lda + ir : a + ir * lda + pc, lda, bp, tile, ldc, mr, nr, alpha,
+                     beta_block);
             else
               K.micro(kcb, a_pack + (ir - i0) * kcb, bp, tile, ldc, mr, nr, alpha, beta_block);
-            if (ep && pc + kcb == k)
-              cpu::bias_gelu_tile_f32(tile, ldc, mr, nr, ep->bias ? ep->bias + jr : nullptr, ep->gelu,
-                                      ep->pre ? ep->pre + ir * ep->ldp + jr : nullptr, ep->ldp);
+            if (ep && pc + kcb == k) tile_epilogue(*ep, tile, ldc, ir, jr, mr, nr);
           }
         }
       }
@@ -260,10 +295,11 @@ void cpu_sgemm_fused(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k
                      const SgemmEpilogue* ep) {
   check_gemm_args("cpu_sgemm", trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc);
   if (m == 0 || n == 0) return;
-  if (ep && !ep->bias && !ep->gelu) ep = nullptr;
+  if (ep && !ep->bias && !ep->gelu && !ep->gelu_grad) ep = nullptr;
   if (ep && ep->pre) ENG_CHECK(ep->ldp >= n, "cpu_sgemm: epilogue ldp={} is less than n={}", ep->ldp, n);
+  ENG_CHECK(!ep || !ep->gelu_grad || ep->pre, "cpu_sgemm: GELU-gradient epilogue without its pre-activation");
   auto whole_epilogue = [&] {
-    if (ep) cpu::bias_gelu_tile_f32(c, ldc, m, n, ep->bias, ep->gelu, ep->pre, ep->ldp);
+    if (ep) tile_epilogue(*ep, c, ldc, 0, 0, int(m), int(n));
   };
   if (k == 0 || alpha == 0.0f) {
     scale_c(m, n, beta, c, ldc);
@@ -349,10 +385,15 @@ void gemm_batched(const GemmArgs& g, Fn fn) {
 }  // namespace
 
 // f64 epilogue, after the whole product: the exact-order reference path for gradient checks.
-static void dgemm_epilogue(double* c, int64_t ldc, int64_t m, int64_t n, const double* bias, bool gelu, double* pre) {
+static void dgemm_epilogue(double* c, int64_t ldc, int64_t m, int64_t n, const double* bias, bool gelu, double* pre,
+                           bool gelu_grad) {
   for (int64_t i = 0; i < m; i++) {
     double* row = c + i * ldc;
     for (int64_t j = 0; j < n; j++) {
+      if (gelu_grad) {
+        row[j] *= gelu_exact_grad<double>(pre[i * ldc + j]);
+        continue;
+      }
       double v = row[j] + (bias ? bias[j] : 0.0);
       if (gelu) {
         if (pre) pre[i * ldc + j] = v;
@@ -364,14 +405,16 @@ static void dgemm_epilogue(double* c, int64_t ldc, int64_t m, int64_t n, const d
 }
 
 bool CpuBackend::supports_gemm_epilogue(GemmEpilogue e) const {
-  return e == GemmEpilogue::None || e == GemmEpilogue::Bias || e == GemmEpilogue::BiasGelu;
+  return e == GemmEpilogue::None || e == GemmEpilogue::Bias || e == GemmEpilogue::BiasGelu ||
+         e == GemmEpilogue::GeluGrad;
 }
 
 void CpuBackend::gemm(const GemmArgs& g) {
   ENG_CHECK(g.batch >= 0, "cpu gemm: negative batch {}", g.batch);
   if (g.batch == 0) return;
-  const bool gelu = g.epilogue == GemmEpilogue::BiasGelu;
-  if (g.epilogue != GemmEpilogue::None) ENG_CHECK(g.bias || gelu, "cpu gemm: Bias epilogue without a bias");
+  const bool gelu = g.epilogue == GemmEpilogue::BiasGelu, gelu_grad = g.epilogue == GemmEpilogue::GeluGrad;
+  if (g.epilogue == GemmEpilogue::Bias) ENG_CHECK(g.bias, "cpu gemm: Bias epilogue without a bias");
+  if (gelu_grad) ENG_CHECK(g.pre_gelu, "cpu gemm: GeluGrad epilogue without pre_gelu");
   switch (g.dtype) {
     case DType::F32:
       if (g.epilogue == GemmEpilogue::None) {
@@ -380,9 +423,11 @@ void CpuBackend::gemm(const GemmArgs& g) {
         gemm_batched<float>(g, [&](bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                                    int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
           SgemmEpilogue ep;  // pre_gelu has C's layout: the same offset as this batch item's C
-          ep.bias = static_cast<const float*>(g.bias);
+          ep.bias = gelu_grad ? nullptr : static_cast<const float*>(g.bias);
           ep.gelu = gelu;
-          ep.pre = gelu && g.pre_gelu ? static_cast<float*>(g.pre_gelu) + (c - static_cast<float*>(g.c)) : nullptr;
+          ep.gelu_grad = gelu_grad;
+          ep.pre = (gelu || gelu_grad) && g.pre_gelu ? static_cast<float*>(g.pre_gelu) + (c - static_cast<float*>(g.c))
+                                                     : nullptr;
           ep.ldp = ldc;
           cpu_sgemm_fused(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &ep);
         });
@@ -392,8 +437,10 @@ void CpuBackend::gemm(const GemmArgs& g) {
       gemm_batched<double>(g, cpu_dgemm);
       if (g.epilogue != GemmEpilogue::None)
         for (int64_t i = 0; i < g.batch; i++)
-          dgemm_epilogue(static_cast<double*>(g.c) + i * g.stride_c, g.ldc, g.m, g.n, static_cast<const double*>(g.bias),
-                         gelu, gelu && g.pre_gelu ? static_cast<double*>(g.pre_gelu) + i * g.stride_c : nullptr);
+          dgemm_epilogue(static_cast<double*>(g.c) + i * g.stride_c, g.ldc, g.m, g.n,
+                         gelu_grad ? nullptr : static_cast<const double*>(g.bias), gelu,
+                         (gelu || gelu_grad) && g.pre_gelu ? static_cast<double*>(g.pre_gelu) + i * g.stride_c : nullptr,
+                         gelu_grad);
       break;
     default: ENG_FAIL("cpu gemm: dtype {} is not supported (f32 and f64 only)", dtype_name(g.dtype));
   }

@@ -8,12 +8,11 @@
 #include "engine/backends/cpu/cpu_pool.h"
 
 #include <omp.h>
-#include <sched.h>
 
 #include <atomic>
-#include <cstdint>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <thread>

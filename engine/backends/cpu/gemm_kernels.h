@@ -43,6 +43,8 @@ struct SgemmKernel {
   SgemmPackA pack_a;
   SgemmPackB pack_b;
   SgemmMicroKernelDirectA micro_direct_a = nullptr;
+  // The same for a transposed op(A): element (i, p) at a[p * lda + i] (null where a kernel has none).
+  SgemmMicroKernelDirectA micro_direct_at = nullptr;
 };
 
 // Each returns its kernel table; only call one the CPU supports (see supported()).

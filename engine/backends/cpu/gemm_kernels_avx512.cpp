@@ -142,6 +142,54 @@ ENG_AVX512 void micro_12x32_direct_a(int64_t kc, const float* a, int64_t lda, co
     if (i < mr) store_row_masked(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c, m0, m1);
 }
 
+// The same tile with a transposed A read in place: element (i, p) of op(A) at a[p * lda + i], so each k step
+// broadcasts 12 consecutive floats, exactly the layout of a packed A panel but lda apart instead of 12. Same
+// arithmetic in the same order as micro_12x32 (bitwise equal results). A partial tile (mr < 12) reads a padded
+// copy, so nothing past the matrix is touched.
+ENG_AVX512 void micro_12x32_direct_at(int64_t kc, const float* a, int64_t lda, const float* __restrict b, float* c,
+                                      int64_t ldc, int mr, int nr, float alpha, float beta) {
+  __m512 acc0[kMR], acc1[kMR];
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; i++) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  for (int i = 0; i < mr; i++) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
+  }
+  int64_t step = lda;
+  if (mr < kMR) {
+    static thread_local std::vector<float> panel;
+    panel.assign(size_t(kMR * kc), 0.0f);
+    for (int64_t p = 0; p < kc; p++) std::copy(a + p * lda, a + p * lda + mr, panel.begin() + p * kMR);
+    a = panel.data();
+    step = kMR;
+  }
+  for (int64_t p = 0; p < kc; p++) {
+    const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNR), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(a + 4 * step), _MM_HINT_T0);
+#pragma GCC unroll 12
+    for (int i = 0; i < kMR; i++) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+      acc0[i] = _mm512_fmadd_ps(ai, b0, acc0[i]);
+      acc1[i] = _mm512_fmadd_ps(ai, b1, acc1[i]);
+    }
+    a += step;
+    b += kNR;
+  }
+  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
+  const bool read_c = beta != 0.0f;
+  if (mr == kMR && nr == kNR) {
+#pragma GCC unroll 12
+    for (int i = 0; i < kMR; i++) store_row(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c);
+    return;
+  }
+  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1);
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; i++)
+    if (i < mr) store_row_masked(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c, m0, m1);
+}
+
 // Transposes 16 rows of 16 floats (r[i] = row i) into 16 columns (col[c] lane i = r[i] lane c). Rows
 // 12..15 may be known zero (zero_tail), which skips a quarter of the shuffles.
 ENG_AVX512 ENG_GEMM_INLINE void transpose16(const __m512 r[16], __m512 col[16], bool zero_tail) {
@@ -333,7 +381,7 @@ const SgemmKernel& sgemm_kernel_avx512() {
   // kc: A micro-panel 12 x 384 floats = 18 KiB of the 32 KiB L1; nc: B block 384 x 320 floats = 480 KiB of
   // a 1 MiB L2; mc: A block 3072 x 384 floats = 4.5 MiB of L3.
   static const SgemmKernel k{"avx512", kMR, kNR, 384, 320, 3072, micro_12x32, small_sgemm, pack_a, pack_b,
-                             micro_12x32_direct_a};
+                             micro_12x32_direct_a, micro_12x32_direct_at};
   return k;
 }
 

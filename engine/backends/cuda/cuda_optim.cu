@@ -1,7 +1,9 @@
 // cuda_optim.cu: the fused AdamW update on the GPU: one thread per element runs adamw_element
 // (engine/optim_math.h), the function the CPU loop runs, with the scalars computed once on the host by the
 // same adamw_scalars. Compiled with -fmad=false (see the Makefile) so no multiply-add is fused; with IEEE
-// sqrt and division (nvcc's defaults) the update is then bitwise the CPU's.
+// sqrt and division (nvcc's defaults) f64 updates are bitwise the CPU's, and so are the f32 moments. The f32
+// parameter can differ in its last bit: on the host, ::sqrt(float) resolves to the C library's double sqrt, so the
+// CPU evaluates the denominator in double, while the device uses the f32 sqrt (tests/gpu checks both facts).
 #include "engine/backends/cuda/cuda_common.cuh"
 #include "engine/optim_math.h"
 
