@@ -147,13 +147,42 @@ test-gpu: $(GPU_TEST_BIN)
 bench-gpu: $(BUILD)/bench/bench_gpu
 	$(BUILD)/bench/bench_gpu
 
+# The same GPU tests with the CUDA backend's kernels emulated on the CPU (tests/gpu/emu): every GPU thread a fiber,
+# real barriers and warp shuffles, host stand-ins for cuBLAS/cuBLASLt/CUB, AddressSanitizer on. Needs no GPU and no
+# CUDA toolkit (python3 for the source transform); slow (minutes). Checks kernel logic, not speed or races.
+EMU_BUILD := $(BUILD)-emu
+EMU_CXXFLAGS := $(CXXSTD) -O1 -g -fopenmp -fno-math-errno -MMD -MP -DENGINE_WITH_CUDA=1 -Itests/gpu/emu/include -I. $(WARN) \
+                -fsanitize=address,undefined -fno-omit-frame-pointer
+EMU_LIB_SRC := $(filter-out moce/main.cpp,$(foreach d,engine engine/ops engine/io engine/backends/cpu model moce data,$(wildcard $(d)/*.cpp)))
+EMU_CU_SRC := $(wildcard engine/backends/cuda/*.cu)
+EMU_OBJ := $(EMU_LIB_SRC:%.cpp=$(EMU_BUILD)/%.o) $(GPU_TEST_SRC:%.cpp=$(EMU_BUILD)/%.o) \
+           $(EMU_CU_SRC:%.cu=$(EMU_BUILD)/%.emu.o) $(EMU_BUILD)/tests/gpu/emu/emu_globals.o
+
+$(EMU_BUILD)/%.emu.cpp: %.cu tests/gpu/emu/transform.py
+	@mkdir -p $(dir $@)
+	python3 tests/gpu/emu/transform.py $< $@
+
+$(EMU_BUILD)/%.emu.o: $(EMU_BUILD)/%.emu.cpp
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+$(EMU_BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+$(EMU_BUILD)/run_tests_gpu_emu: $(EMU_OBJ)
+	$(CXX) $(EMU_CXXFLAGS) $^ -lfmt -lz -lpthread -o $@
+
+.PRECIOUS: $(EMU_BUILD)/%.emu.cpp
+.PHONY: test-gpu-emu
+test-gpu-emu: $(EMU_BUILD)/run_tests_gpu_emu
+	ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=0 $< -ts='gpu*' $(TEST_ARGS)
+
 # An Nsight-ready build in build-profile/: device code with -lineinfo, NVTX ranges around every CUDA op.
 profile:
-	$(MAKE) BUILD=build-profile PROFILE=1 build-profile/bench/bench_gpu build-profile/run_tests_gpu
-	@echo "[profile] nsys profile -t cuda,nvtx -o gpu_bench build-profile/bench/bench_gpu"
-	@echo "[profile] ncu --set full -k regex:softmax -o softmax build-profile/bench/bench_gpu"
+	$(MAKE) BUILD=build-profile PROFILE=1 build-profile/bench/bench_gpu build-profile/run_tests_gpu build-profile/bin/moce
+	@echo "[profile] built build-profile/bin/moce, bench_gpu and run_tests_gpu; the nsys and ncu commands: README.md, 'Profiling on a GPU'"
 
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(EMU_OBJ:.o=.d)

@@ -4,10 +4,12 @@
 //
 //   moce eval-mae --checkpoint runs/pretrain/checkpoint-last.safetensors --out runs/eval
 //   moce eval-mae --random-init --config mae_tiny_p4_32 --out runs/eval-random     (the baseline)
+//   moce eval-mae --checkpoint ... --device cuda      (the encoder passes on the GPU; k-NN and probe on the CPU)
 #include <cstdio>
 
 #include "engine/error.h"
 #include "moce/cli.h"
+#include "moce/device.h"
 #include "moce/eval.h"
 
 namespace moce {
@@ -34,8 +36,11 @@ int cmd_eval_mae(int argc, char** argv) {
       .add("seed", "0", "seed of the mask noise, the probe, and the random initialisation")
       .add("workers", "2", "data loader threads")
       .add("batch", "128", "images per forward pass")
-      .add("grid", "8", "images in reconstructions.png (0 = no picture)");
+      .add("grid", "8", "images in reconstructions.png (0 = no picture)")
+      .add("device", "cpu", "cpu, or cuda / cuda:N: run the model (features, reconstructions) on that GPU");
   if (!a.parse(argc, argv, 2)) return 0;
+  // First: without a GPU, `--device cuda` fails before any file is read.
+  const eng::Device device = device_from_flag(a.str("device"));
 
   const std::string ckpt = a.str("checkpoint");
   const bool random_init = a.on("random-init");
@@ -68,6 +73,7 @@ int cmd_eval_mae(int argc, char** argv) {
 
   nlohmann::json model_info;
   model::MaskedAutoencoder mae = load_mae(ckpt, a.str("config"), random_init, seed, &model_info);
+  move_to_device(mae, device);  // evaluate_mae runs the model where its weights are
   auto train = limit_dataset(open_dataset(a.str("train-data"), true), a.i64("limit-train"));
   auto test = limit_dataset(open_dataset(a.str("test-data"), false), a.i64("limit-test"));
 
@@ -82,11 +88,13 @@ int cmd_eval_mae(int argc, char** argv) {
               {"seed", seed},
               {"batch", o.extract.batch_size},
               {"workers", o.extract.workers},
+              {"device", device.str()},
               {"grid", o.recon.grid_images},
               {"num_parameters", mae.num_parameters()}};
-  std::printf("eval-mae %s (%lld parameters, %s): train %s, test %s; out %s\n", mae.config().name.c_str(),
+  std::printf("eval-mae %s (%lld parameters, %s) on %s: train %s, test %s; out %s\n", mae.config().name.c_str(),
               (long long)mae.num_parameters(),
-              random_init ? fmt::format("random init, seed {}", seed).c_str() : ckpt.c_str(), train->describe().c_str(),
+              random_init ? fmt::format("random init, seed {}", seed).c_str() : ckpt.c_str(), device.str().c_str(),
+              train->describe().c_str(),
               test->describe().c_str(), o.out_dir.c_str());
   if (model_info.value("unused_tensors", int64_t(0)) > 0)
     std::printf("note: %s holds %lld tensors the MAE does not use\n", ckpt.c_str(),

@@ -1,5 +1,5 @@
 // pretrain.cpp: the MAE pre-training loop (AdamW, cosine schedule with warm-up, gradient accumulation,
-// progress, metrics, checkpoints, exact resume, non-finite detection).
+// progress, metrics, checkpoints, exact resume, non-finite detection), on the CPU or on a CUDA GPU.
 #include "moce/pretrain.h"
 
 #include <sys/stat.h>
@@ -12,11 +12,16 @@
 #include "data/loader.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/safetensors.h"
+#include "engine/nvtx.h"
 #include "engine/optim.h"
 #include "model/mae.h"
 #include "moce/cli.h"
+#include "moce/device.h"
 #include "moce/eval.h"
 #include "moce/plot.h"
+#ifdef ENGINE_WITH_CUDA
+#include "engine/backends/cuda/cuda_stream.h"
+#endif
 
 namespace moce {
 
@@ -27,15 +32,7 @@ using nlohmann::json;
 
 constexpr uint64_t kMaskStream = 0x6d61736b;  // "mask": the mask-noise stream of the run's seed
 
-struct RunOptions {
-  std::string data, config, out, device;
-  int64_t epochs = 0, batch = 0, accum = 1, save_every = 1, warmup_epochs = 0, workers = 2, limit = 0, log_every = 20;
-  double base_lr = 0, min_lr = 0, weight_decay = 0, mask_ratio = 0, clip = 0;
-  uint64_t seed = 0;
-  bool strict = false, norm_pix_loss = true;
-};
-
-json options_to_json(const RunOptions& o) {
+json options_to_json(const PretrainOptions& o) {
   return {{"data", o.data},          {"config", o.config},       {"epochs", o.epochs},     {"batch", o.batch},
           {"accum_iter", o.accum},   {"save_every", o.save_every}, {"warmup_epochs", o.warmup_epochs},
           {"workers", o.workers},    {"limit", o.limit},         {"log_every", o.log_every}, {"base_lr", o.base_lr},
@@ -44,8 +41,8 @@ json options_to_json(const RunOptions& o) {
           {"device", o.device}};
 }
 
-RunOptions options_from_json(const json& j) {
-  RunOptions o;
+PretrainOptions options_from_json(const json& j) {
+  PretrainOptions o;
   o.data = j.at("data");
   o.config = j.at("config");
   o.epochs = j.at("epochs");
@@ -103,77 +100,35 @@ void write_text_atomic(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-int cmd_pretrain(int argc, char** argv) {
-  Args a("pretrain", "Pre-train a masked autoencoder (MAE) on an image folder or Fashion-MNIST.");
-  a.add("data", "fashion-mnist", "training images: an ImageFolder root (root/<class>/<image>), fashion-mnist, or cifar10-bin:DIR")
-      .add("config", "mae_tiny_p4_32", "model config (mae_tiny_p4_32, mae_small_p4_32, mae_vit_base_patch16, ...)")
-      .add("epochs", "5", "epochs to train")
-      .add("batch", "128", "images per micro-batch")
-      .add("accum-iter", "1", "micro-batches per optimizer step (gradient accumulation)")
-      .add("out", "runs/pretrain", "run directory (config, metrics, checkpoints)")
-      .add("base-lr", "1.5e-4", "base learning rate; lr = base_lr * batch * accum_iter / 256")
-      .add("min-lr", "0", "learning rate at the end of the cosine schedule")
-      .add("warmup-epochs", "1", "epochs of linear warm-up")
-      .add("weight-decay", "0.05", "AdamW weight decay (not on biases and norm weights, as MAE)")
-      .add("mask-ratio", "0.75", "fraction of patches removed")
-      .add("clip-grad", "0", "clip the gradient norm to this (0 = off)")
-      .add("seed", "0", "seed of everything random (init, data order, augmentation, masks)")
-      .add("workers", "2", "data loader threads")
-      .add("limit", "0", "use only the first N training images (0 = all)")
-      .add("save-every", "1", "write a checkpoint every N epochs (and always at the end)")
-      .add("log-every", "20", "print a progress line every N optimizer steps")
-      .add("device", "cpu", "cpu or cuda[:N]")
-      .add("stop-after", "0", "stop after this many epochs of the schedule, as if interrupted (0 = run to --epochs); go on with --resume")
-      .add("resume", "", "continue the run in this directory from its last checkpoint (other flags except --epochs are taken from it)")
-      .flag("no-norm-pix-loss", "regress raw pixels instead of per-patch normalised ones")
-      .flag("strict", "fail on the first corrupt image instead of skipping it");
-  if (!a.parse(argc, argv, 2)) return 0;
-
-  RunOptions o;
-  json resume_state;
+PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& session) {
+  PretrainOptions o = options;
+  PretrainResult result;
   eng::Checkpoint ckpt;
-  bool resuming = a.given("resume");
-  std::string ckpt_path;
+  const bool resuming = !session.resume.empty();
+  std::string ckpt_path, device_context;
   if (resuming) {
-    std::string dir = a.str("resume");
+    const std::string& dir = session.resume;
     ckpt_path = dir + "/checkpoint-last.safetensors";
     ENG_CHECK(file_exists(ckpt_path), "--resume {}: no checkpoint-last.safetensors there", dir);
     ckpt = eng::load_checkpoint(ckpt_path);
     ENG_CHECK(ckpt.config.contains("run"), "{}: checkpoint has no run configuration", ckpt_path);
     o = options_from_json(ckpt.config["run"]);
     o.out = dir;
-    if (a.given("epochs")) o.epochs = a.i64("epochs");
-  } else {
-    o.data = a.str("data");
-    o.config = a.str("config");
-    o.epochs = a.i64("epochs");
-    o.batch = a.i64("batch");
-    o.accum = a.i64("accum-iter");
-    o.out = a.str("out");
-    o.base_lr = a.f64("base-lr");
-    o.min_lr = a.f64("min-lr");
-    o.warmup_epochs = a.i64("warmup-epochs");
-    o.weight_decay = a.f64("weight-decay");
-    o.mask_ratio = a.f64("mask-ratio");
-    o.clip = a.f64("clip-grad");
-    o.seed = uint64_t(a.i64("seed"));
-    o.workers = a.i64("workers");
-    o.limit = a.i64("limit");
-    o.save_every = a.i64("save-every");
-    o.log_every = a.i64("log-every");
-    o.device = a.str("device");
-    o.norm_pix_loss = !a.on("no-norm-pix-loss");
-    o.strict = a.on("strict");
+    if (session.epochs > 0) o.epochs = session.epochs;
+    if (!session.device.empty())
+      o.device = session.device;
+    else
+      device_context = fmt::format(" (saved in {}; pass --device to resume elsewhere)", ckpt_path);
   }
-  int64_t stop_after = a.i64("stop-after");
+  // First, so that a missing GPU is reported before any data is read or anything is written.
+  const eng::Device device = device_from_flag(o.device, device_context);
   ENG_CHECK(o.epochs > 0, "--epochs must be positive, got {}", o.epochs);
   ENG_CHECK(o.batch > 0, "--batch must be positive, got {}", o.batch);
   ENG_CHECK(o.accum > 0, "--accum-iter must be positive, got {}", o.accum);
   ENG_CHECK(o.mask_ratio > 0 && o.mask_ratio < 1, "--mask-ratio must be in (0, 1), got {}", o.mask_ratio);
   ENG_CHECK(o.save_every > 0 && o.log_every > 0, "--save-every and --log-every must be positive");
-  eng::Device device = eng::Device::parse(o.device);
-  ENG_CHECK(device.is_cpu(), "--device {}: pre-training on the GPU needs the complete CUDA backend, which is not "
-            "finished yet; use --device cpu", o.device);
+  const bool profiling = session.profile_first >= 0;
+  ENG_CHECK(!profiling || device.is_cuda(), "--profile-steps brackets CUDA work for a GPU profiler; it needs --device cuda");
 
   model::MaeConfig cfg = resuming ? model::mae_config_from_json(ckpt.config.at("model")) : model::mae_config(o.config);
   cfg.norm_pix_loss = o.norm_pix_loss;
@@ -196,9 +151,11 @@ int cmd_pretrain(int argc, char** argv) {
   ENG_CHECK(bpe >= o.accum, "{} images give {} batches of {} per epoch, fewer than --accum-iter {}", ds->size(), bpe,
             o.batch, o.accum);
   int64_t steps_per_epoch = bpe / o.accum;  // micro-batches past the last full step of an epoch are not used
+  BatchFeed feed(loader, device);
 
-  // model and optimizer
+  // model and optimizer: initialised on the CPU (the same weights for every device), then moved to the device
   model::MaskedAutoencoder mae(cfg, o.seed);
+  move_to_device(mae, device);
   auto named = mae.named_parameters();
   double lr = o.base_lr * double(o.batch * o.accum) / 256.0;
   // As MAE (timm add_weight_decay): only 1-D parameters and biases skip weight decay; tokens decay.
@@ -210,12 +167,14 @@ int cmd_pretrain(int argc, char** argv) {
   int64_t start_epoch = 0;
   if (resuming) {
     eng::check_state_matches(mae.state_dict(), ckpt.weights, ckpt_path);
-    mae.load_state_dict(ckpt.weights, ckpt_path);
+    mae.load_state_dict(ckpt.weights, ckpt_path);  // copies onto the model's device
     opt.load_state_dict(eng::OptimizerState{ckpt.optimizer_state, ckpt.optimizer});
     start_epoch = ckpt.rng.at("next_epoch");
     ENG_CHECK(start_epoch <= o.epochs, "{}: the run already finished {} epochs; pass a larger --epochs to go on",
               ckpt_path, start_epoch);
+    ckpt = eng::Checkpoint();  // its host tensors are on the device now
   }
+  result.epochs_done = start_epoch;
   json config_json = {{"run", options_to_json(o)}, {"model", model::config_to_json(cfg)}};
   write_text_atomic(o.out + "/config.json", config_json.dump(2) + "\n");
   // The loss curve (loss.png) covers the whole run: on resume, the points up to the checkpoint come back
@@ -246,44 +205,69 @@ int cmd_pretrain(int argc, char** argv) {
   auto t_run = std::chrono::steady_clock::now();
   int64_t images_this_run = 0;
   std::string last_ckpt = resuming ? ckpt_path : "";
-  int64_t end_epoch = stop_after > 0 ? std::min(o.epochs, stop_after) : o.epochs;
+  int64_t end_epoch = session.stop_after > 0 ? std::min(o.epochs, session.stop_after) : o.epochs;
   for (int64_t epoch = start_epoch; epoch < end_epoch; epoch++) {
-    loader.start_epoch(epoch);
+    feed.start_epoch(epoch, steps_per_epoch * o.accum);
     double epoch_loss = 0, window_loss = 0;
     int64_t window_steps = 0;
     auto t_window = std::chrono::steady_clock::now();
     int64_t window_images = 0;
     for (int64_t s = 0; s < steps_per_epoch; s++) {
       int64_t step = epoch * steps_per_epoch + s;  // optimizer step, global
-      opt.set_lr(sched.lr(double(step)));
-      double step_loss = 0;
-      for (int64_t m = 0; m < o.accum; m++) {
-        data::Batch b;
-        ENG_CHECK(loader.next(b), "internal: loader ended early in epoch {}", epoch);
-        int64_t micro = step * o.accum + m;  // keys the mask noise
-        eng::Generator mask_rng(o.seed, kMaskStream, uint64_t(micro) * uint64_t(o.batch * L));
-        Tensor noise = mask_rng.uniform({b.images.size(0), L});
-        model::MaeOutput out = mae.forward(b.images, noise, o.mask_ratio);
-        double lv = out.loss.item();
-        if (!std::isfinite(lv)) {
-          std::fprintf(stderr, "error: non-finite loss %g at epoch %lld step %lld (micro-batch %lld); images: %s; %s\n", lv,
-                       (long long)epoch + 1, (long long)step + 1, (long long)m, loader.batch_ids(b).c_str(),
-                       last_ckpt.empty() ? "no checkpoint was written yet" : ("last good checkpoint: " + last_ckpt).c_str());
-          return 2;
+#ifdef ENGINE_WITH_CUDA
+      if (profiling && step == session.profile_first) eng::cuda::profiler_start();
+#endif
+      double step_loss = 0, gnorm = 0;
+      {
+        ENG_NVTX_RANGE("pretrain.step");
+        opt.set_lr(sched.lr(double(step)));
+        for (int64_t m = 0; m < o.accum; m++) {
+          data::Batch b;
+          ENG_CHECK(feed.next(b), "internal: loader ended early in epoch {}", epoch);
+          int64_t micro = step * o.accum + m;  // keys the mask noise
+          eng::Generator mask_rng(o.seed, kMaskStream, uint64_t(micro) * uint64_t(o.batch * L));
+          // Philox uniforms are bitwise the same on every device: the masks do not depend on it.
+          Tensor noise = mask_rng.uniform({b.images.size(0), L}, 0.0, 1.0, eng::DType::F32, device);
+          model::MaeOutput out;
+          {
+            ENG_NVTX_RANGE("pretrain.forward");
+            out = mae.forward(b.images, noise, o.mask_ratio);
+          }
+          // While the GPU runs the forward pass just queued: the next batch into pinned memory, its copy queued.
+          feed.prefetch();
+          double lv = out.loss.item();
+          if (!std::isfinite(lv)) {
+            std::fprintf(stderr, "error: non-finite loss %g at epoch %lld step %lld (micro-batch %lld); images: %s; %s\n", lv,
+                         (long long)epoch + 1, (long long)step + 1, (long long)m, loader.batch_ids(b).c_str(),
+                         last_ckpt.empty() ? "no checkpoint was written yet" : ("last good checkpoint: " + last_ckpt).c_str());
+            result.status = 2;
+            return result;
+          }
+          {
+            ENG_NVTX_RANGE("pretrain.backward");
+            (o.accum > 1 ? eng::mul(out.loss, 1.0 / double(o.accum)) : out.loss).backward();
+          }
+          step_loss += lv / double(o.accum);
+          window_images += b.images.size(0);
         }
-        (o.accum > 1 ? eng::mul(out.loss, 1.0 / double(o.accum)) : out.loss).backward();
-        step_loss += lv / double(o.accum);
-        window_images += b.images.size(0);
+        gnorm = o.clip > 0 ? eng::clip_grad_norm(params, o.clip) : eng::grad_norm(params);
+        if (!std::isfinite(gnorm)) {
+          std::fprintf(stderr, "error: non-finite gradient norm at epoch %lld step %lld (loss %g); %s\n", (long long)epoch + 1,
+                       (long long)step + 1, step_loss,
+                       last_ckpt.empty() ? "no checkpoint was written yet" : ("last good checkpoint: " + last_ckpt).c_str());
+          result.status = 2;
+          return result;
+        }
+        {
+          ENG_NVTX_RANGE("pretrain.optimizer");
+          opt.step();
+          opt.zero_grad();
+        }
       }
-      double gnorm = o.clip > 0 ? eng::clip_grad_norm(params, o.clip) : eng::grad_norm(params);
-      if (!std::isfinite(gnorm)) {
-        std::fprintf(stderr, "error: non-finite gradient norm at epoch %lld step %lld (loss %g); %s\n", (long long)epoch + 1,
-                     (long long)step + 1, step_loss,
-                     last_ckpt.empty() ? "no checkpoint was written yet" : ("last good checkpoint: " + last_ckpt).c_str());
-        return 2;
-      }
-      opt.step();
-      opt.zero_grad();
+#ifdef ENGINE_WITH_CUDA
+      if (profiling && step == session.profile_last) eng::cuda::profiler_stop();
+#endif
+      result.step_losses.push_back(step_loss);
       epoch_loss += step_loss;
       window_loss += step_loss;
       window_steps++;
@@ -319,11 +303,12 @@ int cmd_pretrain(int argc, char** argv) {
     metrics.flush();
     if (loader.skipped() > 0) std::printf("%s\n", loader.skip_summary().c_str());
     write_line_plot(o.out + "/loss.png", {curve});
+    result.epochs_done = epoch + 1;
     if ((epoch + 1) % o.save_every == 0 || epoch + 1 == end_epoch) {
       eng::Checkpoint c;
-      c.weights = mae.state_dict();
+      c.weights = host_copies(mae.state_dict());
       eng::OptimizerState os = opt.state_dict();
-      c.optimizer_state = os.tensors;
+      c.optimizer_state = host_copies(os.tensors);
       c.optimizer = os.meta;
       c.step = opt.step_count();
       c.config = config_json;
@@ -339,13 +324,82 @@ int cmd_pretrain(int argc, char** argv) {
   if (end_epoch < o.epochs) {
     std::printf("stopped after epoch %lld of %lld as asked; continue with: moce pretrain --resume %s\n",
                 (long long)end_epoch, (long long)o.epochs, o.out.c_str());
-    return 0;
+    return result;
   }
-  eng::save_safetensors(o.out + "/weights.safetensors", mae.state_dict(),
+  eng::save_safetensors(o.out + "/weights.safetensors", host_copies(mae.state_dict()),
                         {{"config", json{{"model", model::config_to_json(cfg)}}.dump()}, {"format", "moce-weights-v1"}});
   std::printf("done: weights %s/weights.safetensors, checkpoint %s/checkpoint-last.safetensors, metrics %s/metrics.jsonl, "
               "loss curve %s/loss.png\n", o.out.c_str(), o.out.c_str(), o.out.c_str(), o.out.c_str());
-  return 0;
+  return result;
+}
+
+int cmd_pretrain(int argc, char** argv) {
+  Args a("pretrain", "Pre-train a masked autoencoder (MAE) on an image folder or Fashion-MNIST.");
+  a.add("data", "fashion-mnist", "training images: an ImageFolder root (root/<class>/<image>), fashion-mnist, or cifar10-bin:DIR")
+      .add("config", "mae_tiny_p4_32", "model config (mae_tiny_p4_32, mae_small_p4_32, mae_vit_base_patch16, ...)")
+      .add("epochs", "5", "epochs to train")
+      .add("batch", "128", "images per micro-batch")
+      .add("accum-iter", "1", "micro-batches per optimizer step (gradient accumulation)")
+      .add("out", "runs/pretrain", "run directory (config, metrics, checkpoints)")
+      .add("base-lr", "1.5e-4", "base learning rate; lr = base_lr * batch * accum_iter / 256")
+      .add("min-lr", "0", "learning rate at the end of the cosine schedule")
+      .add("warmup-epochs", "1", "epochs of linear warm-up")
+      .add("weight-decay", "0.05", "AdamW weight decay (not on biases and norm weights, as MAE)")
+      .add("mask-ratio", "0.75", "fraction of patches removed")
+      .add("clip-grad", "0", "clip the gradient norm to this (0 = off)")
+      .add("seed", "0", "seed of everything random (init, data order, augmentation, masks)")
+      .add("workers", "2", "data loader threads")
+      .add("limit", "0", "use only the first N training images (0 = all)")
+      .add("save-every", "1", "write a checkpoint every N epochs (and always at the end)")
+      .add("log-every", "20", "print a progress line every N optimizer steps")
+      .add("device", "cpu", "cpu, or cuda / cuda:N: model, gradients and optimizer state on that GPU")
+      .add("stop-after", "0", "stop after this many epochs of the schedule, as if interrupted (0 = run to --epochs); go on with --resume")
+      .add("resume", "", "continue the run in this directory from its last checkpoint (other flags except --epochs and --device are taken from it)")
+      .add("profile-steps", "", "FIRST:LAST: bracket optimizer steps FIRST..LAST (0-based, inclusive) with cudaProfilerStart/Stop "
+                                "for nsys --capture-range=cudaProfilerApi or ncu --profile-from-start off")
+      .flag("no-norm-pix-loss", "regress raw pixels instead of per-patch normalised ones")
+      .flag("strict", "fail on the first corrupt image instead of skipping it");
+  if (!a.parse(argc, argv, 2)) return 0;
+
+  PretrainOptions o;
+  PretrainSession session;
+  if (a.given("resume")) {
+    session.resume = a.str("resume");
+    if (a.given("epochs")) session.epochs = a.i64("epochs");
+    if (a.given("device")) session.device = a.str("device");
+  } else {
+    o.device = a.str("device");  // checked first thing by pretrain()
+    o.data = a.str("data");
+    o.config = a.str("config");
+    o.epochs = a.i64("epochs");
+    o.batch = a.i64("batch");
+    o.accum = a.i64("accum-iter");
+    o.out = a.str("out");
+    o.base_lr = a.f64("base-lr");
+    o.min_lr = a.f64("min-lr");
+    o.warmup_epochs = a.i64("warmup-epochs");
+    o.weight_decay = a.f64("weight-decay");
+    o.mask_ratio = a.f64("mask-ratio");
+    o.clip = a.f64("clip-grad");
+    o.seed = uint64_t(a.i64("seed"));
+    o.workers = a.i64("workers");
+    o.limit = a.i64("limit");
+    o.save_every = a.i64("save-every");
+    o.log_every = a.i64("log-every");
+    o.norm_pix_loss = !a.on("no-norm-pix-loss");
+    o.strict = a.on("strict");
+  }
+  session.stop_after = a.i64("stop-after");
+  if (a.given("profile-steps")) {
+    const std::string v = a.str("profile-steps");
+    long long first = -1, last = -1;
+    char tail = 0;
+    ENG_CHECK(std::sscanf(v.c_str(), "%lld:%lld%c", &first, &last, &tail) == 2 && first >= 0 && last >= first,
+              "--profile-steps expects FIRST:LAST with 0 <= FIRST <= LAST, got '{}'", v);
+    session.profile_first = first;
+    session.profile_last = last;
+  }
+  return pretrain(o, session).status;
 }
 
 }  // namespace moce

@@ -1,6 +1,7 @@
 // test_pretrain.cpp: the `moce pretrain` command end to end on a small generated image folder:
 // resume continues bit for bit, corrupt images are skipped and counted (or fail under --strict),
-// bad flags and missing folders give one-line errors, a diverging run stops on the non-finite loss.
+// bad flags and missing folders give one-line errors, a diverging run stops on the non-finite loss, and
+// `--device cuda` without a GPU (or in a build without CUDA) fails at once with one line naming the flag.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 
@@ -10,9 +11,11 @@
 
 #include "data/image.h"
 #include "engine/io/checkpoint.h"
+#include "engine/backend.h"
 #include "engine/io/safetensors.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "moce/eval.h"
 #include "moce/pretrain.h"
 
 using namespace eng;
@@ -54,6 +57,24 @@ int run(std::vector<std::string> args) {
     g_last_error = e.what();
     return 1;
   }
+}
+
+int run_eval(std::vector<std::string> args) {
+  args.insert(args.begin(), {"moce", "eval-mae"});
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  g_last_error.clear();
+  try {
+    return moce::cmd_eval_mae(int(argv.size()), argv.data());
+  } catch (const Error& e) {
+    g_last_error = e.what();
+    return 1;
+  }
+}
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
 }
 
 std::vector<std::string> epoch_loss_hex(const std::string& metrics) {
@@ -153,5 +174,50 @@ TEST_SUITE("pretrain") {
     CHECK(run({"--resume", root + "/run"}) == 2);
     Checkpoint after = load_checkpoint(ck);
     CHECK(after.rng["next_epoch"] == 1);  // the good checkpoint is still the one of epoch 1
+  }
+
+  TEST_CASE("--device cuda without a GPU fails at once, naming the flag and what is missing") {
+    if (cuda_available()) {
+      MESSAGE("skipped: a CUDA GPU is visible, so --device cuda trains (tests/gpu/test_gpu_pretrain.cpp covers that)");
+      return;
+    }
+#ifdef ENGINE_WITH_CUDA
+    const std::string why = "no CUDA GPU was found";
+#else
+    const std::string why = "this build has no CUDA backend";
+#endif
+    auto one_line_naming = [&](const std::string& flag_and_value) {
+      CHECK_MESSAGE(g_last_error.find(flag_and_value) != std::string::npos, g_last_error);
+      CHECK_MESSAGE(g_last_error.find(why) != std::string::npos, g_last_error);
+      CHECK(g_last_error.find('\n') == std::string::npos);
+    };
+    std::string root = temp_dir("nogpu");
+    // The data folder does not exist and nothing is written: the device is checked before anything else.
+    CHECK(run({"--device", "cuda", "--data", root + "/nope", "--out", root + "/run"}) == 1);
+    one_line_naming("--device cuda: ");
+    CHECK(!exists(root + "/run"));
+    CHECK(run({"--device", "cuda:1", "--data", root + "/nope", "--out", root + "/run"}) == 1);
+    one_line_naming("--device cuda:1: ");
+    CHECK(run_eval({"--device", "cuda", "--random-init", "--config", "mae_test_tiny", "--out", root + "/eval"}) == 1);
+    one_line_naming("--device cuda: ");
+    CHECK(!exists(root + "/eval"));
+    // A run saved with --device cuda (say, on another machine) names where the device came from when resumed here.
+    ::mkdir((root + "/data").c_str(), 0755);
+    make_folder(root + "/data", 4);
+    auto args = common(root + "/data", root + "/saved");
+    args.insert(args.end(), {"--epochs", "2", "--stop-after", "1"});
+    REQUIRE(run(args) == 0);
+    std::string ck = root + "/saved/checkpoint-last.safetensors";
+    Checkpoint c = load_checkpoint(ck);
+    c.config["run"]["device"] = "cuda";
+    save_checkpoint(ck, c);
+    CHECK(run({"--resume", root + "/saved"}) == 1);
+    one_line_naming("--device cuda (saved in " + ck);
+    // ... and --device cpu on the resume goes on where it stopped.
+    CHECK(run({"--resume", root + "/saved", "--device", "cpu"}) == 0);
+    CHECK(load_checkpoint(ck).rng["next_epoch"] == 2);
+    // Not a device at all.
+    CHECK(run({"--device", "tpu"}) == 1);
+    CHECK(g_last_error.find("--device tpu: unknown device") != std::string::npos);
   }
 }

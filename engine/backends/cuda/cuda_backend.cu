@@ -1,14 +1,18 @@
 // cuda_backend.cu: the CUDA backend's plumbing: the caching device allocator, one backend per GPU,
-// host<->device copies, cuda_available() and the backend's optional capabilities. The kernels live by family
-// in the other cuda_*.cu files (see cuda_common.cuh for the list).
+// host<->device copies, cuda_available() and the backend's optional capabilities; and the streams, events, pinned
+// host buffers and asynchronous copies of cuda_stream.h. The kernels live by family in the other cuda_*.cu files
+// (see cuda_common.cuh for the list).
 //
 // Built by the Makefile with nvcc when the CUDA toolkit is found; runs only where a GPU is present.
+#include <cuda_profiler_api.h>
+
 #include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
 
 #include "engine/backends/cuda/cuda_common.cuh"
+#include "engine/backends/cuda/cuda_stream.h"
 
 namespace eng {
 namespace cuda {
@@ -104,6 +108,114 @@ int device_count_checked(int device) {
 bool CudaBackend::supports_gemm_epilogue(GemmEpilogue e) const {
   return e == GemmEpilogue::None || e == GemmEpilogue::Bias || e == GemmEpilogue::BiasGelu;
 }
+
+// ---------------------------------------------------------------- streams, events, pinned memory (cuda_stream.h)
+
+// Destructors do not throw: they ignore errors, which the next checked call on the device reports anyway.
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+Stream::Stream(int device) : device_(device) {
+  device_count_checked(device);
+  CUDA_CHECK(cudaSetDevice(device));
+  cudaStream_t s = nullptr;
+  // Non-blocking: no implicit ordering with the legacy default stream the ops run on, so copies overlap compute.
+  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  stream_ = s;
+}
+
+Stream::~Stream() {
+  if (!stream_) return;
+  (void)cudaSetDevice(device_);
+  // Its copies may still read pinned memory or write device memory that the owner frees next.
+  (void)cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+  (void)cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+void Stream::synchronize() const {
+  ENG_NVTX_RANGE("cuda.stream_synchronize");
+  CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)));
+}
+
+void Stream::wait(const Event& e) const {
+  CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream_), static_cast<cudaEvent_t>(e.handle()), 0));
+}
+
+Event::Event(int device) : device_(device) {
+  device_count_checked(device);
+  CUDA_CHECK(cudaSetDevice(device));
+  cudaEvent_t e = nullptr;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  event_ = e;
+}
+
+Event::~Event() {
+  if (event_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+}
+
+void Event::record(const Stream& s) {
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(s.handle())));
+}
+
+void Event::record_compute() {
+  CUDA_CHECK(cudaSetDevice(device_));
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), 0));  // the legacy default stream: the ops' stream
+}
+
+void Event::synchronize() const {
+  ENG_NVTX_RANGE("cuda.event_synchronize");
+  CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)));
+}
+
+bool Event::done() const {
+  cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event_));
+  if (e == cudaErrorNotReady) return false;
+  CUDA_CHECK(e);
+  return true;
+}
+
+void compute_wait(const Event& e) {
+  CUDA_CHECK(cudaSetDevice(e.device()));
+  CUDA_CHECK(cudaStreamWaitEvent(0, static_cast<cudaEvent_t>(e.handle()), 0));
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (data_) (void)cudaFreeHost(data_);
+}
+
+void PinnedBuffer::reserve(size_t nbytes) {
+  if (nbytes <= capacity_) return;
+  if (data_) CUDA_CHECK(cudaFreeHost(data_));
+  data_ = nullptr;
+  capacity_ = 0;
+  void* p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, nbytes, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    ENG_FAIL("cannot allocate {} bytes of pinned host memory (cudaHostAlloc: {}); hint: {}", nbytes,
+             cudaGetErrorString(e), cuda_hint(e));
+  }
+  data_ = p;
+  capacity_ = nbytes;
+  allocations_++;
+}
+
+void copy_to_device_async(void* dst_device, const void* src_pinned, size_t nbytes, const Stream& s) {
+  if (nbytes == 0) return;
+  ENG_NVTX_RANGE("cuda.copy_to_device_async");
+  CUDA_CHECK(cudaSetDevice(s.device()));
+  CUDA_CHECK(cudaMemcpyAsync(dst_device, src_pinned, nbytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(s.handle())));
+}
+
+void profiler_start() { CUDA_CHECK(cudaProfilerStart()); }
+void profiler_stop() { CUDA_CHECK(cudaProfilerStop()); }
 
 }  // namespace cuda
 

@@ -1,0 +1,93 @@
+// Fake cuBLAS for the CPU emulation build: a naive column-major strided-batched GEMM.
+#pragma once
+#include "cuda_runtime.h"
+
+enum cublasStatus_t {
+  CUBLAS_STATUS_SUCCESS = 0,
+  CUBLAS_STATUS_NOT_INITIALIZED = 1,
+  CUBLAS_STATUS_ALLOC_FAILED = 3,
+  CUBLAS_STATUS_INVALID_VALUE = 7,
+  CUBLAS_STATUS_ARCH_MISMATCH = 8,
+  CUBLAS_STATUS_MAPPING_ERROR = 11,
+  CUBLAS_STATUS_EXECUTION_FAILED = 13,
+  CUBLAS_STATUS_INTERNAL_ERROR = 14,
+  CUBLAS_STATUS_NOT_SUPPORTED = 15,
+};
+enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
+enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77, CUBLAS_COMPUTE_64F = 70 };
+enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
+typedef struct EmuBlas* cublasHandle_t;
+inline const char* cublasGetStatusName(cublasStatus_t) { return "CUBLAS_STATUS_EMU"; }
+inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = reinterpret_cast<cublasHandle_t>(0x1); return CUBLAS_STATUS_SUCCESS; }
+
+namespace emu {
+extern int g_gemm_calls_classic, g_gemm_calls_lt;
+inline double load(const void* p, cudaDataType_t t, int64_t i) {
+  switch (t) {
+    case CUDA_R_32F: return double(static_cast<const float*>(p)[i]);
+    case CUDA_R_64F: return static_cast<const double*>(p)[i];
+    case CUDA_R_16BF: {
+      uint32_t u = uint32_t(static_cast<const uint16_t*>(p)[i]) << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      return double(f);
+    }
+    default: fail("bad data type");
+  }
+  return 0;
+}
+inline void store(void* p, cudaDataType_t t, int64_t i, double v) {
+  switch (t) {
+    case CUDA_R_32F: static_cast<float*>(p)[i] = float(v); break;
+    case CUDA_R_64F: static_cast<double*>(p)[i] = v; break;
+    case CUDA_R_16BF: {
+      float f = float(v);
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      u += 0x7fffu + ((u >> 16) & 1u);
+      static_cast<uint16_t*>(p)[i] = uint16_t(u >> 16);
+      break;
+    }
+    default: fail("bad data type");
+  }
+}
+// Column-major D[i + j*ldd] = alpha * sum_p opA(i,p) opB(p,j) + beta * C[i + j*ldc] (+ bias[i]).
+inline void naive_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const void* A, cudaDataType_t at,
+                       int64_t lda, int64_t sa, const void* B, int64_t ldb, int64_t sb, double beta, const void* C,
+                       int64_t ldc, int64_t sc, void* D, int64_t ldd, int64_t sd, int64_t batch, const void* bias) {
+  for (int64_t b = 0; b < batch; b++)
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t i = 0; i < m; i++) {
+        double acc = 0;
+        for (int64_t p = 0; p < k; p++) {
+          double a = load(A, at, b * sa + (ta ? p + i * lda : i + p * lda));
+          double bb = load(B, at, b * sb + (tb ? j + p * ldb : p + j * ldb));
+          acc += a * bb;
+        }
+        double v = alpha * acc;
+        if (std::getenv("EMU_GEMM_DEBUG") && i == 0 && j == 0) std::fprintf(stderr, "naive: acc=%g c=%g beta=%g\n", acc, load(C, at, b * sc + i + j * ldc), beta);
+        if (beta != 0) v += beta * load(C, at, b * sc + i + j * ldc);
+        if (bias) v += load(bias, at, i);
+        store(D, at, b * sd + i + j * ldd, v);
+      }
+}
+}  // namespace emu
+
+inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                                 int k, const void* alpha, const void* A, cudaDataType_t at, int lda,
+                                                 long long sa, const void* B, cudaDataType_t bt, int ldb, long long sb,
+                                                 const void* beta, void* C, cudaDataType_t ct, int ldc, long long sc,
+                                                 int batch, cublasComputeType_t compute, cublasGemmAlgo_t) {
+  if (at != bt || bt != ct) emu::fail("classic gemm: mixed types");
+  const bool f64 = compute == CUBLAS_COMPUTE_64F;
+  const double al = f64 ? *static_cast<const double*>(alpha) : double(*static_cast<const float*>(alpha));
+  const double be = f64 ? *static_cast<const double*>(beta) : double(*static_cast<const float*>(beta));
+  // cuBLAS's requirements on leading dims.
+  if (lda < std::max(1, ta == CUBLAS_OP_N ? m : k)) emu::fail("classic gemm: lda too small");
+  if (ldb < std::max(1, tb == CUBLAS_OP_N ? k : n)) emu::fail("classic gemm: ldb too small");
+  if (ldc < std::max(1, m)) emu::fail("classic gemm: ldc too small");
+  emu::g_gemm_calls_classic++;
+  emu::naive_gemm(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, al, A, at, lda, sa, B, ldb, sb, be, C, ldc, sc, C, ldc, sc,
+                  batch, nullptr);
+  return CUBLAS_STATUS_SUCCESS;
+}
