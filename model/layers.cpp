@@ -12,6 +12,11 @@ Tensor trainable(Tensor t) {
   return t;
 }
 
+Tensor in_dtype_of(const Tensor& p, const Tensor& x) {
+  if (!p.defined() || x.dtype() != eng::DType::BF16 || p.dtype() == eng::DType::BF16) return p;
+  return p.to(eng::DType::BF16);  // records a cast whose backward converts the gradient back to p's dtype
+}
+
 Tensor xavier_uniform(eng::Generator& g, int64_t fan_out, int64_t fan_in, const Shape& shape) {
   double a = std::sqrt(6.0 / double(fan_in + fan_out));
   return trainable(g.uniform(shape, -a, a));

@@ -40,6 +40,12 @@ std::vector<std::string> mae_config_names() {
           "mae_test_tiny"};
 }
 
+eng::DType parse_precision(const std::string& name) {
+  if (name == "f32") return DType::F32;
+  if (name == "bf16") return DType::BF16;
+  ENG_FAIL("unknown precision '{}'; known: f32, bf16 (bf16 mixed precision needs a CUDA device)", name);
+}
+
 nlohmann::json config_to_json(const MaeConfig& c) {
   return {{"name", c.name},
           {"img_size", c.img_size},
@@ -111,22 +117,42 @@ MaskedAutoencoder::MaskedAutoencoder(const MaeConfig& cfg, uint64_t seed) : cfg_
 
 Tensor MaskedAutoencoder::patch_proj_weight_2d() const { return patch_weight.reshape({cfg_.embed_dim, -1}); }
 
+void MaskedAutoencoder::set_compute_dtype(eng::DType dt) {
+  ENG_CHECK(dt == DType::F32 || dt == DType::BF16,
+            "model {}: compute dtype {} is not supported (f32, or bf16 for mixed precision on cuda)", cfg_.name,
+            eng::dtype_name(dt));
+  compute_dtype_ = dt;
+}
+
+Tensor MaskedAutoencoder::to_compute(const Tensor& x) const {
+  return compute_dtype_ == DType::BF16 && x.dtype() != DType::BF16 ? x.to(DType::BF16) : x;
+}
+
+void MaskedAutoencoder::check_compute_device(const Tensor& imgs) const {
+  // The CPU backend stores and converts bf16 but has no bf16 kernels; say so before the first op fails.
+  ENG_CHECK(compute_dtype_ != DType::BF16 || imgs.device().is_cuda(), "bf16 mixed precision needs --device cuda");
+}
+
 Tensor MaskedAutoencoder::embed_patches(const Tensor& imgs) const {
   int64_t N = imgs.size(0), C = imgs.size(1), p = cfg_.patch_size, h = cfg_.grid();
   ENG_CHECK(C == cfg_.in_chans && imgs.size(2) == cfg_.img_size && imgs.size(3) == cfg_.img_size,
             "model {} expects images [N, {}, {}, {}], got {}", cfg_.name, cfg_.in_chans, cfg_.img_size, cfg_.img_size,
             eng::shape_str(imgs.shape()));
-  // The conv with kernel = stride = p is patchify in (c, i, j) order + a linear layer.
-  Tensor patches = imgs.reshape({N, C, h, p, h, p}).permute({0, 2, 4, 1, 3, 5}).reshape({N, h * h, C * p * p});
-  return eng::linear(patches, patch_proj_weight_2d(), patch_bias);
+  check_compute_device(imgs);
+  // The conv with kernel = stride = p is patchify in (c, i, j) order + a linear layer. Under bf16 the images are
+  // rounded once, before the patch copy (half its bytes).
+  Tensor src = to_compute(imgs);
+  Tensor patches = src.reshape({N, C, h, p, h, p}).permute({0, 2, 4, 1, 3, 5}).reshape({N, h * h, C * p * p});
+  return eng::linear(patches, in_dtype_of(patch_proj_weight_2d(), patches), in_dtype_of(patch_bias, patches));
 }
 
 MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, double mask_ratio) const {
   int64_t N = imgs.size(0), L = cfg_.num_patches(), D = cfg_.embed_dim, Dd = cfg_.decoder_embed_dim;
   ENG_CHECK(noise.shape() == (Shape{N, L}), "MAE forward: noise must be [{}, {}], got {}", N, L, eng::shape_str(noise.shape()));
   ENG_CHECK(mask_ratio >= 0.0 && mask_ratio < 1.0, "mask ratio {} outside [0, 1)", mask_ratio);
+  check_compute_device(imgs);
   int64_t keep = int64_t(double(L) * (1.0 - mask_ratio));
-  Tensor pos_patches = pos_embed.slice(1, 1, L + 1);
+  Tensor pos_patches = to_compute(pos_embed.slice(1, 1, L + 1));
   Tensor x = eng::add(embed_patches(imgs), pos_patches);
 
   // random_masking: sort the noise; the first `keep` are kept. ids_restore undoes the shuffle.
@@ -134,22 +160,25 @@ MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, do
   Tensor ids_restore = eng::argsort(ids_shuffle, 1);
   Tensor ids_keep = ids_shuffle.slice(1, 0, keep);
   x = eng::gather(x, 1, ids_keep.unsqueeze(-1).expand({N, keep, D}));
-  Tensor mask_sorted = eng::cat({Tensor::zeros({N, keep}), Tensor::ones({N, L - keep})}, 1);
+  const eng::Device dev = imgs.device();
+  Tensor mask_sorted = eng::cat({Tensor::zeros({N, keep}, DType::F32, dev), Tensor::ones({N, L - keep}, DType::F32, dev)}, 1);
   Tensor mask = eng::gather(mask_sorted, 1, ids_restore);
 
-  Tensor cls = eng::add(cls_token, pos_embed.slice(1, 0, 1)).expand({N, 1, D});
+  // The class token and its (zero) position embedding are added in f32, then rounded once under bf16.
+  Tensor cls = to_compute(eng::add(cls_token, pos_embed.slice(1, 0, 1))).expand({N, 1, D});
   x = eng::cat({cls, x}, 1);
   for (const Block& b : blocks) x = b(x);
   x = norm(x);
 
   // decoder
   x = decoder_embed(x);
-  Tensor tokens = mask_token.expand({N, L - keep, Dd});
+  Tensor tokens = to_compute(mask_token).expand({N, L - keep, Dd});
   Tensor x_ = eng::cat({x.slice(1, 1, keep + 1), tokens}, 1);
   x_ = eng::gather(x_, 1, ids_restore.unsqueeze(-1).expand({N, L, Dd}));
-  x = eng::add(eng::cat({x.slice(1, 0, 1), x_}, 1), decoder_pos_embed);
+  x = eng::add(eng::cat({x.slice(1, 0, 1), x_}, 1), to_compute(decoder_pos_embed));
   for (const Block& b : decoder_blocks) x = b(x);
   x = decoder_pred(decoder_norm(x)).slice(1, 1, L + 1);
+  if (compute_dtype_ == DType::BF16) x = x.to(DType::F32);  // the loss and its reductions in f32
 
   // loss on removed patches only
   Tensor target = patchify(imgs, cfg_.patch_size);
@@ -165,11 +194,13 @@ MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, do
 
 Tensor MaskedAutoencoder::encode_all(const Tensor& imgs) const {
   int64_t N = imgs.size(0), L = cfg_.num_patches(), D = cfg_.embed_dim;
-  Tensor x = eng::add(embed_patches(imgs), pos_embed.slice(1, 1, L + 1));
-  Tensor cls = eng::add(cls_token, pos_embed.slice(1, 0, 1)).expand({N, 1, D});
+  check_compute_device(imgs);
+  Tensor x = eng::add(embed_patches(imgs), to_compute(pos_embed.slice(1, 1, L + 1)));
+  Tensor cls = to_compute(eng::add(cls_token, pos_embed.slice(1, 0, 1))).expand({N, 1, D});
   x = eng::cat({cls, x}, 1);
   for (const Block& b : blocks) x = b(x);
-  return norm(x);
+  x = norm(x);
+  return compute_dtype_ == DType::BF16 ? x.to(DType::F32) : x;
 }
 
 Tensor MaskedAutoencoder::features(const Tensor& imgs) const {

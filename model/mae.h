@@ -6,6 +6,13 @@
 // loss = mean squared error on removed patches only (mask 1 = removed), with norm_pix_loss normalising
 // each target patch by its mean and unbiased variance.
 // Parameter names are MAE's, so an official checkpoint converted to safetensors loads as is.
+//
+// Mixed precision (CUDA): set_compute_dtype(DType::BF16) makes forward() and encode_all() run in bf16: the images
+// and the f32 master parameters are cast to bf16 by differentiable casts, every GEMM takes bf16 operands with f32
+// accumulation, activations (and their gradients) are bf16, layer norm, attention's softmax statistics, GELU and
+// every reduction compute in f32 or wider, and the prediction returns to f32 before the loss, which is f32.
+// Parameters, their gradients and the optimizer state stay f32. The CPU backend has no bf16 arithmetic: there
+// the forward stops with "bf16 mixed precision needs --device cuda".
 #pragma once
 #include <map>
 #include <string>
@@ -33,6 +40,8 @@ struct MaeConfig {
 // mae_vit_huge_patch14, and mae_test_tiny (for tests). Throws listing the names on an unknown one.
 MaeConfig mae_config(const std::string& name);
 std::vector<std::string> mae_config_names();
+// "f32" -> DType::F32, "bf16" -> DType::BF16 (for a --precision option); throws naming the choices otherwise.
+eng::DType parse_precision(const std::string& name);
 nlohmann::json config_to_json(const MaeConfig& c);
 MaeConfig mae_config_from_json(const nlohmann::json& j);
 
@@ -42,8 +51,8 @@ Tensor patchify(const Tensor& imgs, int64_t p);
 Tensor unpatchify(const Tensor& x, int64_t p, int64_t channels);
 
 struct MaeOutput {
-  Tensor loss;         // scalar
-  Tensor pred;         // [N, L, p*p*C], in the (normalised, if norm_pix_loss) target space
+  Tensor loss;         // scalar, f32
+  Tensor pred;         // [N, L, p*p*C], f32, in the (normalised, if norm_pix_loss) target space
   Tensor mask;         // [N, L], 1 = removed
   Tensor ids_restore;  // [N, L]
 };
@@ -53,9 +62,14 @@ class MaskedAutoencoder {
   MaskedAutoencoder(const MaeConfig& cfg, uint64_t seed);
   const MaeConfig& config() const { return cfg_; }
 
+  // The dtype the forward pass computes in: F32 (the default) or BF16 (mixed precision on CUDA, see the top).
+  // Not part of the config or the checkpoint: a run setting, like the device.
+  void set_compute_dtype(eng::DType dt);
+  eng::DType compute_dtype() const { return compute_dtype_; }
+
   // noise: [N, L] in [0, 1) (from a Philox generator in training, from a fixture in tests).
   MaeOutput forward(const Tensor& imgs, const Tensor& noise, double mask_ratio) const;
-  // Encoder on all patches (no masking): [N, 1 + L, D] after the final norm. Used for features.
+  // Encoder on all patches (no masking): [N, 1 + L, D] after the final norm, f32 whatever the compute dtype.
   Tensor encode_all(const Tensor& imgs) const;
   // The class-token feature or the mean of patch tokens, [N, D] (MAE's linear probe uses the class token
   // with no final norm in some setups; here: mean of patch tokens after the final norm, stated).
@@ -71,7 +85,7 @@ class MaskedAutoencoder {
   int64_t num_parameters();
 
   // Pieces (public for tests and for MoCE, which reuses the encoder).
-  Tensor embed_patches(const Tensor& imgs) const;  // [N, L, D], without position embeddings
+  Tensor embed_patches(const Tensor& imgs) const;  // [N, L, D] in the compute dtype, without position embeddings
   Tensor patch_proj_weight_2d() const;             // [D, C*p*p]
 
   MaeConfig cfg_;
@@ -84,6 +98,11 @@ class MaskedAutoencoder {
   std::vector<Block> decoder_blocks;
   LayerNorm decoder_norm;
   Linear decoder_pred;
+
+ private:
+  Tensor to_compute(const Tensor& x) const;             // a differentiable bf16 copy under bf16, else x
+  void check_compute_device(const Tensor& imgs) const;  // bf16 needs a CUDA device
+  eng::DType compute_dtype_ = eng::DType::F32;
 };
 
 }  // namespace model

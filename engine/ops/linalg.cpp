@@ -197,8 +197,11 @@ Tensor linear_fused(const Tensor& x, const Tensor& w, const Tensor& b, bool gelu
   });
 }
 
+// bf16 (CUDA mixed precision) takes the fused path too: the bias is added to the f32 accumulator before the one
+// rounding to bf16, the GELU runs in f32, and the bias gradient is a column sum with a wide accumulator.
 bool fused_linear_ok(const Tensor& x, GemmEpilogue ep) {
-  return (x.dtype() == DType::F32 || x.dtype() == DType::F64) && backend_for(x.device()).supports_gemm_epilogue(ep);
+  return (x.dtype() == DType::F32 || x.dtype() == DType::F64 || x.dtype() == DType::BF16) &&
+         backend_for(x.device()).supports_gemm_epilogue(ep);
 }
 
 }  // namespace

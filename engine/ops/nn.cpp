@@ -52,8 +52,11 @@ void check_param(const Tensor& p, const Tensor& x, int64_t cols, const char* wha
   check_same_device(p, x, "layer_norm");
 }
 
-// The row log-sum-exp of fused attention is f64 for f64 inputs and f32 otherwise (bf16 included).
-DType lse_dtype(DType dt) { return dt == DType::F64 ? DType::F64 : DType::F32; }
+// Per-row statistics (the log-sum-exp of fused attention, layer norm's mean and rstd) are f64 for f64 inputs and
+// f32 otherwise: bf16 activations keep f32 statistics (mixed precision), so a backward pass recomputes x_hat and
+// the probabilities from f32 values, not from a second bf16 rounding.
+DType stats_dtype(DType dt) { return dt == DType::F64 ? DType::F64 : DType::F32; }
+DType lse_dtype(DType dt) { return stats_dtype(dt); }
 
 // Arguments of the backend's fused attention for contiguous q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv].
 AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
@@ -186,8 +189,8 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
   Tensor wc = w.defined() ? w.contiguous() : Tensor();
   Tensor bc = b.defined() ? b.contiguous() : Tensor();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mean = Tensor::empty({rows}, x.dtype(), x.device());
-  Tensor rstd = Tensor::empty({rows}, x.dtype(), x.device());
+  Tensor mean = Tensor::empty({rows}, stats_dtype(x.dtype()), x.device());  // x's dtype for f32 and f64
+  Tensor rstd = Tensor::empty({rows}, stats_dtype(x.dtype()), x.device());
   if (rows)
     backend_for(x.device()).layer_norm_forward(x.dtype(), out.raw_data(), mean.raw_data(), rstd.raw_data(), xc.raw_data(),
                                                wc.defined() ? wc.raw_data() : nullptr,

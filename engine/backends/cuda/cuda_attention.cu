@@ -320,10 +320,10 @@ dim3 attention_grid(int64_t rows, int64_t bh) {
 
 }  // namespace
 
-// bf16 runs through attention_forward/backward when called directly, but is not offered to the ops layer yet: the
-// contract keeps lse in f32 for bf16 inputs, and engine/ops/nn.cpp allocates lse in the input dtype.
+// bf16 (mixed precision): q, k, v, out and their gradients in bf16; scores, probabilities, the row statistics (lse
+// in f32, as engine/ops/nn.cpp allocates it) and every accumulator in f32.
 bool CudaBackend::has_fused_attention(DType dt, int64_t head_dim, int64_t v_dim) const {
-  if (dt != DType::F32 && dt != DType::F64) return false;
+  if (dt != DType::F32 && dt != DType::F64 && dt != DType::BF16) return false;
   return head_dim >= 1 && v_dim >= 1 && head_dim <= max_head_dim(dt) && v_dim <= max_head_dim(dt);
 }
 

@@ -7,6 +7,8 @@
 // tree, so a run repeats bit for bit. Layer norm's dw/db are column sums over all rows: fixed blocks of 32 rows
 // (the CPU's block size) give partial sums that are then added in block order, with no atomics; this is the
 // CPU's summation order exactly.
+// Layer norm's mean and rstd are stored in the arithmetic type (calc_t: f32 for bf16 inputs, as the ops layer
+// allocates them), so bf16 mixed precision keeps f32 statistics between the forward and backward passes.
 #include <cmath>
 
 #include "engine/backends/cuda/cuda_common.cuh"
@@ -89,9 +91,10 @@ __global__ void softmax_backward_kernel(T* __restrict__ dx, const T* __restrict_
 // ---------------------------------------------------------------- layer norm
 
 template <int kGroup, typename T>
-__global__ void layer_norm_forward_kernel(T* __restrict__ y, T* __restrict__ mean, T* __restrict__ rstd,
-                                          const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
-                                          int64_t rows, int64_t cols, double eps) {
+__global__ void layer_norm_forward_kernel(T* __restrict__ y, calc_t<T>* __restrict__ mean,
+                                          calc_t<T>* __restrict__ rstd, const T* __restrict__ x,
+                                          const T* __restrict__ w, const T* __restrict__ b, int64_t rows, int64_t cols,
+                                          double eps) {
   using C = calc_t<T>;
   __shared__ double smem_d[kGroup / 32];
   for_rows<kGroup>(rows, [&](int64_t r, int lane) {
@@ -110,8 +113,8 @@ __global__ void layer_norm_forward_kernel(T* __restrict__ y, T* __restrict__ mea
     const double rs = 1.0 / ::sqrt(sq / double(cols) + eps);
     const C mu_t = C(mu), rs_t = C(rs);
     if (lane == 0) {
-      if (mean) mean[r] = st<T>(mu_t);
-      if (rstd) rstd[r] = st<T>(rs_t);
+      if (mean) mean[r] = mu_t;
+      if (rstd) rstd[r] = rs_t;
     }
     for (int64_t j = lane; j < cols; j += kGroup) {
       C v = C(ld(xr[j]) - mu_t) * rs_t;
@@ -125,14 +128,14 @@ __global__ void layer_norm_forward_kernel(T* __restrict__ y, T* __restrict__ mea
 // dxhat = dy * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
 template <int kGroup, typename T>
 __global__ void layer_norm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
-                                              const T* __restrict__ mean, const T* __restrict__ rstd,
+                                              const calc_t<T>* __restrict__ mean, const calc_t<T>* __restrict__ rstd,
                                               const T* __restrict__ w, int64_t rows, int64_t cols) {
   __shared__ double smem_d[kGroup / 32];
   for_rows<kGroup>(rows, [&](int64_t r, int lane) {
     const T* xr = x + r * cols;
     const T* gr = dy + r * cols;
     T* dr = dx + r * cols;
-    const double mu = double(ld(mean[r])), rs = double(ld(rstd[r]));
+    const double mu = double(mean[r]), rs = double(rstd[r]);
     auto dxhat = [&](int64_t j) { return w ? double(ld(gr[j])) * double(ld(w[j])) : double(ld(gr[j])); };
     double p1 = 0, p2 = 0;
     for (int64_t j = lane; j < cols; j += kGroup) {
@@ -150,8 +153,8 @@ __global__ void layer_norm_backward_dx_kernel(T* __restrict__ dx, const T* __res
 // Partial dw/db of one block of kLnRowsPerBlock rows for one column: partial[blk][0][j] (dw), [blk][1][j] (db).
 template <typename T>
 __global__ void layer_norm_backward_partial_kernel(double* __restrict__ partial, const T* __restrict__ dy,
-                                                   const T* __restrict__ x, const T* __restrict__ mean,
-                                                   const T* __restrict__ rstd, int64_t rows, int64_t cols,
+                                                   const T* __restrict__ x, const calc_t<T>* __restrict__ mean,
+                                                   const calc_t<T>* __restrict__ rstd, int64_t rows, int64_t cols,
                                                    int64_t blocks) {
   ENG_GRID_STRIDE(item, blocks * cols) {
     const int64_t blk = item / cols, j = item % cols;
@@ -159,7 +162,7 @@ __global__ void layer_norm_backward_partial_kernel(double* __restrict__ partial,
     double sw = 0, sb = 0;
     for (int64_t r = r0; r < r1; r++) {
       const double g = double(ld(dy[r * cols + j]));
-      const double xhat = (double(ld(x[r * cols + j])) - double(ld(mean[r]))) * double(ld(rstd[r]));
+      const double xhat = (double(ld(x[r * cols + j])) - double(mean[r])) * double(rstd[r]);
       sw += g * xhat;
       sb += g;
     }
@@ -231,9 +234,9 @@ void CudaBackend::layer_norm_forward(DType dt, void* y, void* mean, void* rstd, 
   ENG_CHECK(cols > 0, "layer_norm: normalising over an empty last dim ({} rows of 0 columns)", rows);
   dispatch_float(dt, "layer_norm", [&](auto t) {
     using T = decltype(t);
-    ENG_LAUNCH_ROWS(layer_norm_forward_kernel, T, rows, cols, static_cast<T*>(y), static_cast<T*>(mean),
-                    static_cast<T*>(rstd), static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(b),
-                    rows, cols, eps);
+    ENG_LAUNCH_ROWS(layer_norm_forward_kernel, T, rows, cols, static_cast<T*>(y), static_cast<calc_t<T>*>(mean),
+                    static_cast<calc_t<T>*>(rstd), static_cast<const T*>(x), static_cast<const T*>(w),
+                    static_cast<const T*>(b), rows, cols, eps);
   });
   CUDA_CHECK_LAUNCH("layer_norm_forward");
 }
@@ -248,8 +251,8 @@ void CudaBackend::layer_norm_backward(DType dt, void* dx, void* dw, void* db, co
     using T = decltype(t);
     const T* dyp = static_cast<const T*>(dy);
     const T* xp = static_cast<const T*>(x);
-    const T* mp = static_cast<const T*>(mean);
-    const T* rp = static_cast<const T*>(rstd);
+    const calc_t<T>* mp = static_cast<const calc_t<T>*>(mean);  // f32 for bf16 (see the top of the file)
+    const calc_t<T>* rp = static_cast<const calc_t<T>*>(rstd);
     if (dx && rows > 0) {
       ENG_LAUNCH_ROWS(layer_norm_backward_dx_kernel, T, rows, cols, static_cast<T*>(dx), dyp, xp, mp, rp,
                       static_cast<const T*>(w), rows, cols);
