@@ -38,7 +38,7 @@ json options_to_json(const PretrainOptions& o) {
           {"workers", o.workers},    {"limit", o.limit},         {"log_every", o.log_every}, {"base_lr", o.base_lr},
           {"min_lr", o.min_lr},      {"weight_decay", o.weight_decay}, {"mask_ratio", o.mask_ratio},
           {"clip_grad", o.clip},     {"seed", o.seed},           {"strict", o.strict},     {"norm_pix_loss", o.norm_pix_loss},
-          {"device", o.device}};
+          {"device", o.device},      {"precision", o.precision}};
 }
 
 PretrainOptions options_from_json(const json& j) {
@@ -62,6 +62,7 @@ PretrainOptions options_from_json(const json& j) {
   o.strict = j.at("strict");
   o.norm_pix_loss = j.at("norm_pix_loss");
   o.device = j.at("device");
+  o.precision = j.value("precision", "f32");  // runs saved before --precision existed were f32
   return o;
 }
 
@@ -127,6 +128,14 @@ PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& s
   ENG_CHECK(o.accum > 0, "--accum-iter must be positive, got {}", o.accum);
   ENG_CHECK(o.mask_ratio > 0 && o.mask_ratio < 1, "--mask-ratio must be in (0, 1), got {}", o.mask_ratio);
   ENG_CHECK(o.save_every > 0 && o.log_every > 0, "--save-every and --log-every must be positive");
+  eng::DType compute_dtype = eng::DType::F32;
+  try {
+    compute_dtype = model::parse_precision(o.precision);
+  } catch (const eng::Error& e) {
+    ENG_FAIL("--precision {}: {}", o.precision, e.what());
+  }
+  ENG_CHECK(compute_dtype == eng::DType::F32 || device.is_cuda(),
+            "--precision {}: bf16 mixed precision needs --device cuda (the CPU backend has no bf16 arithmetic)", o.precision);
   const bool profiling = session.profile_first >= 0;
   ENG_CHECK(!profiling || device.is_cuda(), "--profile-steps brackets CUDA work for a GPU profiler; it needs --device cuda");
 
@@ -156,6 +165,7 @@ PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& s
   // model and optimizer: initialised on the CPU (the same weights for every device), then moved to the device
   model::MaskedAutoencoder mae(cfg, o.seed);
   move_to_device(mae, device);
+  mae.set_compute_dtype(compute_dtype);
   auto named = mae.named_parameters();
   double lr = o.base_lr * double(o.batch * o.accum) / 256.0;
   // As MAE (timm add_weight_decay): only 1-D parameters and biases skip weight decay; tokens decay.
@@ -353,6 +363,7 @@ int cmd_pretrain(int argc, char** argv) {
       .add("save-every", "1", "write a checkpoint every N epochs (and always at the end)")
       .add("log-every", "20", "print a progress line every N optimizer steps")
       .add("device", "cpu", "cpu, or cuda / cuda:N: model, gradients and optimizer state on that GPU")
+      .add("precision", "f32", "f32, or bf16: mixed precision (bf16 activations and GEMM operands, f32 master weights, optimizer state and loss; CUDA only)")
       .add("stop-after", "0", "stop after this many epochs of the schedule, as if interrupted (0 = run to --epochs); go on with --resume")
       .add("resume", "", "continue the run in this directory from its last checkpoint (other flags except --epochs and --device are taken from it)")
       .add("profile-steps", "", "FIRST:LAST: bracket optimizer steps FIRST..LAST (0-based, inclusive) with cudaProfilerStart/Stop "
@@ -369,6 +380,7 @@ int cmd_pretrain(int argc, char** argv) {
     if (a.given("device")) session.device = a.str("device");
   } else {
     o.device = a.str("device");  // checked first thing by pretrain()
+    o.precision = a.str("precision");
     o.data = a.str("data");
     o.config = a.str("config");
     o.epochs = a.i64("epochs");

@@ -157,6 +157,14 @@ TEST_SUITE("pretrain") {
     CHECK(g_last_error.find("unknown flag --bogus") != std::string::npos);
     CHECK(run({"--resume", root + "/nothing"}) == 1);
     CHECK(g_last_error.find("no checkpoint-last.safetensors") != std::string::npos);
+    // bf16 mixed precision is CUDA only: on the CPU it stops before anything is read or written.
+    CHECK(run({"--precision", "bf16", "--data", root + "/nope", "--out", root + "/run-bf16"}) == 1);
+    CHECK_MESSAGE(g_last_error.find("--precision bf16: bf16 mixed precision needs --device cuda") != std::string::npos,
+                  g_last_error);
+    CHECK(!exists(root + "/run-bf16"));
+    CHECK(run({"--precision", "fp8", "--out", root + "/run-fp8"}) == 1);
+    CHECK_MESSAGE(g_last_error.find("--precision fp8: unknown precision 'fp8'; known: f32, bf16") != std::string::npos,
+                  g_last_error);
   }
 
   TEST_CASE("a diverging run stops at the non-finite loss and keeps its last good checkpoint") {
