@@ -137,9 +137,23 @@ HostArray map_unary(const HostArray& a, const std::function<double(double)>& f) 
   return o;
 }
 
+std::vector<HostArray> case_inputs(const OpCase& c) {
+  Rng rng(hash_name(c.name));
+  std::vector<HostArray> hs;
+  for (const auto& s : c.inputs) hs.push_back(gen_input(s, rng));
+  return hs;
+}
+
+std::vector<double> case_normals(const OpCase& c, uint64_t salt, size_t n) {
+  Rng rng(hash_name(c.name) ^ salt);
+  std::vector<double> v(n);
+  for (double& x : v) x = rng.normal();
+  return v;
+}
+
 std::vector<std::string> run_case(const OpCase& c) {
   std::vector<std::string> fails;
-  Rng rng(hash_name(c.name));
+  Rng rng(hash_name(c.name));  // the inputs of case_inputs, then (below) the gradient weights from the same stream
   std::vector<HostArray> hs;
   for (const auto& s : c.inputs) hs.push_back(gen_input(s, rng));
 

@@ -75,6 +75,13 @@ HostArray make_host(const Shape& shape, double fill = 0.0);
 HostArray broadcast_binary(const HostArray& a, const HostArray& b, const std::function<double(double, double)>& f);
 HostArray map_unary(const HostArray& a, const std::function<double(double)>& f);
 
+// The inputs of a case, generated from its specs from a seed made of its name: the same on every run and device
+// (the GPU suite feeds the CPU and CUDA the very inputs the CPU modes use).
+std::vector<HostArray> case_inputs(const OpCase& c);
+// n deterministic normal numbers for auxiliary data of a case (e.g. the GPU suite's loss weights), from a stream
+// of its own (the case's seed xor salt), so the inputs stay those of case_inputs.
+std::vector<double> case_normals(const OpCase& c, uint64_t salt, size_t n);
+
 // Runs one case in every mode; returns failure messages (empty on success). Used by the doctest driver
 // and by the GPU suite.
 std::vector<std::string> run_case(const OpCase& c);

@@ -10,7 +10,6 @@
 // bits (determinism). A case whose fn builds CPU tensors itself (e.g. Tensor::scalar(...) without a device)
 // cannot run on CUDA; it is listed in a message, not failed, since the op it tests is covered elsewhere.
 #include <algorithm>
-#include <random>
 
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/op_registry.h"
@@ -19,42 +18,6 @@ using namespace optest;
 using namespace gputest;
 
 namespace {
-
-// Input generation exactly as tests/op_registry.cpp does it (same seeds, same kinds), so each case sees the
-// inputs it was written for (Distinct values for sort/max, positive values for log, ...).
-uint64_t hash_name(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-struct Rng {
-  std::mt19937_64 g;
-  explicit Rng(uint64_t seed) : g(seed) {}
-  double uniform() { return double(g() >> 11) * 0x1.0p-53; }
-  double normal() {
-    double u1 = uniform(), u2 = uniform();
-    return std::sqrt(-2.0 * std::log(1.0 - u1)) * std::cos(2.0 * M_PI * u2);
-  }
-};
-
-HostArray gen_input(const InputSpec& s, Rng& rng) {
-  HostArray h = make_host(s.shape);
-  for (size_t i = 0; i < h.v.size(); i++) {
-    switch (s.kind) {
-      case Kind::Normal: h.v[i] = rng.normal(); break;
-      case Kind::Positive: h.v[i] = 0.5 + 1.5 * rng.uniform(); break;
-      case Kind::Uniform: h.v[i] = 2.0 * rng.uniform() - 1.0; break;
-      case Kind::Index: h.v[i] = double(int64_t(rng.uniform() * double(s.hi))); break;
-      case Kind::Distinct: h.v[i] = double(i) * 0.1; break;
-    }
-  }
-  if (s.kind == Kind::Distinct) {
-    for (size_t i = h.v.size(); i > 1; i--) std::swap(h.v[i - 1], h.v[size_t(rng.uniform() * double(i))]);
-    for (double& x : h.v) x += 0.025 - 0.05 * double(h.v.size());
-  }
-  return h;
-}
 
 // The tensor an op sees on `dev`: dtype, a transposed (non-contiguous) view when asked, a leaf when it is
 // differentiated.
@@ -95,17 +58,13 @@ Result run_on(const OpCase& c, const std::vector<HostArray>& hs, const std::vect
 // Failure messages of one case in one dtype (empty = pass).
 std::vector<std::string> compare_case(const OpCase& c, DType dt) {
   std::vector<std::string> fails;
-  Rng rng(hash_name(c.name));
-  std::vector<HostArray> hs;
-  for (const auto& s : c.inputs) hs.push_back(gen_input(s, rng));
+  std::vector<HostArray> hs = case_inputs(c);  // the registry's own inputs for this case
   // w from the CPU output's shape (a separate stream, so the inputs stay the registry's).
   std::vector<double> w;
   Result cpu_r;
   {
     Result probe = run_on(c, hs, nullptr, dt, cpu());
-    Rng wr(hash_name(c.name) ^ 0x9e3779b97f4a7c15ull);
-    w.resize(size_t(probe.y.numel()));
-    for (double& x : w) x = wr.normal();
+    w = case_normals(c, 0x9e3779b97f4a7c15ull, size_t(probe.y.numel()));
     cpu_r = run_on(c, hs, &w, dt, cpu());
   }
   Result gpu_r = run_on(c, hs, &w, dt, cuda());
