@@ -20,6 +20,7 @@
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "moce/eval.h"
+#include "tests/test_util.h"
 
 using eng::Tensor;
 using json = nlohmann::json;
@@ -27,28 +28,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("moce_eval_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const eng::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testutil::error_of;
+using testutil::TempDir;
 
 json read_json(const std::string& path) {
   std::ifstream f(path);
