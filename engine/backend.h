@@ -139,7 +139,7 @@ class Backend {
   // softmax / log_softmax over the last dim of contiguous [rows, cols]: y = softmax(scale * x)
   virtual void softmax_forward(DType dt, void* y, const void* x, int64_t rows, int64_t cols, double scale, bool log);
   virtual void softmax_backward(DType dt, void* dx, const void* y, const void* dy, int64_t rows, int64_t cols, double scale, bool log);
-  // layer norm over the last dim of contiguous [rows, cols]; mean/rstd are [rows] (f32 for f32 x, f64 for f64 x).
+  // layer norm over the last dim of contiguous [rows, cols]; mean/rstd are [rows] (f32 for f32 and bf16 x, f64 for f64 x).
   // w, b may be null (no affine). dw/db are written (not accumulated); they may be null.
   virtual void layer_norm_forward(DType dt, void* y, void* mean, void* rstd, const void* x, const void* w, const void* b,
                                   int64_t rows, int64_t cols, double eps);

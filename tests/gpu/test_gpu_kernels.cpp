@@ -696,7 +696,7 @@ TEST_SUITE("gpu kernels") {
     for (size_t ci = 0; ci < cases.size(); ci++) {
       const Case& c = cases[ci];
       for (DType dt : {DType::F32, DType::F64, DType::BF16}) {
-        // bf16 is run directly (not offered to the ops layer yet, see has_fused_attention); same head-size limit.
+        // bf16 runs the kernel directly here (the ops layer offers it too: test_gpu_mixed.cpp); same head-size limit.
         if (!be.has_fused_attention(dt == DType::BF16 ? DType::F32 : dt, c.d, c.dv)) continue;
         CAPTURE(ci);
         const std::string dtype = eng::dtype_name(dt);
