@@ -45,6 +45,23 @@ ENG_AVX512 ENG_GEMM_INLINE void store_row_masked(float* c, __m512 acc0, __m512 a
   _mm512_mask_storeu_ps(c + 16, m1, r1);
 }
 
+// Stores the mr x nr tile held in the accumulators: C = alpha * acc + beta * C, masked at a partial tile's edges.
+ENG_AVX512 ENG_GEMM_INLINE void store_tile(float* c, int64_t ldc, const __m512* acc0, const __m512* acc1, int mr, int nr,
+                                           float alpha, float beta) {
+  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
+  const bool read_c = beta != 0.0f;
+  if (mr == kMR && nr == kNR) {
+#pragma GCC unroll 12
+    for (int i = 0; i < kMR; i++) store_row(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c);
+    return;
+  }
+  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1);
+#pragma GCC unroll 12
+  for (int i = 0; i < kMR; i++)
+    if (i < mr) store_row_masked(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c, m0, m1);
+}
+
 ENG_AVX512 void micro_12x32(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
                             int mr, int nr, float alpha, float beta) {
   __m512 acc0[kMR], acc1[kMR];
@@ -68,18 +85,7 @@ ENG_AVX512 void micro_12x32(int64_t kc, const float* __restrict a, const float* 
     a += kMR;
     b += kNR;
   }
-  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
-  const bool read_c = beta != 0.0f;
-  if (mr == kMR && nr == kNR) {
-#pragma GCC unroll 12
-    for (int i = 0; i < kMR; i++) store_row(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c);
-    return;
-  }
-  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
-  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1);
-#pragma GCC unroll 12
-  for (int i = 0; i < kMR; i++)
-    if (i < mr) store_row_masked(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c, m0, m1);
+  store_tile(c, ldc, acc0, acc1, mr, nr, alpha, beta);
 }
 
 // The k loop of the tile with A read in place: row i at rows[i / 4] + (i % 4) * lda, advancing one float per k step.
@@ -128,18 +134,7 @@ ENG_AVX512 void micro_12x32_direct_a(int64_t kc, const float* a, int64_t lda, co
     for (int i = 0; i < mr; i++) std::copy(a + i * lda, a + i * lda + kc, rows.begin() + i * kc);
     direct_a_loop(kc, rows.data(), rows.data() + 4 * kc, rows.data() + 8 * kc, kc, b, acc0, acc1);
   }
-  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
-  const bool read_c = beta != 0.0f;
-  if (mr == kMR && nr == kNR) {
-#pragma GCC unroll 12
-    for (int i = 0; i < kMR; i++) store_row(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c);
-    return;
-  }
-  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
-  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1);
-#pragma GCC unroll 12
-  for (int i = 0; i < kMR; i++)
-    if (i < mr) store_row_masked(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c, m0, m1);
+  store_tile(c, ldc, acc0, acc1, mr, nr, alpha, beta);
 }
 
 // The same tile with a transposed A read in place: element (i, p) of op(A) at a[p * lda + i], so each k step
@@ -176,18 +171,7 @@ ENG_AVX512 void micro_12x32_direct_at(int64_t kc, const float* a, int64_t lda, c
     a += step;
     b += kNR;
   }
-  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
-  const bool read_c = beta != 0.0f;
-  if (mr == kMR && nr == kNR) {
-#pragma GCC unroll 12
-    for (int i = 0; i < kMR; i++) store_row(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c);
-    return;
-  }
-  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
-  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1);
-#pragma GCC unroll 12
-  for (int i = 0; i < kMR; i++)
-    if (i < mr) store_row_masked(c + i * ldc, acc0[i], acc1[i], valpha, vbeta, read_c, m0, m1);
+  store_tile(c, ldc, acc0, acc1, mr, nr, alpha, beta);
 }
 
 // Transposes 16 rows of 16 floats (r[i] = row i) into 16 columns (col[c] lane i = r[i] lane c). Rows
