@@ -47,6 +47,10 @@ void Backend::random_normal(const TensorDesc&, uint64_t, uint64_t, uint64_t, dou
 void Backend::adamw_update(DType, void*, const void*, void*, void*, int64_t, const AdamWArgs&) {
   not_implemented("adamw_update");
 }
+void Backend::adamw_update_multi(DType, const std::vector<AdamWTensor>&, const AdamWClip&) {
+  not_implemented("adamw_update_multi");
+}
+void Backend::global_norm(DType, const std::vector<SumSquaresTensor>&, double*) { not_implemented("global_norm"); }
 
 #ifndef ENGINE_WITH_CUDA
 bool cuda_available() { return false; }

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "engine/dtype.h"
 
@@ -118,6 +119,32 @@ struct AdamWArgs {
   int64_t step;  // 1-based, for bias correction
 };
 
+// One tensor of a multi-tensor AdamW update (adamw_update_multi): contiguous param, grad, m, v of n elements.
+struct AdamWTensor {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* m = nullptr;
+  void* v = nullptr;
+  int64_t n = 0;
+  AdamWArgs args{};
+};
+
+// Gradient clipping decided where the gradients live, with no host round trip. grad_norm: null (no clipping), or
+// the backend's own f64 scalar holding the global gradient norm (sum_squares_multi's sqrt). With it, when
+// max_norm > 0 and coef = max_norm / (norm + 1e-6) is < 1, every gradient element is multiplied by coef rounded to
+// the element type before the update (clip_grad_norm's rule and rounding, so the bits match clip + step), and a
+// non-finite norm leaves every parameter and moment as it was (the caller reports it).
+struct AdamWClip {
+  const double* grad_norm = nullptr;
+  double max_norm = 0;
+};
+
+// A contiguous tensor for sum_squares_multi.
+struct SumSquaresTensor {
+  const void* data = nullptr;
+  int64_t n = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -158,6 +185,13 @@ class Backend {
   virtual void random_normal(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double mean, double std);
   // fused AdamW on contiguous tensors of the same numel (param, grad, m, v all of one float dtype)
   virtual void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a);
+  // AdamW over many tensors of one dtype at once (a GPU launches a few kernels instead of one per tensor), with
+  // optional clipping by a norm that stays on the device (AdamWClip). Per element the math of adamw_update.
+  virtual void adamw_update_multi(DType dt, const std::vector<AdamWTensor>& tensors, const AdamWClip& clip);
+  // sqrt of the sum of the squares of every element of the tensors (f32 or f64, one dtype), accumulated in f64,
+  // written to *norm: the backend's own memory (a device f64 scalar on a GPU). Deterministic: per tensor in an
+  // order fixed by its size, then the tensors' sums added in list order.
+  virtual void global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm);
 
   // Optional capabilities; callers ask before they use them (the defaults say "no").
   // GEMM epilogues other than None (GemmArgs::epilogue); a backend that says no ignores the fields.

@@ -7,6 +7,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/backends/cpu/cpu_backend.h"
 #include "engine/ops.h"
 
 namespace eng {
@@ -212,26 +213,64 @@ void AdamW::init_state() {
   steps_.assign(num_params(), 0);
 }
 
-void AdamW::step() {
+void AdamW::step() { update(nullptr, 0); }
+
+void AdamW::step(const Tensor& grad_norm, double max_norm) {
+  ENG_CHECK(grad_norm.defined() && grad_norm.numel() == 1 && grad_norm.dtype() == DType::F64 && grad_norm.is_contiguous(),
+            "adamw step: the gradient norm must be grad_norm_tensor()'s one-element f64 tensor, got {}",
+            grad_norm.defined() ? grad_norm.str() : std::string("an undefined tensor"));
+  update(&grad_norm, max_norm);
+}
+
+// One adamw_update_multi per (device, dtype), in the order the parameters come; the per-element math is
+// adamw_update's, so this is bitwise the per-tensor loop.
+void AdamW::update(const Tensor* grad_norm, double max_norm) {
   NoGradGuard no_grad;
   step_count_++;
+  struct Batch {
+    Device device;
+    DType dtype;
+    std::vector<AdamWTensor> tensors;
+  };
+  std::vector<Batch> batches;
+  std::vector<Tensor> keep;  // converted gradients stay alive until their update is queued
   for (size_t k = 0; k < num_params(); k++) {
     const Tensor& p = param(k);
     Tensor g = p.grad();
     if (!g.defined()) continue;
     ENG_CHECK(g.shape() == p.shape() && g.device() == p.device(), "adamw: {}: gradient is {}", param_label(k), g.str());
+    if (grad_norm)
+      ENG_CHECK(grad_norm->device() == p.device(), "adamw step: {} is on {} but the gradient norm is on {}",
+                param_label(k), p.device().str(), grad_norm->device().str());
     g = g.to(p.dtype()).contiguous();
+    keep.push_back(g);
     size_t group = flat_[k].group;
-    AdamWArgs a;
-    a.lr = lr_ * groups_[group].lr_scale;
-    a.beta1 = opt_.beta1;
-    a.beta2 = opt_.beta2;
-    a.eps = opt_.eps;
-    a.weight_decay = group_weight_decay(group);
-    a.step = ++steps_[k];
-    backend_for(p.device()).adamw_update(p.dtype(), p.raw_data(), g.raw_data(), exp_avg_[k].raw_data(),
-                                         exp_avg_sq_[k].raw_data(), p.numel(), a);
+    AdamWTensor t;
+    t.param = p.raw_data();
+    t.grad = g.raw_data();
+    t.m = exp_avg_[k].raw_data();
+    t.v = exp_avg_sq_[k].raw_data();
+    t.n = p.numel();
+    t.args.lr = lr_ * groups_[group].lr_scale;
+    t.args.beta1 = opt_.beta1;
+    t.args.beta2 = opt_.beta2;
+    t.args.eps = opt_.eps;
+    t.args.weight_decay = group_weight_decay(group);
+    t.args.step = ++steps_[k];
+    auto it = std::find_if(batches.begin(), batches.end(),
+                           [&](const Batch& b) { return b.device == p.device() && b.dtype == p.dtype(); });
+    if (it == batches.end()) {
+      batches.push_back(Batch{p.device(), p.dtype(), {}});
+      it = batches.end() - 1;
+    }
+    it->tensors.push_back(t);
   }
+  AdamWClip clip;
+  if (grad_norm) {
+    clip.grad_norm = static_cast<const double*>(grad_norm->raw_data());
+    clip.max_norm = max_norm;
+  }
+  for (const Batch& b : batches) backend_for(b.device).adamw_update_multi(b.dtype, b.tensors, clip);
 }
 
 OptimizerState AdamW::state_dict() const {
@@ -375,35 +414,11 @@ double CosineSchedule::lr(double step) const {
 
 // ------------------------------------------------------------------------------ gradient norm
 
-// Sum of squares of a CPU tensor's elements in f64: fixed blocks, each summed in order, then the block
-// sums added in order. The block size is fixed, so the thread count never changes the result.
-template <typename T> static double cpu_sum_squares(const T* x, int64_t n) {
-  constexpr int64_t kBlock = 4096;
-  int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> partial(size_t(std::max<int64_t>(blocks, 0)), 0.0);
-#pragma omp parallel for schedule(static) if (blocks > 1)
-  for (int64_t b = 0; b < blocks; b++) {
-    int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
-    // 8 independent lanes (i mod 8) for instruction-level parallelism; combined in a fixed order.
-    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = lo;
-    for (; i + 8 <= hi; i += 8)
-      for (int l = 0; l < 8; l++) lane[l] += double(x[i + l]) * double(x[i + l]);
-    for (; i < hi; i++) lane[0] += double(x[i]) * double(x[i]);
-    partial[size_t(b)] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-  }
-  double total = 0;
-  for (double s : partial) total += s;
-  return total;
-}
-
 static double sum_squares(const Tensor& g_in) {
   if (g_in.device().is_cpu()) {
     Tensor g = g_in.contiguous();
-    if (g.dtype() == DType::F32) return cpu_sum_squares(g.data<float>(), g.numel());
-    if (g.dtype() == DType::F64) return cpu_sum_squares(g.data<double>(), g.numel());
-    g = g.to(DType::F32);
-    return cpu_sum_squares(g.data<float>(), g.numel());
+    if (g.dtype() != DType::F32 && g.dtype() != DType::F64) g = g.to(DType::F32);
+    return cpu::sum_squares(g.dtype(), g.raw_data(), g.numel());
   }
   // Other devices: their own (deterministic) reduction in the gradient's dtype.
   return sum(mul(g_in, g_in)).item();
@@ -448,6 +463,31 @@ void scale_grads(const std::vector<Tensor>& params, double factor) {
       g.copy_(mul(g, factor));
     }
   }
+}
+
+Tensor grad_norm_tensor(const std::vector<Tensor>& params) {
+  NoGradGuard no_grad;
+  std::vector<Tensor> grads;
+  std::optional<Device> device;
+  for (size_t k = 0; k < params.size(); k++) {
+    ENG_CHECK(params[k].defined(), "grad norm: parameter {} is undefined", k);
+    Tensor g = params[k].grad();
+    if (!g.defined()) continue;
+    if (g.dtype() != DType::F32 && g.dtype() != DType::F64) g = g.to(DType::F32);  // bf16: exact in f32
+    ENG_CHECK(!device || *device == g.device(), "grad norm: parameter {} has its gradient on {}, the others on {}", k,
+              g.device().str(), device->str());
+    ENG_CHECK(grads.empty() || grads[0].dtype() == g.dtype(),
+              "grad norm: parameter {} has an {} gradient, the others {}: one dtype is needed", k,
+              dtype_name(g.dtype()), dtype_name(grads[0].dtype()));
+    device = g.device();
+    grads.push_back(g.contiguous());
+  }
+  Tensor norm = Tensor::zeros({}, DType::F64, device.value_or(Device::cpu()));
+  if (grads.empty()) return norm;
+  std::vector<SumSquaresTensor> list;
+  for (const Tensor& g : grads) list.push_back({g.raw_data(), g.numel()});
+  backend_for(*device).global_norm(grads[0].dtype(), list, static_cast<double*>(norm.raw_data()));
+  return norm;
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite) {

@@ -115,13 +115,21 @@ struct AdamWOptions {
 
 // AdamW with decoupled weight decay and bias correction, as torch.optim.AdamW. Each parameter has its
 // own step count, advanced only on steps where it has a gradient (a parameter without a gradient is
-// skipped entirely, as in PyTorch). The update is the backend's fused adamw_update kernel; parameters
-// must be contiguous F32 or F64 (gradients are made contiguous as needed).
+// skipped entirely, as in PyTorch). The update is the backend's fused multi-tensor kernel (a few launches
+// for the whole model on a GPU); parameters must be contiguous F32 or F64 (gradients are made contiguous as
+// needed).
 class AdamW final : public Optimizer {
  public:
   AdamW(std::vector<Tensor> params, AdamWOptions opt = {});
   AdamW(std::vector<ParamGroup> groups, AdamWOptions opt = {});
   void step() override;
+  // The step with gradient clipping decided on the parameters' device, with no host round trip:
+  // grad_norm is grad_norm_tensor(params) of the same gradients. When max_norm > 0 and the norm
+  // exceeds it, each gradient is used multiplied by max_norm / (norm + 1e-6), bitwise as
+  // clip_grad_norm(params, max_norm) followed by step() (the gradients themselves are left unscaled).
+  // A non-finite norm leaves every parameter and moment unchanged (the step counts still advance): the
+  // caller reads the norm when it next syncs, and reports it. max_norm <= 0: no clipping, only that guard.
+  void step(const Tensor& grad_norm, double max_norm);
   OptimizerState state_dict() const override;
   void load_state_dict(const OptimizerState& state) override;
   const AdamWOptions& options() const { return opt_; }
@@ -131,6 +139,7 @@ class AdamW final : public Optimizer {
 
  private:
   void init_state();
+  void update(const Tensor* grad_norm, double max_norm);
   AdamWOptions opt_;
   std::vector<Tensor> exp_avg_, exp_avg_sq_;
   std::vector<int64_t> steps_;
@@ -181,5 +190,9 @@ void scale_grads(const std::vector<Tensor>& params, double factor);
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite = false);
 // The global L2 norm alone (same accumulation as clip_grad_norm).
 double grad_norm(const std::vector<Tensor>& params);
+// The same norm as a 0-d f64 tensor on the gradients' device, computed there (no host sync on a GPU; on the
+// CPU bitwise grad_norm). Gradients must share one device and one dtype (bf16 counts as f32). For
+// AdamW::step(grad_norm, max_norm) and for logging without stalling the GPU.
+Tensor grad_norm_tensor(const std::vector<Tensor>& params);
 
 }  // namespace eng

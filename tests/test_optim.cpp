@@ -349,6 +349,91 @@ TEST_SUITE("optim") {
     CHECK(std::isnan(eng::clip_grad_norm(ps, 1.0)));
   }
 
+  TEST_CASE("grad_norm_tensor is grad_norm, as a device-side f64 scalar") {
+    Generator gen(13);
+    std::vector<Tensor> ps = {make_param(gen, {70, 90}, DType::F32), make_param(gen, {90}, DType::F32),
+                              make_param(gen, {5}, DType::F32), make_param(gen, {20000}, DType::F32)};
+    for (size_t k = 0; k < 4; k++)
+      if (k != 2) ps[k].set_grad(grad_for(ps[k], k, 1));  // ps[2] has no gradient
+    Tensor n = eng::grad_norm_tensor(ps);
+    CHECK(n.dtype() == DType::F64);
+    CHECK(n.numel() == 1);
+    double want = eng::grad_norm(ps), got = n.item();
+    CHECK(std::memcmp(&want, &got, sizeof(double)) == 0);
+    // No gradient at all: 0. Mixed gradient dtypes: refused, naming the parameter.
+    CHECK(eng::grad_norm_tensor({ps[2]}).item() == 0.0);
+    Tensor d = make_param(gen, {3}, DType::F64);
+    d.set_grad(grad_for(d, 9, 0));
+    CHECK_THROWS_WITH_AS(eng::grad_norm_tensor({ps[0], d}), doctest::Contains("parameter 1 has an f64 gradient"),
+                         eng::Error);
+  }
+
+  TEST_CASE("AdamW step with a grad-norm tensor is bitwise clip_grad_norm + step; a non-finite norm changes nothing") {
+    for (DType dt : {DType::F32, DType::F64}) {
+      CAPTURE(eng::dtype_name(dt));
+      for (double max_norm : {0.0, 1e-2, 1e6}) {  // no clipping, clipping, a limit never reached
+        CAPTURE(max_norm);
+        Generator gen(21);
+        std::vector<Tensor> a = {make_param(gen, {33, 17}, dt), make_param(gen, {17}, dt), make_param(gen, {4}, dt)};
+        std::vector<Tensor> b;
+        for (const Tensor& p : a) b.push_back(copy_param(p));
+        eng::ParamGroup da, na, db, nb;
+        da.params = {a[0]};
+        na.params = {a[1], a[2]};
+        na.weight_decay = 0.0;
+        na.lr_scale = 0.5;
+        db.params = {b[0]};
+        nb.params = {b[1], b[2]};
+        nb.weight_decay = 0.0;
+        nb.lr_scale = 0.5;
+        eng::AdamWOptions o;
+        o.lr = 1e-2;
+        o.weight_decay = 0.05;
+        eng::AdamW oa({da, na}, o), ob({db, nb}, o);
+        for (int s = 0; s < 3; s++) {
+          for (size_t k = 0; k < 3; k++) {
+            if (s == 1 && k == 2) continue;  // a parameter without a gradient on one step
+            a[k].set_grad(grad_for(a[k], k, s));
+            b[k].set_grad(grad_for(b[k], k, s));
+          }
+          if (max_norm > 0) eng::clip_grad_norm(a, max_norm);
+          oa.step();
+          ob.step(eng::grad_norm_tensor(b), max_norm);
+          oa.zero_grad();
+          ob.zero_grad();
+        }
+        for (size_t k = 0; k < 3; k++) {
+          CAPTURE(k);
+          if (dt == DType::F32) {
+            CHECK(bitwise_equal<float>(a[k], b[k]));
+            CHECK(bitwise_equal<float>(oa.exp_avg(k), ob.exp_avg(k)));
+            CHECK(bitwise_equal<float>(oa.exp_avg_sq(k), ob.exp_avg_sq(k)));
+          } else {
+            CHECK(bitwise_equal<double>(a[k], b[k]));
+            CHECK(bitwise_equal<double>(oa.exp_avg(k), ob.exp_avg(k)));
+            CHECK(bitwise_equal<double>(oa.exp_avg_sq(k), ob.exp_avg_sq(k)));
+          }
+          CHECK(oa.param_step(k) == ob.param_step(k));
+        }
+        // A non-finite gradient: the norm says so and the step leaves parameters and moments alone.
+        std::vector<double> p_before = b[0].to_vector<double>(), m_before = ob.exp_avg(0).to_vector<double>();
+        std::vector<double> g = grad_for(b[0], 0, 7).to_vector<double>();
+        g[5] = NAN;
+        b[0].set_grad(Tensor::from_vector(g, b[0].shape()).to(dt));
+        Tensor norm = eng::grad_norm_tensor(b);
+        CHECK(std::isnan(norm.item()));
+        ob.step(norm, max_norm);
+        CHECK(b[0].to_vector<double>() == p_before);
+        CHECK(ob.exp_avg(0).to_vector<double>() == m_before);
+      }
+    }
+    Generator gen(2);
+    Tensor p = make_param(gen, {3}, DType::F32);
+    p.set_grad(Tensor::ones({3}));
+    eng::AdamW opt({p}, {});
+    CHECK_THROWS_WITH_AS(opt.step(Tensor::ones({2}, DType::F64), 1.0), doctest::Contains("one-element f64"), eng::Error);
+  }
+
   TEST_CASE("grad norm is bitwise identical for 1 and 2 threads") {
     Generator gen(6);
     Tensor p = make_param(gen, {1000003}, DType::F32);

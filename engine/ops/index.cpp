@@ -19,12 +19,8 @@ void check_index_tensor(const Tensor& x, const Tensor& index, const char* op) {
   check_same_device(x, index, op);
 }
 
-// Host-side range check for devices whose kernels do not check (the CPU kernels do it themselves).
-void check_range_off_cpu(const Tensor& index, int64_t size, const char* op, int64_t dim) {
-  if (index.device().is_cpu()) return;
-  for (int64_t v : index.to_vector<int64_t>())
-    ENG_CHECK(v >= 0 && v < size, "{}: index {} out of range for dim {} of size {}", op, v, dim, size);
-}
+// Index values are range-checked by the backends' kernels: the CPU's throw at once; CUDA's skip the element and
+// report at the next read-back (engine/backends/cuda/cuda_common.cuh, IndexFault), so no op waits for the GPU.
 
 // Gradient of "pick elements of x along dim at idx" (max, topk, sort): scatter g back into zeros of x's shape.
 Tensor record_pick(const char* name, const Tensor& values, const Tensor& x, int64_t dim, const Tensor& idx) {
@@ -51,7 +47,6 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   for (int64_t d = 0; d < x.dim(); d++)
     ENG_CHECK(d == dim || index.size(d) <= x.size(d), "gather: index shape {} exceeds x shape {} in dim {}",
               shape_str(index.shape()), shape_str(x.shape()), d);
-  check_range_off_cpu(index, x.size(dim), "gather", dim);
   Tensor out = Tensor::empty(index.shape(), x.dtype(), x.device());
   if (out.numel()) backend_for(x.device()).gather(desc_of(out), desc_of(x), int(dim), desc_of(index));
   return record_pick("gather", out, x, dim, index);
@@ -71,7 +66,6 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
     ENG_CHECK(d == dim || index.size(d) <= x.size(d), "scatter_add: index shape {} exceeds x shape {} in dim {}",
               shape_str(index.shape()), shape_str(x.shape()), d);
   }
-  check_range_off_cpu(index, x.size(dim), "scatter_add", dim);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (out.numel()) backend_for(x.device()).copy(desc_of(out), desc_of(x));
   if (index.numel()) backend_for(x.device()).scatter_add(desc_of(out), int(dim), desc_of(index), desc_of(src));
@@ -104,7 +98,6 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   ENG_CHECK(index.dim() <= 1, "index_select: index must be 1-D, got shape {}", shape_str(index.shape()));
   dim = wrap_dim(dim, x.dim(), "index_select dim");
   Tensor idx = index.reshape({index.numel()});
-  check_range_off_cpu(idx, x.size(dim), "index_select", dim);
   Shape os = x.shape();
   os[size_t(dim)] = idx.numel();
   Tensor out = Tensor::empty(os, x.dtype(), x.device());

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <functional>
 
+#include "engine/optim.h"
 #include "tests/gpu/gpu_test_util.h"
 
 using namespace gputest;
@@ -369,13 +370,39 @@ TEST_SUITE("gpu kernels") {
     CHECK(same_bits(eng::gather(on(xi, cuda()), 1, on(gi, cuda())), eng::gather(xi, 1, gi)));
   }
 
-  TEST_CASE("out-of-range indices on cuda: the ops' clear error, nothing written") {
+  TEST_CASE("out-of-range indices on cuda: no host sync, the ops' error at the next read-back, nothing outside written") {
     GPU_TEST_OR_SKIP();
     Tensor x = on(normal({4, 5}, 130), cuda());
     Tensor bad = on(Tensor::from_vector(std::vector<int64_t>{0, 7}, {2}), cuda());
-    CHECK_THROWS_WITH_AS(eng::index_select(x, 1, bad), doctest::Contains("index 7 out of range"), eng::Error);
+    // The op itself returns (its kernel is only queued); the read-back that waits for the kernel throws.
+    Tensor sel = eng::index_select(x, 1, bad);
+    CHECK_THROWS_WITH_AS(sel.to(cpu()), doctest::Contains("index_select: index 7 out of range for dim 1 of size 5"),
+                         eng::Error);
+    // Reported once: the record is cleared, and the skipped element reads 0.
+    std::vector<float> got = sel.to(cpu()).to_vector<float>(), xs = x.to(cpu()).to_vector<float>();
+    for (int r = 0; r < 4; r++) {
+      CHECK(got[size_t(r * 2)] == xs[size_t(r * 5)]);
+      CHECK(got[size_t(r * 2 + 1)] == 0.0f);
+    }
     Tensor bad2 = on(Tensor::from_vector(std::vector<int64_t>{0, -1, 2, 3}, {4, 1}), cuda());
-    CHECK_THROWS_WITH_AS(eng::gather(x, 1, bad2), doctest::Contains("index -1 out of range"), eng::Error);
+    CHECK_THROWS_WITH_AS(eng::gather(x, 1, bad2).to(cpu()), doctest::Contains("gather: index -1 out of range"),
+                         eng::Error);
+    // scatter_add and index_add skip the bad target and add the rest.
+    Tensor tgt = on(Tensor::zeros({4, 5}), cuda());
+    Tensor idx3 = on(Tensor::from_vector(std::vector<int64_t>{1, 5, 0, 4}, {4, 1}), cuda());
+    Tensor ones = on(Tensor::ones({4, 1}), cuda());
+    Tensor sc = eng::scatter_add(tgt, 1, idx3, ones);
+    CHECK_THROWS_WITH_AS(sc.to(cpu()), doctest::Contains("scatter_add: index 5 out of range for dim 1 of size 5"),
+                         eng::Error);
+    CHECK(eng::sum(sc).item() == 3.0);
+    Tensor dst = on(Tensor::zeros({3, 2}), cuda());
+    Tensor src = on(Tensor::ones({3, 2}), cuda());
+    Tensor idx = on(Tensor::from_vector(std::vector<int64_t>{0, 3, 2}, {3}), cuda());
+    eng::Backend& be = gpu_backend();
+    be.index_add(eng::desc_of(dst), 0, eng::desc_of(idx), eng::desc_of(src));
+    CHECK_THROWS_WITH_AS(dst.to(cpu()), doctest::Contains("index_add: index 3 out of range for dim 0 of size 3"),
+                         eng::Error);
+    CHECK(dst.to(cpu()).to_vector<float>() == std::vector<float>{1, 1, 0, 0, 1, 1});
   }
 
   TEST_CASE("sort, argsort and topk: the cpu's order (stable, NaN last, -0 == +0) on bitonic and radix paths") {
@@ -480,6 +507,80 @@ TEST_SUITE("gpu kernels") {
         CHECK(same_bits(gp, p));
       else
         CHECK(rel_err(gp, p) <= 2.5e-7);
+    }
+  }
+
+  TEST_CASE("multi-tensor AdamW and the device-side gradient norm and clipping follow the cpu") {
+    GPU_TEST_OR_SKIP();
+    for (DType dt : {DType::F32, DType::F64}) {
+      const std::string dtype = eng::dtype_name(dt);
+      CAPTURE(dtype);
+      // 70 parameters: more than one launch of either kernel (32 and 64 tensors per launch); some span several
+      // 8192-element chunks of the norm, most are small.
+      std::vector<Tensor> cp, gp;
+      for (int k = 0; k < 70; k++) {
+        const int64_t n = k % 7 == 0 ? 20000 + k : 1 + (k * 37) % 500;
+        Tensor p = normal({n}, 300 + uint64_t(k), dt);
+        cp.push_back(on(p, cpu()).requires_grad_());
+        gp.push_back(on(p, cuda()).requires_grad_());
+      }
+      auto set_grads = [&](int step) {
+        for (size_t k = 0; k < cp.size(); k++) {
+          Tensor g = normal(cp[k].shape(), 400 + 100 * uint64_t(step) + k, dt, 0.1);
+          cp[k].set_grad(on(g, cpu()));
+          gp[k].set_grad(on(g, cuda()));
+        }
+      };
+      eng::AdamWOptions o{1e-3, 0.9, 0.95, 1e-8, 0.05};
+      eng::AdamW copt(cp, o), gopt(gp, o);
+      // No clipping (a limit never reached): the moments bit for bit, as the one-tensor kernel.
+      for (int step = 0; step < 2; step++) {
+        set_grads(step);
+        Tensor cn = eng::grad_norm_tensor(cp), gn = eng::grad_norm_tensor(gp);
+        CHECK(gn.device() == cuda());
+        // f64 sums of the same squares in another order: agree to f64 rounding.
+        CHECK(std::fabs(gn.item() - cn.item()) <= 1e-14 * cn.item());
+        copt.step(cn, 1e9);
+        gopt.step(gn, 1e9);
+      }
+      for (size_t k = 0; k < cp.size(); k++) {
+        CAPTURE(k);
+        REQUIRE(same_bits(gopt.exp_avg(k), copt.exp_avg(k)));
+        REQUIRE(same_bits(gopt.exp_avg_sq(k), copt.exp_avg_sq(k)));
+        REQUIRE(rel_err(gp[k], cp[k]) <= (dt == DType::F64 ? 0.0 : 2.5e-7));
+      }
+      // Clipping to a quarter of the norm: the coefficient comes from each side's own norm (equal to f64
+      // rounding), so the clipped gradients, and then the moments, agree to an ulp of the element type.
+      set_grads(2);
+      Tensor cn = eng::grad_norm_tensor(cp), gn = eng::grad_norm_tensor(gp);
+      const double limit = cn.item() / 4;
+      copt.step(cn, limit);
+      gopt.step(gn, limit);
+      const double tol = dt == DType::F64 ? 1e-13 : 1e-6;
+      for (size_t k = 0; k < cp.size(); k++) {
+        CAPTURE(k);
+        REQUIRE(rel_err(gopt.exp_avg(k), copt.exp_avg(k)) <= tol);
+        REQUIRE(rel_err(gopt.exp_avg_sq(k), copt.exp_avg_sq(k)) <= tol);
+        REQUIRE(rel_err(gp[k], cp[k]) <= tol);
+      }
+      // A NaN in one gradient: the norm is NaN and the step changes no parameter and no moment.
+      set_grads(3);
+      std::vector<double> g5 = gp[5].grad().to_vector<double>();
+      g5[0] = NAN;
+      gp[5].set_grad(Tensor::from_vector(g5, gp[5].shape()).to(dt).to(cuda()));
+      std::vector<Tensor> p_before, m_before;
+      for (size_t k = 0; k < gp.size(); k++) {
+        p_before.push_back(on(gp[k], cpu()));
+        m_before.push_back(on(gopt.exp_avg(k), cpu()));
+      }
+      Tensor bad = eng::grad_norm_tensor(gp);
+      gopt.step(bad, limit);
+      CHECK(std::isnan(bad.item()));
+      for (size_t k = 0; k < gp.size(); k++) {
+        CAPTURE(k);
+        REQUIRE(same_bits(gp[k], p_before[k]));
+        REQUIRE(same_bits(gopt.exp_avg(k), m_before[k]));
+      }
     }
   }
 
@@ -591,6 +692,7 @@ TEST_SUITE("gpu kernels") {
       bound[i] = (std::ldexp(1.0, -9) + double(k + 2) * std::ldexp(1.0, -23)) * av[i] + std::ldexp(1.0, -23) * std::fabs(rv[i]);
     CHECK(bound_ratio(tf.to_vector<double>(), rv, bound) <= 1.0);
     MESSAGE("TF32 vs f32 GEMM max rel difference: " << rel_err(tf, f32) << " (0 would mean TF32 was not used)");
+    CHECK(rel_err(tf, f32) > 0);
     CHECK(rel_err(f32, ref) <= 1e-5);
   }
 
@@ -627,7 +729,7 @@ TEST_SUITE("gpu kernels") {
     CHECK(bound_ratio(gc.to_vector<double>(), rv, bound) <= 1.0);
   }
 
-  TEST_CASE("GEMM epilogues: bias and bias + exact GELU (with the pre-activation) match the unfused cpu ops") {
+  TEST_CASE("GEMM epilogues: bias, bias + exact GELU (with the pre-activation) and the GELU gradient match the unfused cpu ops") {
     GPU_TEST_OR_SKIP();
     CHECK(gpu_backend().supports_gemm_epilogue(eng::GemmEpilogue::BiasGelu));
     const int64_t m = 300, n = 200, k = 64;
@@ -673,6 +775,33 @@ TEST_SUITE("gpu kernels") {
           CHECK(rel_err(pre, pre_ref) <= tol);
         }
       }
+      // GeluGrad, the backward of mlp_gelu's GELU: C = (dy w) * gelu'(pre), pre read in C's layout (padded ldc).
+      // Reference: the cpu's gelu backward with (dy w) as the incoming gradient.
+      const std::string dtype = eng::dtype_name(dt);
+      CAPTURE(dtype);
+      CHECK(gpu_backend().supports_gemm_epilogue(eng::GemmEpilogue::GeluGrad));
+      const int64_t ldc = n + 3;
+      Tensor dy = normal({m, k}, 263, dt), w2 = normal({k, n}, 264, dt, 0.2);
+      Tensor pre_cpu = pre_ref.detach().clone().requires_grad_();
+      eng::gelu(pre_cpu).backward(eng::matmul(dy, w2));
+      Tensor pre_padded = Tensor::zeros({m, ldc}, dt), c_padded = Tensor::zeros({m, ldc}, dt, cuda());
+      pre_padded.narrow(1, 0, n).copy_(pre_ref);
+      Tensor gdy = on(dy, cuda()), gw2 = on(w2, cuda()), gpre = on(pre_padded, cuda());
+      eng::GemmArgs g;
+      g.dtype = dt;
+      g.m = m;
+      g.n = n;
+      g.k = k;
+      g.a = gdy.raw_data();
+      g.lda = k;
+      g.b = gw2.raw_data();
+      g.ldb = n;
+      g.c = c_padded.raw_data();
+      g.ldc = ldc;
+      g.epilogue = eng::GemmEpilogue::GeluGrad;
+      g.pre_gelu = gpre.raw_data();
+      gpu_backend().gemm(g);
+      CHECK(rel_err(c_padded.narrow(1, 0, n).contiguous(), pre_cpu.grad()) <= (dt == DType::F32 ? 1e-5 : 1e-12));
     }
   }
 

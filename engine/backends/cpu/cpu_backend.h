@@ -5,7 +5,7 @@
 //   cpu_nn.cpp           softmax, layer norm
 //   cpu_attention.cpp    fused attention for short sequences (forward and backward)
 //   cpu_fused.cpp        f32 leaf kernels compiled per instruction set (GELU, epilogue tiles, column sums)
-//   cpu_optim.cpp        adamw_update (per-element math in engine/optim_math.h)
+//   cpu_optim.cpp        adamw_update, adamw_update_multi (math in engine/optim_math.h), global_norm
 //   cpu_index.cpp        index_select, index_add, gather, scatter_add, sort, topk
 //   cpu_random.cpp       random_uniform, random_normal (Philox, engine/rng.h)
 // Parallel loops split work into pieces that do not depend on the thread count, so results are
@@ -50,7 +50,14 @@ class CpuBackend final : public Backend {
   void random_normal(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double mean,
                      double std) override;
   void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a) override;
+  void adamw_update_multi(DType dt, const std::vector<AdamWTensor>& tensors, const AdamWClip& clip) override;
+  void global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) override;
 };
+
+namespace cpu {
+// Sum of the squares of n contiguous f32 or f64 elements in f64, in global_norm's fixed order.
+double sum_squares(DType dt, const void* data, int64_t n);
+}  // namespace cpu
 
 // The single raw-pointer GEMM entry points (row-major), also used by benchmarks directly.
 void cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,

@@ -1,5 +1,9 @@
-// cpu_optim.cpp: the CPU kernel of the fused AdamW update (per-element math in engine/optim_math.h).
-// Purely elementwise over fixed blocks, so the result is the same for any thread count.
+// cpu_optim.cpp: the CPU kernels of the fused AdamW update (per-element math in engine/optim_math.h), its
+// multi-tensor form with clipping, and the gradient norm. The update is elementwise over fixed blocks and the
+// norm sums fixed blocks in order, so neither depends on the thread count.
+#include <cmath>
+#include <vector>
+
 #include "engine/backends/cpu/cpu_backend.h"
 #include "engine/backends/cpu/cpu_loops.h"
 #include "engine/optim_math.h"
@@ -8,7 +12,10 @@ namespace eng {
 
 namespace {
 
-template <typename T> void adamw_cpu(T* param, const T* grad, T* m, T* v, int64_t n, const AdamWArgs& a) {
+// kScaled: each gradient element is multiplied by grad_scale first (clipping; the same f32/f64 product that
+// scaling the gradient in place would store).
+template <typename T, bool kScaled = false>
+void adamw_cpu(T* param, const T* grad, T* m, T* v, int64_t n, const AdamWArgs& a, T grad_scale = T(1)) {
   const AdamWScalars<T> s = adamw_scalars<T>(a);
   cpu::parallel_for(n, cpu::kBlock, [&](int64_t lo, int64_t hi) {
     // The four buffers never overlap; `omp simd` lets the compiler use vector sqrt/div (each lane
@@ -19,8 +26,30 @@ template <typename T> void adamw_cpu(T* param, const T* grad, T* m, T* v, int64_
     T* __restrict mm = m;
     T* __restrict vv = v;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) adamw_element<T>(p[i], g[i], mm[i], vv[i], s);
+    for (int64_t i = lo; i < hi; i++) adamw_element<T>(p[i], kScaled ? g[i] * grad_scale : g[i], mm[i], vv[i], s);
   });
+}
+
+// Fixed blocks, each summed in order in 8 lanes, then the block sums added in order: the block size is fixed, so
+// the thread count never changes the result.
+template <typename T> double sum_squares_blocks(const T* x, int64_t n) {
+  constexpr int64_t kSumBlock = 4096;
+  const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+  std::vector<double> partial(size_t(std::max<int64_t>(blocks, 0)), 0.0);
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (int64_t b = 0; b < blocks; b++) {
+    const int64_t lo = b * kSumBlock, hi = std::min(n, lo + kSumBlock);
+    // 8 independent lanes (i mod 8) for instruction-level parallelism; combined in a fixed order.
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = lo;
+    for (; i + 8 <= hi; i += 8)
+      for (int l = 0; l < 8; l++) lane[l] += double(x[i + l]) * double(x[i + l]);
+    for (; i < hi; i++) lane[0] += double(x[i]) * double(x[i]);
+    partial[size_t(b)] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  }
+  double total = 0;
+  for (double s : partial) total += s;
+  return total;
 }
 
 }  // namespace
@@ -39,6 +68,57 @@ void CpuBackend::adamw_update(DType dt, void* param, const void* grad, void* m, 
       break;
     default: ENG_FAIL("adamw_update: dtype {} not supported on the CPU (f32, f64)", dtype_name(dt));
   }
+}
+
+namespace {
+
+template <typename T> void adamw_multi_cpu(const std::vector<AdamWTensor>& list, const AdamWClip& clip) {
+  bool scaled = false;
+  T scale = T(1);
+  if (clip.grad_norm) {
+    const double norm = *clip.grad_norm;
+    if (!std::isfinite(norm)) return;  // nothing changes; the caller reports the norm
+    const double coef = clip.max_norm / (norm + 1e-6);
+    scaled = clip.max_norm > 0 && coef < 1.0;
+    scale = T(coef);
+  }
+  for (const AdamWTensor& t : list) {
+    ENG_CHECK(t.n >= 0, "adamw_update_multi: negative element count {}", t.n);
+    ENG_CHECK(t.args.step >= 1, "adamw_update_multi: step must be >= 1 (1-based, for bias correction), got {}",
+              t.args.step);
+    T* p = static_cast<T*>(t.param);
+    const T* g = static_cast<const T*>(t.grad);
+    T* m = static_cast<T*>(t.m);
+    T* v = static_cast<T*>(t.v);
+    if (scaled)
+      adamw_cpu<T, true>(p, g, m, v, t.n, t.args, scale);
+    else
+      adamw_cpu<T>(p, g, m, v, t.n, t.args);
+  }
+}
+
+}  // namespace
+
+void CpuBackend::adamw_update_multi(DType dt, const std::vector<AdamWTensor>& tensors, const AdamWClip& clip) {
+  switch (dt) {
+    case DType::F32: adamw_multi_cpu<float>(tensors, clip); break;
+    case DType::F64: adamw_multi_cpu<double>(tensors, clip); break;
+    default: ENG_FAIL("adamw_update_multi: dtype {} not supported on the CPU (f32, f64)", dtype_name(dt));
+  }
+}
+
+double cpu::sum_squares(DType dt, const void* data, int64_t n) {
+  switch (dt) {
+    case DType::F32: return sum_squares_blocks(static_cast<const float*>(data), n);
+    case DType::F64: return sum_squares_blocks(static_cast<const double*>(data), n);
+    default: ENG_FAIL("sum of squares: dtype {} not supported on the CPU (f32, f64)", dtype_name(dt));
+  }
+}
+
+void CpuBackend::global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) {
+  double total = 0;
+  for (const SumSquaresTensor& t : tensors) total += cpu::sum_squares(dt, t.data, t.n);
+  *norm = std::sqrt(total);
 }
 
 }  // namespace eng

@@ -106,7 +106,7 @@ int device_count_checked(int device) {
 // ---------------------------------------------------------------- capabilities
 
 bool CudaBackend::supports_gemm_epilogue(GemmEpilogue e) const {
-  return e == GemmEpilogue::None || e == GemmEpilogue::Bias || e == GemmEpilogue::BiasGelu;
+  return e == GemmEpilogue::None || e == GemmEpilogue::Bias || e == GemmEpilogue::BiasGelu || e == GemmEpilogue::GeluGrad;
 }
 
 // ---------------------------------------------------------------- streams, events, pinned memory (cuda_stream.h)
@@ -247,12 +247,44 @@ Backend& cuda_backend(int device) {
   return *b;
 }
 
+namespace cuda {
+
+IndexFault* CudaBackend::index_fault() {
+  std::call_once(fault_once_, [&] {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, sizeof(IndexFault)));
+    CUDA_CHECK(cudaMemset(p, 0, sizeof(IndexFault)));
+    fault_.store(static_cast<IndexFault*>(p));
+  });
+  return fault_.load();
+}
+
+void CudaBackend::raise_index_fault() {
+  IndexFault* dev = fault_.load();
+  if (!dev) return;  // no indexing kernel has run on this device
+  IndexFault f{};
+  CUDA_CHECK(cudaMemcpy(&f, dev, sizeof(f), cudaMemcpyDeviceToHost));
+  if (!f.flag) return;
+  CUDA_CHECK(cudaMemset(dev, 0, sizeof(IndexFault)));
+  const char* op = f.op == kFaultIndexSelect ? "index_select"
+                   : f.op == kFaultIndexAdd  ? "index_add"
+                   : f.op == kFaultGather    ? "gather"
+                                             : "scatter_add";
+  ENG_FAIL("{}: index {} out of range for dim {} of size {} (found on cuda:{} by a kernel queued before this read-back; "
+           "that element was skipped)",
+           op, f.value, f.dim, f.size, device_);
+}
+
+}  // namespace cuda
+
 void cuda_copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) {
   // With unified addressing the runtime knows where each pointer lives; cudaMemcpyDefault also covers copies
   // between two GPUs. cudaMemcpy is ordered after all work already queued on the default stream.
   ENG_NVTX_RANGE("cuda.copy_bytes");
   CUDA_CHECK(cudaSetDevice(dst_dev.is_cuda() ? dst_dev.index : src_dev.index));
   CUDA_CHECK(cudaMemcpy(dst, src, nbytes, cudaMemcpyDefault));
+  // A read-back has waited for every kernel queued before it: report an index fault one of them met.
+  if (dst_dev.is_cpu() && src_dev.is_cuda()) static_cast<cuda::CudaBackend&>(cuda_backend(src_dev.index)).raise_index_fault();
 }
 
 bool cuda_available() {

@@ -8,7 +8,7 @@
 //         cuda_nn.cu         softmax / log_softmax, layer norm (forward and backward)
 //         cuda_index.cu      index_select, index_add, gather, scatter_add, sort, topk
 //         cuda_random.cu     random_uniform, random_normal (Philox, engine/rng.h)
-//         cuda_optim.cu      fused AdamW (engine/optim_math.h)
+//         cuda_optim.cu      fused AdamW, one tensor or many per launch (engine/optim_math.h); global_norm
 //         cuda_gemm.cu       GEMM through cuBLASLt (cuBLAS as the fallback), epilogues, TF32 / bf16
 //         cuda_attention.cu  fused attention forward / backward
 //
@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -33,6 +34,29 @@ namespace eng {
 namespace cuda {
 
 struct GemmState;  // cuBLAS / cuBLASLt handles, workspace and the algorithm cache (cuda_gemm.cu)
+
+// ---------------------------------------------------------------- index faults
+
+// An out-of-range index met by an indexing kernel (index_select, index_add, gather, scatter_add). The kernel skips
+// that element (reads 0, adds nothing, touches no memory outside a tensor) and records the fault here, in device
+// memory; the host reads the record after its next device-to-host copy, which waits for the kernel anyway, and
+// throws there. So indexing never makes the host wait for the GPU, and a bad index still gets the ops layer's
+// one-line error, one read-back later (as a device-side assert would, but without killing the context).
+// Plain stores, no atomics: the threads of one kernel store the same op, dim and size and some offending value,
+// each a true one; a later kernel leaves a recorded fault alone.
+struct IndexFault {
+  int64_t flag, op, dim, value, size;
+};
+enum IndexFaultOp : int64_t { kFaultIndexSelect = 1, kFaultIndexAdd = 2, kFaultGather = 3, kFaultScatterAdd = 4 };
+
+__device__ inline void record_index_fault(IndexFault* f, int64_t op, int64_t dim, int64_t value, int64_t size) {
+  if (f->flag) return;
+  f->op = op;
+  f->dim = dim;
+  f->value = value;
+  f->size = size;
+  f->flag = 1;
+}
 
 // ---------------------------------------------------------------- the backend
 
@@ -70,6 +94,8 @@ class CudaBackend final : public Backend {
   void random_normal(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double mean,
                      double std) override;
   void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a) override;
+  void adamw_update_multi(DType dt, const std::vector<AdamWTensor>& tensors, const AdamWClip& clip) override;
+  void global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) override;
 
   bool supports_gemm_epilogue(GemmEpilogue e) const override;
   bool has_fused_attention(DType dt, int64_t head_dim, int64_t v_dim) const override;
@@ -82,8 +108,15 @@ class CudaBackend final : public Backend {
   // C = beta * C over a batch of row-major m x n matrices (k == 0 or alpha == 0); cuda_elementwise.cu.
   void gemm_scale_c(const GemmArgs& g);
 
+  // The device's IndexFault record (allocated zeroed on first use) for indexing kernels to write.
+  IndexFault* index_fault();
+  // After a device-to-host copy: throws the recorded index fault, if any, and clears it (cuda_backend.cu).
+  void raise_index_fault();
+
  private:
   int device_;
+  std::once_flag fault_once_;
+  std::atomic<IndexFault*> fault_{nullptr};  // null until an indexing kernel needs it
   std::once_flag gemm_once_;
   std::unique_ptr<GemmState> gemm_;
   GemmState& gemm_state();

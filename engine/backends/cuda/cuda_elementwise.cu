@@ -64,16 +64,21 @@ __global__ void where_kernel(T* d, const C* c, const T* x, const T* y, Geo g, in
   }
 }
 
-// One element of a batch of row-major m x n matrices C (ldc, stride_c): bias, pre-activation copy, exact GELU.
+// One element of a batch of row-major m x n matrices C (ldc, stride_c): bias, pre-activation copy, exact GELU;
+// or, with gelu_grad, C *= gelu'(pre) (the backward of a GELU layer, BinaryOp::GeluBackward's math).
 template <typename T>
-__global__ void gemm_epilogue_kernel(T* c, const T* bias, T* pre, bool gelu, int64_t m, int64_t n, int64_t ldc,
-                                     int64_t stride_c, int64_t total) {
+__global__ void gemm_epilogue_kernel(T* c, const T* bias, T* pre, bool gelu, bool gelu_grad, int64_t m, int64_t n,
+                                     int64_t ldc, int64_t stride_c, int64_t total) {
   using C = calc_t<T>;
   ENG_GRID_STRIDE(idx, total) {
     const int64_t j = idx % n, row = idx / n;
     const int64_t i = row % m, b = row / m;
     const int64_t off = b * stride_c + i * ldc + j;
     C v = ld(c[off]);
+    if (gelu_grad) {
+      c[off] = st<T>(v * gelu_exact_grad<C>(ld(pre[off])));
+      continue;
+    }
     if (bias) v = v + ld(bias[j]);
     if (pre) pre[off] = st<T>(v);
     if (gelu) v = gelu_exact<C>(v);
@@ -195,15 +200,17 @@ void CudaBackend::where(const TensorDesc& dst, const TensorDesc& cond, const Ten
 }
 
 void CudaBackend::gemm_epilogue(const GemmArgs& g, bool bias_done) {
-  const bool gelu = g.epilogue == GemmEpilogue::BiasGelu;
-  const void* bias = bias_done ? nullptr : g.bias;
-  void* pre = gelu ? g.pre_gelu : nullptr;
+  const bool gelu = g.epilogue == GemmEpilogue::BiasGelu, gelu_grad = g.epilogue == GemmEpilogue::GeluGrad;
+  ENG_CHECK(!gelu_grad || g.pre_gelu, "cuda gemm: the GeluGrad epilogue needs pre_gelu");
+  const void* bias = bias_done || gelu_grad ? nullptr : g.bias;
+  void* pre = gelu || gelu_grad ? g.pre_gelu : nullptr;
   if (!bias && !pre && !gelu) return;
   const int64_t total = g.batch * g.m * g.n;
   dispatch_float(g.dtype, "gemm epilogue", [&](auto t) {
     using T = decltype(t);
     gemm_epilogue_kernel<T><<<blocks_for(total), kThreads>>>(static_cast<T*>(g.c), static_cast<const T*>(bias),
-                                                            static_cast<T*>(pre), gelu, g.m, g.n, g.ldc, g.stride_c, total);
+                                                            static_cast<T*>(pre), gelu, gelu_grad, g.m, g.n, g.ldc,
+                                                            g.stride_c, total);
   });
   CUDA_CHECK_LAUNCH("gemm_epilogue");
 }

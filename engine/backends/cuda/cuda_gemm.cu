@@ -10,6 +10,8 @@
 // Epilogues: Bias runs inside cuBLASLt (CUBLASLT_EPILOGUE_BIAS; f32 and bf16). cuBLASLt's own GELU epilogue is the
 // tanh approximation, not the engine's exact erf GELU, so BiasGelu = cuBLASLt bias + our exact-GELU kernel
 // (which also writes the pre-activation for backward). f64 and the fallback path do bias and GELU in our kernel.
+// GeluGrad (C *= gelu'(pre), the backward of mlp_gelu's GELU) is our kernel after the GEMM, for the same reason:
+// cuBLASLt's DGELU epilogue is the derivative of the tanh form.
 // Heuristic results are cached per problem (types, sizes, leading dims, strides, alignments, epilogue, TF32).
 // Determinism: cuBLAS(Lt) gives the same bits run to run for one algorithm on one GPU model; the algorithm for
 // a problem is chosen once and reused.
@@ -192,7 +194,8 @@ void CudaBackend::gemm(const GemmArgs& g) {
   const void* beta = f64 ? static_cast<const void*>(&g.beta) : static_cast<const void*>(&beta_f);
   // Column-major view for the fallback too: first operand = B, second = A, result n x m.
   const cublasOperation_t op1 = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op2 = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const bool lt_bias = g.epilogue != GemmEpilogue::None && g.bias && !f64;  // BiasGelu may come without a bias
+  const bool lt_bias = (g.epilogue == GemmEpilogue::Bias || g.epilogue == GemmEpilogue::BiasGelu) && g.bias &&
+                       !f64;  // BiasGelu may come without a bias
 
   // A batch that shares A or B (stride 0, from a broadcast batch dim) goes to classic cuBLAS, which documents it.
   const bool shared_operand = g.batch > 1 && (g.stride_a == 0 || g.stride_b == 0);

@@ -11,8 +11,9 @@
 //                        descending = complemented keys); ties go to the lower position, so the order is total and
 //                        any algorithm gives the same result. Lines up to 2048 long: a bitonic network per line in
 //                        shared memory. Longer lines: two stable CUB radix sorts (by key, then by line).
-// Index values are checked on the host by the ops layer (engine/ops/index.cpp) before these run; the kernels
-// still skip an out-of-range index (gather writes 0 for it) rather than touch memory outside a tensor.
+// Index values are checked by the kernels themselves, so indexing never waits for the GPU: an out-of-range index is
+// skipped (index_select and gather write 0 for it) and recorded as an IndexFault (cuda_common.cuh), which the host
+// turns into the ops layer's error after its next read-back.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "engine/backends/cuda/cuda_common.cuh"
@@ -78,19 +79,24 @@ __device__ inline void dim_offsets(const DimGeo& g, int64_t i, int64_t& oa, int6
 template <typename T>
 __global__ void index_select_kernel(T* __restrict__ dst, const T* __restrict__ src, const int64_t* __restrict__ index,
                                     int64_t index_stride, int64_t src_dim_stride, int64_t src_dim_size, DimGeo g,
-                                    int64_t n) {
+                                    int64_t n, IndexFault* fault, int dim) {
   ENG_GRID_STRIDE(i, n) {
     int64_t od, os, j;
     dim_offsets(g, i, od, os, j);
     const int64_t v = index[j * index_stride];
-    dst[od] = (v >= 0 && v < src_dim_size) ? src[os + v * src_dim_stride] : T{};
+    const bool ok = v >= 0 && v < src_dim_size;
+    if (!ok) record_index_fault(fault, kFaultIndexSelect, dim, v, src_dim_size);
+    dst[od] = ok ? src[os + v * src_dim_stride] : T{};
   }
 }
 
+// An out-of-range target becomes a key no dst position matches (uint64 of a negative value is >= 2^63).
 __global__ void iota_keys_kernel(uint64_t* __restrict__ keys, int64_t* __restrict__ pos, const int64_t* __restrict__ index,
-                                 int64_t stride, int64_t n) {
+                                 int64_t stride, int64_t n, int64_t dst_dim_size, IndexFault* fault, int dim) {
   ENG_GRID_STRIDE(j, n) {
-    keys[j] = uint64_t(index[j * stride]);
+    const int64_t v = index[j * stride];
+    if (v < 0 || v >= dst_dim_size) record_index_fault(fault, kFaultIndexAdd, dim, v, dst_dim_size);
+    keys[j] = uint64_t(v);
     pos[j] = j;
   }
 }
@@ -130,12 +136,14 @@ __global__ void index_add_kernel(T* __restrict__ dst, const T* __restrict__ src,
 // Geo operands: 0 = dst, 1 = index, 2 = src with a zero stride along dim.
 template <typename T>
 __global__ void gather_kernel(T* __restrict__ dst, const T* __restrict__ src, const int64_t* __restrict__ index,
-                              int64_t src_dim_stride, int64_t src_dim_size, Geo g, int64_t n) {
+                              int64_t src_dim_stride, int64_t src_dim_size, Geo g, int64_t n, IndexFault* fault, int dim) {
   ENG_GRID_STRIDE(i, n) {
     int64_t off[3];
     geo_offsets<3>(g, i, off);
     const int64_t v = index[off[1]];
-    dst[off[0]] = (v >= 0 && v < src_dim_size) ? src[off[2] + v * src_dim_stride] : T{};
+    const bool ok = v >= 0 && v < src_dim_size;
+    if (!ok) record_index_fault(fault, kFaultGather, dim, v, src_dim_size);
+    dst[off[0]] = ok ? src[off[2] + v * src_dim_stride] : T{};
   }
 }
 
@@ -143,13 +151,16 @@ __global__ void gather_kernel(T* __restrict__ dst, const T* __restrict__ src, co
 template <typename T>
 __global__ void scatter_add_kernel(T* __restrict__ dst, const T* __restrict__ src, const int64_t* __restrict__ index,
                                    LineGeo g, int64_t n, int64_t dst_dim_stride, int64_t dst_dim_size,
-                                   int64_t src_dim_stride, int64_t index_dim_stride) {
+                                   int64_t src_dim_stride, int64_t index_dim_stride, IndexFault* fault, int dim) {
   ENG_GRID_STRIDE(line, g.lines) {
     int64_t off[3];
     line_offsets<3>(g, line, off);
     for (int64_t j = 0; j < n; j++) {
       const int64_t v = index[off[2] + j * index_dim_stride];
-      if (v < 0 || v >= dst_dim_size) continue;
+      if (v < 0 || v >= dst_dim_size) {
+        record_index_fault(fault, kFaultScatterAdd, dim, v, dst_dim_size);
+        continue;
+      }
       T& d = dst[off[0] + v * dst_dim_stride];
       d = st<T>(ld(d) + ld(src[off[1] + j * src_dim_stride]));
     }
@@ -385,7 +396,7 @@ void CudaBackend::index_select(const TensorDesc& dst, const TensorDesc& src, int
     using T = decltype(t);
     index_select_kernel<T><<<blocks_for(n), kThreads>>>(static_cast<T*>(dst.data), static_cast<const T*>(src.data),
                                                         static_cast<const int64_t*>(index.data), index.strides[0],
-                                                        src.strides[dim], src.shape[dim], g, n);
+                                                        src.strides[dim], src.shape[dim], g, n, index_fault(), dim);
   });
   CUDA_CHECK_LAUNCH("index_select");
 }
@@ -408,7 +419,8 @@ void CudaBackend::index_add(const TensorDesc& dst, int dim, const TensorDesc& in
   DeviceBuffer keys(device(), size_t(n_index) * sizeof(uint64_t)), keys_sorted(device(), size_t(n_index) * sizeof(uint64_t));
   DeviceBuffer pos(device(), size_t(n_index) * sizeof(int64_t)), pos_sorted(device(), size_t(n_index) * sizeof(int64_t));
   iota_keys_kernel<<<blocks_for(n_index), kThreads>>>(keys.as<uint64_t>(), pos.as<int64_t>(),
-                                                      static_cast<const int64_t*>(index.data), index.strides[0], n_index);
+                                                      static_cast<const int64_t*>(index.data), index.strides[0], n_index,
+                                                      dst.shape[dim], index_fault(), dim);
   CUDA_CHECK_LAUNCH("index_add (keys)");
   size_t temp_bytes = 0;
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys.as<uint64_t>(), keys_sorted.as<uint64_t>(),
@@ -448,7 +460,7 @@ void CudaBackend::gather(const TensorDesc& dst, const TensorDesc& src, int dim, 
     using T = decltype(t);
     gather_kernel<T><<<blocks_for(n), kThreads>>>(static_cast<T*>(dst.data), static_cast<const T*>(src.data),
                                                   static_cast<const int64_t*>(index.data), src.strides[dim],
-                                                  src.shape[dim], g, n);
+                                                  src.shape[dim], g, n, index_fault(), dim);
   });
   CUDA_CHECK_LAUNCH("gather");
 }
@@ -474,7 +486,7 @@ void CudaBackend::scatter_add(const TensorDesc& dst, int dim, const TensorDesc& 
     scatter_add_kernel<T><<<blocks_for(g.lines), kThreads>>>(static_cast<T*>(dst.data), static_cast<const T*>(src.data),
                                                             static_cast<const int64_t*>(index.data), g, index.shape[dim],
                                                             dst.strides[dim], dst.shape[dim], src.strides[dim],
-                                                            index.strides[dim]);
+                                                            index.strides[dim], index_fault(), dim);
   });
   CUDA_CHECK_LAUNCH("scatter_add");
 }

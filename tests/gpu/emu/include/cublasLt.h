@@ -113,6 +113,6 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, c
   }
   emu::g_gemm_calls_lt++;
   emu::naive_gemm(ta, tb, int64_t(m), int64_t(n), int64_t(k), al, A, la->type, la->ld, la->stride, B, lb->ld, lb->stride, be, C,
-                  lc->ld, lc->stride, D, ld->ld, ld->stride, la->batch, bias);
+                  lc->ld, lc->stride, D, ld->ld, ld->stride, la->batch, bias, d->compute == CUBLAS_COMPUTE_32F_FAST_TF32);
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -2,6 +2,9 @@
 #pragma once
 #include "cuda_runtime.h"
 
+#include <cstdint>
+#include <cstring>
+
 enum cublasStatus_t {
   CUBLAS_STATUS_SUCCESS = 0,
   CUBLAS_STATUS_NOT_INITIALIZED = 1,
@@ -52,9 +55,21 @@ inline void store(void* p, cudaDataType_t t, int64_t i, double v) {
   }
 }
 // Column-major D[i + j*ldd] = alpha * sum_p opA(i,p) opB(p,j) + beta * C[i + j*ldc] (+ bias[i]).
+// TF32 inputs: an f32 with its mantissa rounded (to nearest, ties away) to 10 bits. Hardware may truncate instead;
+// the tests' TF32 bounds (2^-10 per input) hold for both.
+inline double tf32_round(double x) {
+  float f = float(x);
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  std::memcpy(&f, &u, 4);
+  return double(f);
+}
+
 inline void naive_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const void* A, cudaDataType_t at,
                        int64_t lda, int64_t sa, const void* B, int64_t ldb, int64_t sb, double beta, const void* C,
-                       int64_t ldc, int64_t sc, void* D, int64_t ldd, int64_t sd, int64_t batch, const void* bias) {
+                       int64_t ldc, int64_t sc, void* D, int64_t ldd, int64_t sd, int64_t batch, const void* bias,
+                       bool tf32 = false) {
   for (int64_t b = 0; b < batch; b++)
     for (int64_t j = 0; j < n; j++)
       for (int64_t i = 0; i < m; i++) {
@@ -62,6 +77,10 @@ inline void naive_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double
         for (int64_t p = 0; p < k; p++) {
           double a = load(A, at, b * sa + (ta ? p + i * lda : i + p * lda));
           double bb = load(B, at, b * sb + (tb ? j + p * ldb : p + j * ldb));
+          if (tf32) {
+            a = tf32_round(a);
+            bb = tf32_round(bb);
+          }
           acc += a * bb;
         }
         double v = alpha * acc;
@@ -88,6 +107,6 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation
   if (ldc < std::max(1, m)) emu::fail("classic gemm: ldc too small");
   emu::g_gemm_calls_classic++;
   emu::naive_gemm(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, al, A, at, lda, sa, B, ldb, sb, be, C, ldc, sc, C, ldc, sc,
-                  batch, nullptr);
+                  batch, nullptr, compute == CUBLAS_COMPUTE_32F_FAST_TF32);
   return CUBLAS_STATUS_SUCCESS;
 }

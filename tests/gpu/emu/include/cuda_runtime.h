@@ -111,6 +111,7 @@ inline cudaError_t cudaFree(void* p) {
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { std::memmove(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemset(void* d, int v, size_t n) { std::memset(d, v, n); return cudaSuccess; }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind kind, cudaStream_t stream) {
   if (stream && kind == cudaMemcpyHostToDevice && !emu::is_pinned(s, n))
     emu::fail("cudaMemcpyAsync host-to-device on a stream from pageable memory (a GPU would copy synchronously)");
