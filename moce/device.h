@@ -10,7 +10,7 @@
 //   while (feed.next(b)) {              // b.images on the device; compute is ordered after its copy
 //     auto out = model.forward(b.images, ...);   // kernels are queued, the GPU starts on them
 //     feed.prefetch();                  // meanwhile: next batch from the loader, into pinned memory, copy queued
-//     out.loss.item(); backward; step   // ...
+//     backward; step                    // the loss is read back later (pretrain.cpp: at log lines)
 //   }
 // On the CPU, next() is the loader's next() and prefetch() does nothing: that path is exactly the loader's.
 #pragma once

@@ -20,6 +20,7 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/rng.h"
+#include "moce/device.h"
 
 namespace moce {
 
@@ -119,17 +120,20 @@ std::shared_ptr<const data::Dataset> limit_dataset(std::shared_ptr<const data::D
 // ------------------------------------------------------------------------------------------------ features
 
 FeatureSet extract_features(const FeatureFn& fn, std::shared_ptr<const data::Dataset> ds, const data::Pipeline& pipeline,
-                            const ExtractOptions& options) {
+                            const ExtractOptions& options, eng::Device device) {
   ENG_CHECK(ds && ds->size() > 0, "feature extraction: {} has no images", ds ? ds->describe() : "no dataset");
   ENG_CHECK(options.batch_size > 0, "feature extraction: batch size must be positive, got {}", options.batch_size);
   data::Loader loader(ds, pipeline, eval_loader_options(options.batch_size, options.workers));
-  loader.start_epoch(0);
+  BatchFeed feed(loader, device);
+  feed.start_epoch(0, loader.batches_per_epoch());
   eng::NoGradGuard no_grad;
   std::vector<Tensor> feats, labels;
   data::Batch b;
   int64_t dim = -1;
-  while (loader.next(b)) {
-    Tensor f = fn(b.images).to(eng::Device::cpu()).to(DType::F32).contiguous();
+  while (feed.next(b)) {
+    Tensor on_device = fn(b.images);  // queued
+    feed.prefetch();                  // the next batch is loaded and its copy queued meanwhile
+    Tensor f = on_device.to(eng::Device::cpu()).to(DType::F32).contiguous();
     ENG_CHECK(f.dim() == 2 && f.size(0) == b.images.size(0) && (dim < 0 || f.size(1) == dim),
               "feature extraction: the model gave {} for a batch of {} images", eng::shape_str(f.shape()),
               b.images.size(0));
@@ -150,8 +154,8 @@ FeatureSet extract_features(const FeatureFn& fn, std::shared_ptr<const data::Dat
 FeatureSet extract_features(const model::MaskedAutoencoder& model, std::shared_ptr<const data::Dataset> ds,
                             const ExtractOptions& options) {
   eng::Device device = model.patch_weight.device();
-  return extract_features([&](const Tensor& imgs) { return model.features(imgs.to(device)); }, std::move(ds),
-                          data::eval_pipeline(model.config().img_size), options);
+  return extract_features([&](const Tensor& imgs) { return model.features(imgs); }, std::move(ds),
+                          data::eval_pipeline(model.config().img_size), options, device);
 }
 
 // ------------------------------------------------------------------------------------------------ k-NN
@@ -388,20 +392,23 @@ ReconResult evaluate_reconstruction(const model::MaskedAutoencoder& model, std::
   const int64_t l = cfg.num_patches();
   eng::Device device = model.patch_weight.device();
   data::Loader loader(ds, data::eval_pipeline(cfg.img_size), eval_loader_options(options.batch_size, options.workers));
-  loader.start_epoch(0);
+  BatchFeed feed(loader, device);
+  feed.start_epoch(0, loader.batches_per_epoch());
   PsnrAccumulator masked_acc, full_acc, zero_acc;
   ReconResult res;
   double loss_sum = 0;
   std::vector<Tensor> grid_parts[4];
   int64_t grid_have = 0;
   data::Batch b;
-  while (loader.next(b)) {
+  while (feed.next(b)) {
+    // The next batch's copy overlaps this one's work (reconstruct() reads its results back at the end).
+    feed.prefetch();
     // The mask of image i depends only on (seed, i), not on the batch it falls in.
     std::vector<int64_t> ids = b.indices.to_vector<int64_t>();
     std::vector<Tensor> rows;
     for (int64_t id : ids) rows.push_back(eng::Generator(options.seed, kEvalMaskStream, uint64_t(id) * uint64_t(l)).uniform({1, l}));
     Tensor noise = eng::cat(rows, 0).to(device);
-    Reconstruction r = reconstruct(model, b.images.to(device), noise, options.mask_ratio);
+    Reconstruction r = reconstruct(model, b.images, noise, options.mask_ratio);
     ENG_CHECK(std::isfinite(r.loss), "reconstruction: non-finite loss for the images {}", loader.batch_ids(b));
     const int64_t bs = b.images.size(0);
     loss_sum += r.loss * double(bs);

@@ -50,9 +50,11 @@ struct ExtractOptions {
 // Maps a batch of pipeline outputs [B, 3, H, W] to features [B, D]; called under NoGradGuard.
 using FeatureFn = std::function<eng::Tensor(const eng::Tensor& images)>;
 
-// Runs `fn` over `ds` through `pipeline` (shuffle off, drop_last off) and stacks the results.
+// Runs `fn` over `ds` through `pipeline` (shuffle off, drop_last off) and stacks the results (on the CPU). The
+// images reach `fn` on `device`; on a GPU through BatchFeed (moce/device.h), so the next batch is loaded and
+// copied while `fn`'s kernels run.
 FeatureSet extract_features(const FeatureFn& fn, std::shared_ptr<const data::Dataset> ds, const data::Pipeline& pipeline,
-                            const ExtractOptions& options = {});
+                            const ExtractOptions& options = {}, eng::Device device = eng::Device::cpu());
 // The MAE's features (model.features) with the evaluation pipeline at the model's image size
 // (data::eval_pipeline, which also resizes images of another size, e.g. Fashion-MNIST's 28x28).
 FeatureSet extract_features(const model::MaskedAutoencoder& model, std::shared_ptr<const data::Dataset> ds,

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "data/loader.h"
+#include "engine/backend.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/safetensors.h"
 #include "engine/nvtx.h"
@@ -136,6 +137,13 @@ PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& s
   }
   ENG_CHECK(compute_dtype == eng::DType::F32 || device.is_cuda(),
             "--precision {}: bf16 mixed precision needs --device cuda (the CPU backend has no bf16 arithmetic)", o.precision);
+  const bool tf32 = o.precision == "tf32";
+  ENG_CHECK(!tf32 || device.is_cuda(), "--precision tf32: TF32 tensor-core GEMMs need --device cuda (the CPU computes f32)");
+  // TF32 is a process-wide switch of the CUDA backend: on for this run only.
+  struct Tf32Scope {
+    explicit Tf32Scope(bool on) { eng::set_cuda_tf32(on); }
+    ~Tf32Scope() { eng::set_cuda_tf32(false); }
+  } tf32_scope(tf32);
   const bool profiling = session.profile_first >= 0;
   ENG_CHECK(!profiling || device.is_cuda(), "--profile-steps brackets CUDA work for a GPU profiler; it needs --device cuda");
 
@@ -216,20 +224,66 @@ PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& s
   int64_t images_this_run = 0;
   std::string last_ckpt = resuming ? ckpt_path : "";
   int64_t end_epoch = session.stop_after > 0 ? std::min(o.epochs, session.stop_after) : o.epochs;
+  // The step never waits for the device: losses and gradient norms stay there until the next log line (on a
+  // GPU; on the CPU reading them is free, so every step is checked at once). A non-finite gradient norm makes
+  // the optimizer leave the weights alone (AdamW::step(norm, clip)), and the check below then stops the run
+  // before anything is saved, naming the first bad step.
+  const bool check_every_step = device.is_cpu();
+  struct PendingStep {
+    int64_t s = 0;                    // step within the epoch
+    std::vector<Tensor> losses;       // one 0-d loss per micro-batch, on the device
+    std::vector<Tensor> indices;      // each micro-batch's dataset indices, for the message
+    Tensor grad_norm;                 // 0-d f64, pre-clip, on the device
+  };
+  std::vector<PendingStep> pending;
   for (int64_t epoch = start_epoch; epoch < end_epoch; epoch++) {
     feed.start_epoch(epoch, steps_per_epoch * o.accum);
-    double epoch_loss = 0, window_loss = 0;
+    double epoch_loss = 0, window_loss = 0, gnorm = 0;
     int64_t window_steps = 0;
     auto t_window = std::chrono::steady_clock::now();
     int64_t window_images = 0;
+    // Reads the pending steps (the one sync of a log window), checks them in order, adds them up; false after
+    // reporting a non-finite loss or gradient norm.
+    auto settle = [&]() -> bool {
+      for (PendingStep& ps : pending) {
+        const int64_t step = epoch * steps_per_epoch + ps.s;
+        double step_loss = 0;
+        for (size_t m = 0; m < ps.losses.size(); m++) {
+          const double lv = ps.losses[m].item();
+          if (!std::isfinite(lv)) {
+            data::Batch b;
+            b.indices = ps.indices[m];
+            std::fprintf(stderr, "error: non-finite loss %g at epoch %lld step %lld (micro-batch %lld); images: %s; %s\n", lv,
+                         (long long)epoch + 1, (long long)step + 1, (long long)m, loader.batch_ids(b).c_str(),
+                         last_ckpt.empty() ? "no checkpoint was written yet" : ("last good checkpoint: " + last_ckpt).c_str());
+            return false;
+          }
+          step_loss += lv / double(o.accum);
+        }
+        gnorm = ps.grad_norm.item();
+        if (!std::isfinite(gnorm)) {
+          std::fprintf(stderr, "error: non-finite gradient norm at epoch %lld step %lld (loss %g); %s\n", (long long)epoch + 1,
+                       (long long)step + 1, step_loss,
+                       last_ckpt.empty() ? "no checkpoint was written yet" : ("last good checkpoint: " + last_ckpt).c_str());
+          return false;
+        }
+        result.step_losses.push_back(step_loss);
+        epoch_loss += step_loss;
+        window_loss += step_loss;
+        window_steps++;
+      }
+      pending.clear();
+      return true;
+    };
     for (int64_t s = 0; s < steps_per_epoch; s++) {
       int64_t step = epoch * steps_per_epoch + s;  // optimizer step, global
 #ifdef ENGINE_WITH_CUDA
       if (profiling && step == session.profile_first) eng::cuda::profiler_start();
 #endif
-      double step_loss = 0, gnorm = 0;
       {
         ENG_NVTX_RANGE("pretrain.step");
+        PendingStep ps;
+        ps.s = s;
         opt.set_lr(sched.lr(double(step)));
         for (int64_t m = 0; m < o.accum; m++) {
           data::Batch b;
@@ -245,43 +299,31 @@ PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& s
           }
           // While the GPU runs the forward pass just queued: the next batch into pinned memory, its copy queued.
           feed.prefetch();
-          double lv = out.loss.item();
-          if (!std::isfinite(lv)) {
-            std::fprintf(stderr, "error: non-finite loss %g at epoch %lld step %lld (micro-batch %lld); images: %s; %s\n", lv,
-                         (long long)epoch + 1, (long long)step + 1, (long long)m, loader.batch_ids(b).c_str(),
-                         last_ckpt.empty() ? "no checkpoint was written yet" : ("last good checkpoint: " + last_ckpt).c_str());
-            result.status = 2;
-            return result;
-          }
           {
             ENG_NVTX_RANGE("pretrain.backward");
             (o.accum > 1 ? eng::mul(out.loss, 1.0 / double(o.accum)) : out.loss).backward();
           }
-          step_loss += lv / double(o.accum);
+          ps.losses.push_back(out.loss.detach());
+          ps.indices.push_back(b.indices);
           window_images += b.images.size(0);
-        }
-        gnorm = o.clip > 0 ? eng::clip_grad_norm(params, o.clip) : eng::grad_norm(params);
-        if (!std::isfinite(gnorm)) {
-          std::fprintf(stderr, "error: non-finite gradient norm at epoch %lld step %lld (loss %g); %s\n", (long long)epoch + 1,
-                       (long long)step + 1, step_loss,
-                       last_ckpt.empty() ? "no checkpoint was written yet" : ("last good checkpoint: " + last_ckpt).c_str());
-          result.status = 2;
-          return result;
         }
         {
           ENG_NVTX_RANGE("pretrain.optimizer");
-          opt.step();
+          ps.grad_norm = eng::grad_norm_tensor(params);
+          opt.step(ps.grad_norm, o.clip);  // clips on the device when o.clip > 0
           opt.zero_grad();
         }
+        pending.push_back(std::move(ps));
       }
 #ifdef ENGINE_WITH_CUDA
       if (profiling && step == session.profile_last) eng::cuda::profiler_stop();
 #endif
-      result.step_losses.push_back(step_loss);
-      epoch_loss += step_loss;
-      window_loss += step_loss;
-      window_steps++;
-      if ((s + 1) % o.log_every == 0 || s + 1 == steps_per_epoch) {
+      const bool log_now = (s + 1) % o.log_every == 0 || s + 1 == steps_per_epoch;
+      if ((check_every_step || log_now) && !settle()) {
+        result.status = 2;
+        return result;
+      }
+      if (log_now) {
         double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_window).count();
         images_this_run += window_images;
         double ips = double(window_images) / std::max(dt, 1e-9);
@@ -363,7 +405,7 @@ int cmd_pretrain(int argc, char** argv) {
       .add("save-every", "1", "write a checkpoint every N epochs (and always at the end)")
       .add("log-every", "20", "print a progress line every N optimizer steps")
       .add("device", "cpu", "cpu, or cuda / cuda:N: model, gradients and optimizer state on that GPU")
-      .add("precision", "f32", "f32, or bf16: mixed precision (bf16 activations and GEMM operands, f32 master weights, optimizer state and loss; CUDA only)")
+      .add("precision", "f32", "f32; tf32: f32 with TF32 tensor-core GEMMs (CUDA only); or bf16: mixed precision (bf16 activations and GEMM operands, f32 master weights, optimizer state and loss; CUDA only)")
       .add("stop-after", "0", "stop after this many epochs of the schedule, as if interrupted (0 = run to --epochs); go on with --resume")
       .add("resume", "", "continue the run in this directory from its last checkpoint (other flags except --epochs and --device are taken from it)")
       .add("profile-steps", "", "FIRST:LAST: bracket optimizer steps FIRST..LAST (0-based, inclusive) with cudaProfilerStart/Stop "

@@ -26,7 +26,7 @@ struct PretrainOptions {
   double base_lr = 1.5e-4, min_lr = 0, weight_decay = 0.05, mask_ratio = 0.75, clip = 0;
   uint64_t seed = 0;
   bool strict = false, norm_pix_loss = true;
-  std::string precision = "f32";  // f32, or bf16 mixed precision (CUDA only; see model/mae.h)
+  std::string precision = "f32";  // f32, tf32 (f32 with TF32 GEMMs) or bf16 mixed precision (CUDA only; model/mae.h)
 };
 
 // What one invocation does with the run.

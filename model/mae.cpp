@@ -41,9 +41,9 @@ std::vector<std::string> mae_config_names() {
 }
 
 eng::DType parse_precision(const std::string& name) {
-  if (name == "f32") return DType::F32;
+  if (name == "f32" || name == "tf32") return DType::F32;
   if (name == "bf16") return DType::BF16;
-  ENG_FAIL("unknown precision '{}'; known: f32, bf16 (bf16 mixed precision needs a CUDA device)", name);
+  ENG_FAIL("unknown precision '{}'; known: f32, tf32, bf16 (tf32 and bf16 need a CUDA device)", name);
 }
 
 nlohmann::json config_to_json(const MaeConfig& c) {

@@ -40,7 +40,8 @@ struct MaeConfig {
 // mae_vit_huge_patch14, and mae_test_tiny (for tests). Throws listing the names on an unknown one.
 MaeConfig mae_config(const std::string& name);
 std::vector<std::string> mae_config_names();
-// "f32" -> DType::F32, "bf16" -> DType::BF16 (for a --precision option); throws naming the choices otherwise.
+// "f32" and "tf32" -> DType::F32, "bf16" -> DType::BF16: the dtype the model computes in, for a --precision option
+// (tf32 is f32 whose GEMMs use TF32 tensor cores on CUDA, eng::set_cuda_tf32); throws naming the choices otherwise.
 eng::DType parse_precision(const std::string& name);
 nlohmann::json config_to_json(const MaeConfig& c);
 MaeConfig mae_config_from_json(const nlohmann::json& j);

@@ -162,8 +162,12 @@ TEST_SUITE("pretrain") {
     CHECK_MESSAGE(g_last_error.find("--precision bf16: bf16 mixed precision needs --device cuda") != std::string::npos,
                   g_last_error);
     CHECK(!exists(root + "/run-bf16"));
+    CHECK(run({"--precision", "tf32", "--data", root + "/nope", "--out", root + "/run-tf32"}) == 1);
+    CHECK_MESSAGE(g_last_error.find("--precision tf32: TF32 tensor-core GEMMs need --device cuda") != std::string::npos,
+                  g_last_error);
+    CHECK(!exists(root + "/run-tf32"));
     CHECK(run({"--precision", "fp8", "--out", root + "/run-fp8"}) == 1);
-    CHECK_MESSAGE(g_last_error.find("--precision fp8: unknown precision 'fp8'; known: f32, bf16") != std::string::npos,
+    CHECK_MESSAGE(g_last_error.find("--precision fp8: unknown precision 'fp8'; known: f32, tf32, bf16") != std::string::npos,
                   g_last_error);
   }
 

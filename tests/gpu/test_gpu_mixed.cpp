@@ -597,6 +597,7 @@ TEST_SUITE("gpu mixed precision") {
     CHECK(std::isfinite(mae.forward(imgs, noise, 0.75).loss.item()));
     CHECK(model::parse_precision("f32") == DType::F32);
     CHECK(model::parse_precision("bf16") == DType::BF16);
-    CHECK_THROWS_WITH_AS(model::parse_precision("fp16"), doctest::Contains("known: f32, bf16"), eng::Error);
+    CHECK(model::parse_precision("tf32") == DType::F32);  // f32 arithmetic; TF32 is the GEMMs' switch
+    CHECK_THROWS_WITH_AS(model::parse_precision("fp16"), doctest::Contains("known: f32, tf32, bf16"), eng::Error);
   }
 }

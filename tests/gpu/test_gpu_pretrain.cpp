@@ -1,6 +1,8 @@
 // test_gpu_pretrain.cpp: `moce pretrain --device cuda` through the library function the binary calls
 // (moce::pretrain): a tiny MAE trains on a generated image folder on cuda and on cpu; the cuda losses follow the cpu
-// ones step by step, repeat bit for bit, and a stopped and resumed cuda run equals the uninterrupted one bit for bit.
+// ones step by step, repeat bit for bit (also when the losses are read back once per epoch), and a stopped and
+// resumed cuda run equals the uninterrupted one bit for bit; a diverging cuda run stops before saving; --precision
+// tf32 stays near f32.
 // Also BatchFeed alone (batches arrive intact through the reused pinned buffers) and `moce eval-mae --device cuda`.
 // Without a GPU every case prints why and passes.
 #include <sys/stat.h>
@@ -81,7 +83,10 @@ TEST_SUITE("gpu pretrain") {
     const std::string data = make_folder(root, 12);  // 24 images: 3 steps of 8 per epoch, 2 epochs
     moce::PretrainResult c = moce::pretrain(tiny_run(data, root + "/cpu", "cpu"));
     moce::PretrainResult g = moce::pretrain(tiny_run(data, root + "/cuda", "cuda"));
-    moce::PretrainResult g2 = moce::pretrain(tiny_run(data, root + "/cuda2", "cuda:0"));
+    // The second cuda run reads its losses back once per epoch instead of every step: the same bits.
+    moce::PretrainOptions once_per_epoch = tiny_run(data, root + "/cuda2", "cuda:0");
+    once_per_epoch.log_every = 100;
+    moce::PretrainResult g2 = moce::pretrain(once_per_epoch);
     REQUIRE(c.status == 0);
     REQUIRE(g.status == 0);
     REQUIRE(g2.status == 0);
@@ -139,6 +144,49 @@ TEST_SUITE("gpu pretrain") {
     REQUIRE(moved.step_losses.size() == 3);
     for (size_t s = 0; s < 3; s++)
       CHECK(std::fabs(moved.step_losses[s] - c.step_losses[3 + s]) <= 1e-3 * std::fabs(c.step_losses[3 + s]));
+  }
+
+  TEST_CASE("pretrain on cuda: a diverging run stops at the first non-finite loss with no sync per step") {
+    GPU_TEST_OR_SKIP();
+    const std::string root = temp_dir("diverge");
+    const std::string data = make_folder(root, 12);
+    moce::PretrainSession stop;
+    stop.stop_after = 1;
+    REQUIRE(moce::pretrain(tiny_run(data, root + "/run", "cuda"), stop).status == 0);
+    const std::string ck = root + "/run/checkpoint-last.safetensors";
+    eng::Checkpoint before = eng::load_checkpoint(ck);
+    before.config["run"]["base_lr"] = 1e12;  // the loss explodes within the next epoch
+    before.config["run"]["log_every"] = 100;  // read back only at the end of the epoch
+    eng::save_checkpoint(ck, before);
+    moce::PretrainSession resume;
+    resume.resume = root + "/run";
+    moce::PretrainResult r = moce::pretrain(moce::PretrainOptions(), resume);
+    CHECK(r.status == 2);
+    CHECK(eng::load_checkpoint(ck).rng["next_epoch"] == 1);  // nothing saved after the bad step
+  }
+
+  TEST_CASE("pretrain --precision tf32 on cuda follows the f32 run, and TF32 is off again afterwards") {
+    GPU_TEST_OR_SKIP();
+    eng::set_cuda_tf32(false);
+    const std::string root = temp_dir("tf32");
+    const std::string data = make_folder(root, 12);
+    moce::PretrainResult f = moce::pretrain(tiny_run(data, root + "/f32", "cuda"));
+    moce::PretrainOptions o = tiny_run(data, root + "/tf32", "cuda");
+    o.precision = "tf32";
+    moce::PretrainResult t = moce::pretrain(o);
+    REQUIRE(f.status == 0);
+    REQUIRE(t.status == 0);
+    CHECK_FALSE(eng::cuda_tf32_enabled());
+    // TF32 rounds GEMM inputs to a 10-bit mantissa (2^-11 relative each): the GEMMs move by ~1e-3 relative, and the
+    // loss of a 6-step run by well under 2e-2; a run that ignored the flag would equal the f32 run bit for bit.
+    double worst = 0;
+    for (size_t s = 0; s < f.step_losses.size(); s++)
+      worst = std::max(worst, std::fabs(t.step_losses[s] - f.step_losses[s]) / std::fabs(f.step_losses[s]));
+    MESSAGE("tf32 vs f32: largest relative step-loss difference " << worst);
+    CHECK(worst <= 2e-2);
+    CHECK(worst > 0);
+    nlohmann::json cfg = nlohmann::json::parse(std::ifstream(root + "/tf32/config.json"));
+    CHECK(cfg["run"]["precision"] == "tf32");
   }
 
   TEST_CASE("BatchFeed on cuda: every batch arrives intact through two pinned buffers that are reused") {
