@@ -144,8 +144,8 @@ $(GPU_TEST_BIN): $(GPU_TEST_OBJ) $(LIB)
 test-gpu: $(GPU_TEST_BIN)
 	$(GPU_TEST_BIN) -ts='gpu*' $(TEST_ARGS)
 
-bench-gpu: $(BUILD)/bench/bench_gpu
-	$(BUILD)/bench/bench_gpu
+bench-gpu: $(BUILD)/bench/bench_gpu $(BUILD)/bench/bench_train_step
+	bash bench/run_bench_gpu.sh $(BUILD)
 
 # The same GPU tests with the CUDA backend's kernels emulated on the CPU (tests/gpu/emu): every GPU thread a fiber,
 # real barriers and warp shuffles, host stand-ins for cuBLAS/cuBLASLt/CUB, AddressSanitizer on. Needs no GPU and no

@@ -5,8 +5,12 @@
 // images/s, the GEMM work done (GFLOP/s), the allocator's peak memory, and the allocations of a steady-state step.
 //
 // Build and run: make build/bench/bench_train_step && build/bench/bench_train_step [--batch 128] [--steps 7]
-//   [--warmup 2] [--only train|forward] [--threads N] [--config NAME]
+//   [--warmup 2] [--only train|forward] [--threads N] [--config NAME] [--device cpu|cuda[:N]]
+//   [--precision f32|tf32|bf16]
 // The PyTorch peer of the same step is bench/peer_train_step.py (make bench runs both when torch imports).
+// On a GPU (make bench-gpu: MAE ViT-B/16 at 224, batch 256, bf16) each timed step ends with the loss read back, so
+// it covers all the step's GPU work; the line `mfu:` gives the model FLOPs utilisation against the bf16 (or f32 /
+// TF32) dense peak, measured here as the best of a few 8192^3 GEMMs through the engine (cuBLASLt).
 #include <omp.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -23,8 +27,10 @@
 #include <vector>
 
 #include "engine/backends/cpu/cpu_backend.h"
+#include "engine/ops.h"
 #include "engine/optim.h"
 #include "model/mae.h"
+#include "moce/device.h"
 
 using namespace eng;
 
@@ -84,10 +90,26 @@ static double features_macs(const model::MaeConfig& c, int64_t n) {
          double(c.depth) * block_macs(n, L + 1, c.embed_dim, c.mlp_ratio);
 }
 
+// The device's dense GEMM peak in the dtype the model computes in: the best of a few 8192^3 products (TFLOP/s).
+static double gemm_peak_tflops(Device dev, DType dt) {
+  const int64_t n = 8192;
+  Generator g(7);
+  Tensor a = g.normal({n, n}, 0.0, 1.0, DType::F32, dev).to(dt), b = g.normal({n, n}, 0.0, 1.0, DType::F32, dev).to(dt);
+  double best = 0;
+  for (int r = 0; r < 6; r++) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Tensor c = matmul(a, b);
+    (void)sum(c.narrow(0, 0, 1)).item();  // waits for the product
+    const double dt_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r > 0) best = std::max(best, 2.0 * double(n) * double(n) * double(n) / dt_s * 1e-12);
+  }
+  return best;
+}
+
 int main(int argc, char** argv) {
   int64_t batch = 128, steps = 7, warmup = 2;
   int threads = 0;
-  std::string config = "mae_tiny_p4_32", only;
+  std::string config = "mae_tiny_p4_32", only, device_flag = "cpu", precision = "f32";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--steps")) steps = std::atoll(argv[i + 1]);
@@ -95,6 +117,8 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--config")) config = argv[i + 1];
     else if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--device")) device_flag = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--precision")) precision = argv[i + 1];
     else {
       std::fprintf(stderr, "bench_train_step: unknown flag %s\n", argv[i]);
       return 2;
@@ -103,15 +127,32 @@ int main(int argc, char** argv) {
   if (threads > 0) omp_set_num_threads(threads);
   const bool do_train = only.empty() || only == "train", do_forward = only.empty() || only == "forward";
   const double mask_ratio = 0.75;
+  Device dev;
+  DType compute = DType::F32;
+  try {
+    dev = moce::device_from_flag(device_flag);
+    compute = model::parse_precision(precision);
+    ENG_CHECK(dev.is_cuda() || precision == "f32", "--precision {} needs --device cuda", precision);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_train_step: %s\n", e.what());
+    return 2;
+  }
+  set_cuda_tf32(precision == "tf32");
   model::MaeConfig cfg = model::mae_config(config);
   model::MaskedAutoencoder mae(cfg, 0);
+  moce::move_to_device(mae, dev);
+  mae.set_compute_dtype(compute);
   AdamW opt(param_groups_weight_decay(mae.named_parameters(), 0.05, {}), AdamWOptions{1.5e-4, 0.9, 0.95, 1e-8, 0.05});
   Generator g(1);
-  Tensor imgs = g.normal({batch, 3, cfg.img_size, cfg.img_size});
-  auto& alloc = allocator_for(Device::cpu());
-  std::printf("config %s, batch %lld, %d OpenMP threads, SGEMM kernel %s; medians of %lld steps after %lld warm-up\n",
-              config.c_str(), (long long)batch, omp_get_max_threads(), cpu_sgemm_kernel_name(), (long long)steps,
-              (long long)warmup);
+  Tensor imgs = g.normal({batch, 3, cfg.img_size, cfg.img_size}, 0.0, 1.0, DType::F32, dev);
+  auto& alloc = allocator_for(dev);
+  if (dev.is_cpu())
+    std::printf("config %s, batch %lld, %d OpenMP threads, SGEMM kernel %s; medians of %lld steps after %lld warm-up\n",
+                config.c_str(), (long long)batch, omp_get_max_threads(), cpu_sgemm_kernel_name(), (long long)steps,
+                (long long)warmup);
+  else
+    std::printf("config %s, batch %lld, %s, precision %s; medians of %lld steps after %lld warm-up\n", config.c_str(),
+                (long long)batch, dev.str().c_str(), precision.c_str(), (long long)steps, (long long)warmup);
 
   // One step on the given mask noise (drawn outside the timed region, as the PyTorch peer does); returns the loss.
   auto train_step = [&](const Tensor& noise) {
@@ -128,21 +169,24 @@ int main(int argc, char** argv) {
     std::vector<double> wall, cpu;
     for (int64_t s = 0; s < warmup + steps; s++) {
       if (s == warmup) alloc.reset_peak();
-      Tensor noise = g.uniform({batch, cfg.num_patches()});
+      Tensor noise = g.uniform({batch, cfg.num_patches()}, 0.0, 1.0, DType::F32, dev);
+      if (dev.is_cuda()) (void)sum(noise).item();  // the timed step starts on an idle GPU
       const double c0 = cpu_seconds();
       const auto t0 = std::chrono::steady_clock::now();
       Tensor loss_t = train_step(noise);
+      // On a GPU the read-back waits for the step's kernels, so it belongs in the timed region.
+      const double loss = dev.is_cuda() ? loss_t.item() : 0.0;
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double dc = cpu_seconds() - c0;
-      const double loss = loss_t.item();
+      (void)loss;
       if (s >= warmup) {
         wall.push_back(dt);
         cpu.push_back(dc);
       }
-      std::fprintf(stderr, "step %lld: %.3f s (cpu %.3f s), loss %.4f\n", (long long)s, dt, dc, loss);
+      std::fprintf(stderr, "step %lld: %.3f s (cpu %.3f s), loss %.4f\n", (long long)s, dt, dc, loss_t.item());
     }
     const size_t peak = alloc.stats().peak_bytes;
-    Tensor noise = g.uniform({batch, cfg.num_patches()});
+    Tensor noise = g.uniform({batch, cfg.num_patches()}, 0.0, 1.0, DType::F32, dev);
     const size_t sys_before = alloc.stats().system_allocs, req_before = alloc.stats().requests;
     const long long heap_before = g_heap_allocs.load();
     train_step(noise);  // one more step: the steady state allocates no tensor memory from the system
@@ -153,10 +197,17 @@ int main(int argc, char** argv) {
     const double gflop = 3.0 * 2.0 * mae_forward_macs(cfg, batch, mask_ratio) * 1e-9;  // backward ~ 2x forward
     std::printf("train step: %.3f s wall (cpu %.3f s), %.1f images/s, %.1f GFLOP/s (%.1f GFLOP per step)\n",
                 step_wall, step_cpu, double(batch) / step_wall, gflop / step_wall, gflop);
+    if (dev.is_cuda()) {
+      const double peak_tflops = gemm_peak_tflops(dev, compute);
+      std::printf("mfu: %.1f%% of the %s dense peak %.1f TFLOP/s (best 8192^3 GEMM); model %.1f TFLOP/s\n",
+                  100.0 * gflop * 1e-3 / step_wall / peak_tflops, precision.c_str(), peak_tflops,
+                  gflop * 1e-3 / step_wall);
+    }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     std::printf("peak memory of the training step: %.1f MiB (allocator peak); peak RSS growth over the steps %.0f MiB\n",
                 double(peak) / (1 << 20), double(ru.ru_maxrss) / 1024.0 - rss_before);
+    if (dev.is_cuda()) std::printf("gpu_peak_mib: %.0f\n", double(peak) / (1 << 20));
     std::printf("steady-state step: %zu tensor allocations, %zu from the system; %lld small heap objects\n", req, sys,
                 heap);
   }
@@ -167,6 +218,7 @@ int main(int argc, char** argv) {
       const double c0 = cpu_seconds();
       const auto t0 = std::chrono::steady_clock::now();
       Tensor f = mae.features(imgs);
+      if (dev.is_cuda()) (void)sum(f).item();
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double dc = cpu_seconds() - c0;
       if (s >= warmup) {
