@@ -880,6 +880,23 @@ TEST_SUITE("gpu kernels") {
           Tensor dD = eng::mul(eng::sum(eng::mul(eng::abs(w64), eng::abs(want[0])), {-1}, true), kBf16U);
           extra[1] = eng::mul(eng::mul(dD, eng::matmul(P, eng::abs(k64))), scale);
           extra[2] = eng::mul(eng::matmul(eng::mul(P, dD).transpose(-2, -1), eng::abs(q64)), scale);
+          // The tensor-core path (head dims multiples of 16 up to 64) rounds the left operand of each second product
+          // to bf16 first: P in O = P V and P^T in dV = P^T dO, dS in dQ = scale dS K and dS^T in dK = scale dS^T Q.
+          // Each rounding moves a product by at most 2^-8 times the product of the absolute values.
+          if (c.d % 16 == 0 && c.dv % 16 == 0 && c.d <= 64 && c.dv <= 64) {
+            Tensor v64 = v.to(DType::F64);
+            Tensor dP = eng::matmul(w64, v64.transpose(-2, -1));
+            Tensor D = eng::sum(eng::mul(w64, want[0]), {-1}, true);
+            Tensor dS = eng::abs(eng::mul(P, eng::sub(dP, D)));
+            extra[0] = eng::mul(eng::matmul(P, eng::abs(v64)), kBf16U);
+            // The stored O carries that term too, and so does D_i = dO_i . O_i in the backward pass (as dD above).
+            Tensor dD2 = eng::sum(eng::mul(eng::abs(w64), extra[0]), {-1}, true);
+            extra[1] = eng::add(extra[1], eng::mul(eng::mul(dD2, eng::matmul(P, eng::abs(k64))), scale));
+            extra[2] = eng::add(extra[2], eng::mul(eng::matmul(eng::mul(P, dD2).transpose(-2, -1), eng::abs(q64)), scale));
+            extra[1] = eng::add(extra[1], eng::mul(eng::matmul(dS, eng::abs(k64)), kBf16U * scale));
+            extra[2] = eng::add(extra[2], eng::mul(eng::matmul(dS.transpose(-2, -1), eng::abs(q64)), kBf16U * scale));
+            extra[3] = eng::mul(eng::matmul(P.transpose(-2, -1), eng::abs(w64)), kBf16U);
+          }
         }
         const char* names[] = {"out", "dq", "dk", "dv"};
         for (size_t i = 0; i < got.size(); i++) {

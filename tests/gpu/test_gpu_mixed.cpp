@@ -341,7 +341,7 @@ TEST_SUITE("gpu mixed precision") {
 
   // ---------------------------------------------------------------- attention
 
-  TEST_CASE("attention_qkv in bf16 (fused, f32 scores and statistics): output and gradient within the bound") {
+  TEST_CASE("attention_qkv in bf16 (fused on tensor cores, f32 scores and statistics): output and gradient within the bound") {
     GPU_TEST_OR_SKIP();
     CHECK(eng::backend_for(cuda()).has_fused_attention(DType::BF16, 16, 16));
     const int64_t B = 2, T = 37, H = 3, Dh = 16, D = H * Dh;  // 37 tokens: two tiles of keys and of queries
@@ -373,6 +373,7 @@ TEST_SUITE("gpu mixed precision") {
     // out_i = sum_j P_ij v_j / l_i: the weights and their normaliser are off by eta_i each, then one rounding:
     //   u |O| + 2 eta_i (P |v|)_i
     Tensor bO = eng::add(eng::mul(abs(O), kU), eng::mul(matmul(P, abs(v)), eng::mul(eta, 2.0)));
+    bO = eng::add(bO, eng::mul(matmul(P, abs(v)), kU));  // the tensor-core path's bf16 P (below)
     // Backward (P recomputed from lse): D_i = dO_i . O~_i reads the GPU's stored O, off by bO, plus its f32 sum;
     // dP_ij = dO_i . v_j in f32; dS_ij = P_ij (dP_ij - D_i) carries eta, d(dP) and d(D); then
     //   dq = scale dS k, dk = scale dS^T q, dv = P^T dO: one rounding each, T-term f32 sums, propagated errors.
@@ -396,6 +397,12 @@ TEST_SUITE("gpu mixed precision") {
                                                  scale));
     Tensor bv = eng::add(eng::add(eng::mul(abs(dv), kU), matmul(eng::mul(eta, P).transpose(-2, -1), abs(dO))),
                          eng::mul(matmul(P.transpose(-2, -1), abs(dO)), acc));
+    // Head dim 16 takes the tensor-core path, which rounds the left operand of each second product to bf16 first
+    // (P in P v, P^T in P^T dO, dS in dS k and dS^T q): u times the product of the absolute values, each (the P v
+    // term is in bO above, so D_i carries it too).
+    bq = eng::add(bq, eng::mul(matmul(abs(dSm), abs(k)), kU * scale));
+    bk = eng::add(bk, eng::mul(matmul(abs(dSm).transpose(-2, -1), abs(q)), kU * scale));
+    bv = eng::add(bv, eng::mul(matmul(P.transpose(-2, -1), abs(dO)), kU));
     // Back to the packed layouts: y [B, T, H * Dh], dqkv [B, T, 3 * H * Dh].
     Tensor by = bO.permute({0, 2, 1, 3}).reshape({B, T, D});
     Tensor bqkv = eng::stack({bq, bk, bv}, 0).permute({1, 3, 0, 2, 4}).reshape({B, T, 3 * D});

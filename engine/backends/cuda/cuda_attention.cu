@@ -15,10 +15,15 @@
 // AttentionArgs (the last dim contiguous), so q, k, v can be views of a packed qkv projection and out can be
 // [batch, tokens, heads, dim] with no copies (supports_strided_attention()); lse is contiguous [batch, heads, tq].
 //
-// cuDNN's fused SDPA is not used: it takes only fp16/bf16 inputs while the engine's attention runs in f32, and
-// without the cuDNN frontend its graph must be built through the raw backend API, which could not be validated
-// on a GPU when this was written. This kernel is the CUDA path for every dtype.
+// bf16 with head dims that are multiples of 16 up to 64 (ViT-B/16: 64; mae_tiny: 64 and 32) takes the tensor-core
+// path at the end of this file instead (WMMA, see there).
+//
+// cuDNN's fused SDPA is not used: without the cuDNN frontend its graph must be built through the raw backend API,
+// which could not be validated on a GPU when this was written; the tensor-core path below can be, in the emulator.
+#include <mma.h>
+
 #include <cmath>
+#include <type_traits>
 
 #include "engine/backends/cuda/cuda_common.cuh"
 
@@ -318,6 +323,321 @@ dim3 attention_grid(int64_t rows, int64_t bh) {
   return dim3(unsigned((rows + kAttnWarps - 1) / kAttnWarps), unsigned(std::min<int64_t>(bh, 65535)));
 }
 
+
+// ---------------------------------------------------------------- tensor-core path (bf16)
+//
+// bf16 operands whose head dims are multiples of 16 up to 64 go to tensor cores through the warp matrix API
+// (nvcuda::wmma: 16 x 16 x 16 bf16 products with f32 accumulation, sm_80 and later). A block of 4 warps owns 64
+// rows (query rows for the forward pass and dQ, key rows for dK / dV), 16 per warp, and walks the other side in
+// tiles of 32 staged in shared memory. Scores, probabilities, row statistics and every accumulator are f32; the
+// left operand of the second product of each step (P for P V, dS for dS K, P^T and dS^T for P^T dO and dS^T Q) is
+// rounded to bf16 first, as flash attention does; the tests' bf16 bounds account for it. The elementwise work
+// (online softmax, P, dS) runs on two lanes per row over shared memory, and fragment elements are never indexed,
+// so nothing depends on the hardware's fragment layout. Every sum has a fixed order and there are no atomics, so
+// results repeat bit for bit. Shared memory stays under the 48 KiB a block gets without opting in.
+
+namespace wm = nvcuda::wmma;
+using FragA = wm::fragment<wm::matrix_a, 16, 16, 16, __nv_bfloat16, wm::row_major>;
+using FragBRow = wm::fragment<wm::matrix_b, 16, 16, 16, __nv_bfloat16, wm::row_major>;
+using FragBCol = wm::fragment<wm::matrix_b, 16, 16, 16, __nv_bfloat16, wm::col_major>;
+using FragC = wm::fragment<wm::accumulator, 16, 16, 16, float>;
+
+constexpr int kTcWarps = 4;
+constexpr int kTcRows = 16 * kTcWarps;  // rows a block owns
+constexpr int kTcTile = 32;             // rows of the other side per shared tile
+constexpr int kTcMaxDim = 64;
+
+bool tc_attention_ok(const AttentionArgs& a) {
+  return a.dtype == DType::BF16 && a.head_dim % 16 == 0 && a.v_dim % 16 == 0 && a.head_dim <= kTcMaxDim &&
+         a.v_dim <= kTcMaxDim;
+}
+
+// Shared memory handed out in 128-byte aligned pieces (WMMA needs 256-bit aligned pointers); tc_smem_bytes adds the
+// same pieces up on the host.
+constexpr size_t round128(size_t b) { return (b + 127) / 128 * 128; }
+struct SmemCarve {
+  unsigned char* p;
+  template <typename E> __device__ E* take(int64_t n) {
+    E* r = reinterpret_cast<E*>(p);
+    p += round128(size_t(n) * sizeof(E));
+    return r;
+  }
+};
+
+__device__ inline const __nv_bfloat16* wmma_ptr(const bf16_t* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
+
+// Rows [r0, r0 + n) of a [rows, cols] bf16 operand (row stride pitch) into a dense shared tile; rows past the end are 0.
+__device__ inline void tc_load(bf16_t* tile, const bf16_t* src, int64_t pitch, int64_t r0, int n, int64_t rows, int cols) {
+  for (int e = threadIdx.x; e < n * cols; e += blockDim.x) {
+    const int r = e / cols, c = e % cols;
+    tile[e] = r0 + r < rows ? src[(r0 + r) * pitch + c] : bf16_t{0};
+  }
+}
+
+// C (16 x 16 per fragment, f32, row-major ldc) = A (16 x kdim, bf16, row-major lda) B^T, B stored [16 x kdim] rows
+// (ldb): the scores of 16 rows against 16 keys, or any product with a transposed right operand.
+__device__ inline void tc_product_nt(float* c, int ldc, const bf16_t* a, int lda, const bf16_t* b, int ldb, int kdim) {
+  FragC acc;
+  wm::fill_fragment(acc, 0.0f);
+  for (int kk = 0; kk < kdim / 16; kk++) {
+    FragA fa;
+    FragBCol fb;
+    wm::load_matrix_sync(fa, wmma_ptr(a + 16 * kk), unsigned(lda));
+    wm::load_matrix_sync(fb, wmma_ptr(b + 16 * kk), unsigned(ldb));
+    wm::mma_sync(acc, fa, fb, acc);
+  }
+  wm::store_matrix_sync(c, acc, unsigned(ldc), wm::mem_row_major);
+}
+
+// acc += A (16 x 32, bf16, row-major lda) B (32 x 16, bf16, row-major ldb).
+__device__ inline void tc_accumulate_nn(FragC& acc, const bf16_t* a, int lda, const bf16_t* b, int ldb) {
+  for (int kk = 0; kk < kTcTile / 16; kk++) {
+    FragA fa;
+    FragBRow fb;
+    wm::load_matrix_sync(fa, wmma_ptr(a + 16 * kk), unsigned(lda));
+    wm::load_matrix_sync(fb, wmma_ptr(b + 16 * kk * ldb), unsigned(ldb));
+    wm::mma_sync(acc, fa, fb, acc);
+  }
+}
+
+__global__ void __launch_bounds__(kTcWarps * 32)
+    attention_forward_tc_kernel(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+                                bf16_t* __restrict__ out, float* __restrict__ lse, int64_t bh_count, int64_t heads,
+                                int64_t tq, int64_t tk, int dk, int dv, Rows qr, Rows kr, Rows vr, Rows orr, float scale) {
+  extern __shared__ __align__(128) unsigned char smem_tc[];
+  SmemCarve sm{smem_tc};
+  bf16_t* qs = sm.take<bf16_t>(kTcRows * dk);
+  bf16_t* ks = sm.take<bf16_t>(kTcTile * dk);
+  bf16_t* vs = sm.take<bf16_t>(kTcTile * dv);
+  float* ss = sm.take<float>(kTcRows * kTcTile);   // scores
+  bf16_t* ps = sm.take<bf16_t>(kTcRows * kTcTile); // probabilities
+  float* os = sm.take<float>(kTcRows * dv);         // output accumulator
+  float* ms = sm.take<float>(kTcRows);              // running maximum
+  float* ls = sm.take<float>(kTcRows);              // running sum
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wr = 16 * warp;                          // the warp's first row
+  const int r = wr + (lane >> 1), half = lane & 1;   // this lane's row, and which 16 of the tile's columns
+  const int64_t i0 = int64_t(blockIdx.x) * kTcRows;
+  for (int64_t bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
+    tc_load(qs, q + qr.base(bh, heads), qr.t, i0, kTcRows, tq, dk);
+    for (int e = threadIdx.x; e < kTcRows * dv; e += blockDim.x) os[e] = 0.0f;
+    for (int e = threadIdx.x; e < kTcRows; e += blockDim.x) {
+      ms[e] = -INFINITY;
+      ls[e] = 0.0f;
+    }
+    for (int64_t t0 = 0; t0 < tk; t0 += kTcTile) {
+      __syncthreads();  // the previous tile's readers are done; the set-up above is visible
+      tc_load(ks, k + kr.base(bh, heads), kr.t, t0, kTcTile, tk, dk);
+      tc_load(vs, v + vr.base(bh, heads), vr.t, t0, kTcTile, tk, dv);
+      __syncthreads();
+      for (int c = 0; c < kTcTile / 16; c++)
+        tc_product_nt(ss + wr * kTcTile + 16 * c, kTcTile, qs + wr * dk, dk, ks + 16 * c * dk, dk, dk);
+      __syncwarp();
+      // Online softmax over this tile; both lanes of a row read its statistics before either changes them.
+      const float m_old = ms[r], l_old = ls[r];
+      float sv[16], mx = -INFINITY;
+      for (int j = 0; j < 16; j++) {
+        const int col = 16 * half + j;
+        sv[j] = t0 + col < tk ? ss[r * kTcTile + col] * scale : -INFINITY;
+        mx = fmaxf(mx, sv[j]);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      const float m_new = fmaxf(m_old, mx);  // finite: the tile holds at least one key
+      const float corr = expf(m_old - m_new);
+      float sum = 0.0f;
+      for (int j = 0; j < 16; j++) {
+        const float p = expf(sv[j] - m_new);  // 0 past the last key
+        sum += p;
+        ps[r * kTcTile + 16 * half + j] = float_to_bf16(p);
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      for (int c = half; c < dv; c += 2) os[r * dv + c] *= corr;
+      __syncwarp();  // P and the rescaled O are visible to the warp; the statistics were read
+      if (half == 0) {
+        ms[r] = m_new;
+        ls[r] = l_old * corr + sum;
+      }
+      for (int c = 0; c < dv / 16; c++) {
+        FragC acc;
+        wm::load_matrix_sync(acc, os + wr * dv + 16 * c, unsigned(dv), wm::mem_row_major);
+        tc_accumulate_nn(acc, ps + wr * kTcTile, kTcTile, vs + 16 * c, dv);
+        wm::store_matrix_sync(os + wr * dv + 16 * c, acc, unsigned(dv), wm::mem_row_major);
+      }
+    }
+    __syncwarp();
+    const int64_t obase = orr.base(bh, heads);
+    for (int e = lane; e < 16 * dv; e += 32) {
+      const int rr = wr + e / dv, c = e % dv;
+      if (i0 + rr < tq) out[obase + (i0 + rr) * orr.t + c] = float_to_bf16(os[rr * dv + c] / ls[rr]);
+    }
+    if (lane < 16 && i0 + wr + lane < tq) lse[bh * tq + i0 + wr + lane] = ms[wr + lane] + logf(ls[wr + lane]);
+    __syncthreads();  // shared memory is rewritten for the next (batch, head)
+  }
+}
+
+// dQ = scale dS K with dS = P (dP - D), P = exp(scale Q K^T - lse), dP = dO V^T: a block owns 64 query rows and walks
+// the keys; dQ stays in fragments until the end.
+__global__ void __launch_bounds__(kTcWarps * 32)
+    attention_dq_tc_kernel(bf16_t* __restrict__ dq, const bf16_t* __restrict__ q, const bf16_t* __restrict__ k,
+                           const bf16_t* __restrict__ v, const bf16_t* __restrict__ dout, const float* __restrict__ lse,
+                           const float* __restrict__ delta, int64_t bh_count, int64_t heads, int64_t tq, int64_t tk,
+                           int dk, int dv, Rows qr, Rows kr, Rows vr, Rows orr, float scale) {
+  extern __shared__ __align__(128) unsigned char smem_tc[];
+  SmemCarve sm{smem_tc};
+  bf16_t* qs = sm.take<bf16_t>(kTcRows * dk);
+  bf16_t* gs = sm.take<bf16_t>(kTcRows * dv);       // dO rows
+  bf16_t* ks = sm.take<bf16_t>(kTcTile * dk);
+  bf16_t* vs = sm.take<bf16_t>(kTcTile * dv);
+  float* ss = sm.take<float>(kTcRows * kTcTile);     // scores; with dps, the staging area for dQ at the end
+  float* dps = sm.take<float>(kTcRows * kTcTile);    // dP
+  bf16_t* dss = sm.take<bf16_t>(kTcRows * kTcTile);  // dS
+  float* lse_s = sm.take<float>(kTcRows);
+  float* del_s = sm.take<float>(kTcRows);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wr = 16 * warp;
+  const int r = wr + (lane >> 1), half = lane & 1;
+  const int64_t i0 = int64_t(blockIdx.x) * kTcRows;
+  for (int64_t bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
+    tc_load(qs, q + qr.base(bh, heads), qr.t, i0, kTcRows, tq, dk);
+    tc_load(gs, dout + orr.base(bh, heads), orr.t, i0, kTcRows, tq, dv);
+    for (int e = threadIdx.x; e < kTcRows; e += blockDim.x) {
+      lse_s[e] = i0 + e < tq ? lse[bh * tq + i0 + e] : 0.0f;
+      del_s[e] = i0 + e < tq ? delta[bh * tq + i0 + e] : 0.0f;
+    }
+    FragC acc[kTcMaxDim / 16];
+    for (int c = 0; c < dk / 16; c++) wm::fill_fragment(acc[c], 0.0f);
+    for (int64_t t0 = 0; t0 < tk; t0 += kTcTile) {
+      __syncthreads();
+      tc_load(ks, k + kr.base(bh, heads), kr.t, t0, kTcTile, tk, dk);
+      tc_load(vs, v + vr.base(bh, heads), vr.t, t0, kTcTile, tk, dv);
+      __syncthreads();
+      for (int c = 0; c < kTcTile / 16; c++) {
+        tc_product_nt(ss + wr * kTcTile + 16 * c, kTcTile, qs + wr * dk, dk, ks + 16 * c * dk, dk, dk);
+        tc_product_nt(dps + wr * kTcTile + 16 * c, kTcTile, gs + wr * dv, dv, vs + 16 * c * dv, dv, dv);
+      }
+      __syncwarp();
+      for (int j = 0; j < 16; j++) {
+        const int col = 16 * half + j;
+        const float p = t0 + col < tk ? expf(ss[r * kTcTile + col] * scale - lse_s[r]) : 0.0f;
+        dss[r * kTcTile + col] = float_to_bf16(p * (dps[r * kTcTile + col] - del_s[r]));
+      }
+      __syncwarp();
+      for (int c = 0; c < dk / 16; c++) tc_accumulate_nn(acc[c], dss + wr * kTcTile, kTcTile, ks + 16 * c, dk);
+    }
+    __syncthreads();  // every warp is done with ss and dps: they become the staging area
+    float* stage = ss;  // [64][dk] f32 fits in ss + dps (dk <= 64)
+    for (int c = 0; c < dk / 16; c++)
+      wm::store_matrix_sync(stage + wr * dk + 16 * c, acc[c], unsigned(dk), wm::mem_row_major);
+    __syncwarp();
+    const int64_t qbase = qr.base(bh, heads);
+    for (int e = lane; e < 16 * dk; e += 32) {
+      const int rr = wr + e / dk, c = e % dk;
+      if (i0 + rr < tq) dq[qbase + (i0 + rr) * qr.t + c] = float_to_bf16(stage[rr * dk + c] * scale);
+    }
+    __syncthreads();
+  }
+}
+
+// dK = scale dS^T Q and dV = P^T dO: a block owns 64 key rows and walks the queries; both stay in fragments.
+__global__ void __launch_bounds__(kTcWarps * 32)
+    attention_dkdv_tc_kernel(bf16_t* __restrict__ dkey, bf16_t* __restrict__ dval, const bf16_t* __restrict__ q,
+                             const bf16_t* __restrict__ k, const bf16_t* __restrict__ v, const bf16_t* __restrict__ dout,
+                             const float* __restrict__ lse, const float* __restrict__ delta, int64_t bh_count,
+                             int64_t heads, int64_t tq, int64_t tk, int dk, int dv, Rows qr, Rows kr, Rows vr, Rows orr,
+                             float scale) {
+  extern __shared__ __align__(128) unsigned char smem_tc[];
+  SmemCarve sm{smem_tc};
+  bf16_t* ks = sm.take<bf16_t>(kTcRows * dk);
+  bf16_t* vs = sm.take<bf16_t>(kTcRows * dv);
+  bf16_t* qs = sm.take<bf16_t>(kTcTile * dk);
+  bf16_t* gs = sm.take<bf16_t>(kTcTile * dv);     // dO rows
+  float* lse_s = sm.take<float>(kTcTile);
+  float* del_s = sm.take<float>(kTcTile);
+  float* sts = sm.take<float>(kTcRows * kTcTile);   // S^T; then P^T and dS^T in bf16 (each warp in its own rows)
+  float* dpts = sm.take<float>(kTcRows * kTcTile);  // dP^T
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wr = 16 * warp;
+  const int r = wr + (lane >> 1), half = lane & 1;
+  // The warp's 16 x 32 f32 rows of sts (2 KiB) hold its P^T (first KiB) and dS^T (second KiB) in bf16.
+  bf16_t* pt = reinterpret_cast<bf16_t*>(sts + wr * kTcTile);
+  bf16_t* dst = pt + 16 * kTcTile;
+  const int64_t j0 = int64_t(blockIdx.x) * kTcRows;
+  for (int64_t bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
+    tc_load(ks, k + kr.base(bh, heads), kr.t, j0, kTcRows, tk, dk);
+    tc_load(vs, v + vr.base(bh, heads), vr.t, j0, kTcRows, tk, dv);
+    FragC acc_k[kTcMaxDim / 16], acc_v[kTcMaxDim / 16];
+    for (int c = 0; c < dk / 16; c++) wm::fill_fragment(acc_k[c], 0.0f);
+    for (int c = 0; c < dv / 16; c++) wm::fill_fragment(acc_v[c], 0.0f);
+    for (int64_t i0 = 0; i0 < tq; i0 += kTcTile) {
+      __syncthreads();
+      tc_load(qs, q + qr.base(bh, heads), qr.t, i0, kTcTile, tq, dk);
+      tc_load(gs, dout + orr.base(bh, heads), orr.t, i0, kTcTile, tq, dv);
+      for (int e = threadIdx.x; e < kTcTile; e += blockDim.x) {
+        lse_s[e] = i0 + e < tq ? lse[bh * tq + i0 + e] : 0.0f;
+        del_s[e] = i0 + e < tq ? delta[bh * tq + i0 + e] : 0.0f;
+      }
+      __syncthreads();
+      for (int c = 0; c < kTcTile / 16; c++) {
+        tc_product_nt(sts + wr * kTcTile + 16 * c, kTcTile, ks + wr * dk, dk, qs + 16 * c * dk, dk, dk);
+        tc_product_nt(dpts + wr * kTcTile + 16 * c, kTcTile, vs + wr * dv, dv, gs + 16 * c * dv, dv, dv);
+      }
+      __syncwarp();
+      float pv[16], dsv[16];
+      for (int j = 0; j < 16; j++) {
+        const int col = 16 * half + j;  // query i0 + col
+        pv[j] = i0 + col < tq ? expf(sts[r * kTcTile + col] * scale - lse_s[col]) : 0.0f;
+        dsv[j] = pv[j] * (dpts[r * kTcTile + col] - del_s[col]);
+      }
+      __syncwarp();  // every lane has read its S^T before the warp's rows are overwritten with bf16
+      for (int j = 0; j < 16; j++) {
+        const int col = 16 * half + j;
+        pt[(r - wr) * kTcTile + col] = float_to_bf16(pv[j]);
+        dst[(r - wr) * kTcTile + col] = float_to_bf16(dsv[j]);
+      }
+      __syncwarp();
+      for (int c = 0; c < dv / 16; c++) tc_accumulate_nn(acc_v[c], pt, kTcTile, gs + 16 * c, dv);
+      for (int c = 0; c < dk / 16; c++) tc_accumulate_nn(acc_k[c], dst, kTcTile, qs + 16 * c, dk);
+    }
+    __syncthreads();  // sts and dpts become the staging area
+    float* stage = sts;  // [64][dv or dk] f32 fits in sts + dpts (dims <= 64)
+    const int64_t vbase = vr.base(bh, heads), kbase = kr.base(bh, heads);
+    for (int c = 0; c < dv / 16; c++)
+      wm::store_matrix_sync(stage + wr * dv + 16 * c, acc_v[c], unsigned(dv), wm::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 16 * dv; e += 32) {
+      const int rr = wr + e / dv, c = e % dv;
+      if (j0 + rr < tk) dval[vbase + (j0 + rr) * vr.t + c] = float_to_bf16(stage[rr * dv + c]);
+    }
+    __syncwarp();  // the warp's staging rows are read before they take dK
+    for (int c = 0; c < dk / 16; c++)
+      wm::store_matrix_sync(stage + wr * dk + 16 * c, acc_k[c], unsigned(dk), wm::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 16 * dk; e += 32) {
+      const int rr = wr + e / dk, c = e % dk;
+      if (j0 + rr < tk) dkey[kbase + (j0 + rr) * kr.t + c] = float_to_bf16(stage[rr * dk + c] * scale);
+    }
+    __syncthreads();
+  }
+}
+
+size_t tc_forward_smem(int dk, int dv) {
+  return round128(size_t(kTcRows * dk) * 2) + round128(size_t(kTcTile * dk) * 2) + round128(size_t(kTcTile * dv) * 2) +
+         round128(size_t(kTcRows * kTcTile) * 4) + round128(size_t(kTcRows * kTcTile) * 2) +
+         round128(size_t(kTcRows * dv) * 4) + 2 * round128(size_t(kTcRows) * 4);
+}
+size_t tc_dq_smem(int dk, int dv) {
+  return round128(size_t(kTcRows * dk) * 2) + round128(size_t(kTcRows * dv) * 2) + round128(size_t(kTcTile * dk) * 2) +
+         round128(size_t(kTcTile * dv) * 2) + 2 * round128(size_t(kTcRows * kTcTile) * 4) +
+         round128(size_t(kTcRows * kTcTile) * 2) + 2 * round128(size_t(kTcRows) * 4);
+}
+size_t tc_dkdv_smem(int dk, int dv) {
+  return round128(size_t(kTcRows * dk) * 2) + round128(size_t(kTcRows * dv) * 2) + round128(size_t(kTcTile * dk) * 2) +
+         round128(size_t(kTcTile * dv) * 2) + 2 * round128(size_t(kTcTile) * 4) + 2 * round128(size_t(kTcRows * kTcTile) * 4);
+}
+
+dim3 tc_grid(int64_t rows, int64_t bh) {
+  return dim3(unsigned((rows + kTcRows - 1) / kTcRows), unsigned(std::min<int64_t>(bh, 65535)));
+}
 }  // namespace
 
 // bf16 (mixed precision): q, k, v, out and their gradients in bf16; scores, probabilities, the row statistics (lse
@@ -339,6 +659,16 @@ void CudaBackend::attention_forward(const AttentionArgs& a) {
     return;
   }
   ENG_CHECK((a.tq + kAttnWarps - 1) / kAttnWarps <= int64_t(INT32_MAX), "attention_forward: too many query rows");
+  if (tc_attention_ok(a)) {
+    const int dk = int(a.head_dim), dv = int(a.v_dim);
+    attention_forward_tc_kernel<<<tc_grid(a.tq, bh), kTcWarps * 32, tc_forward_smem(dk, dv)>>>(
+        static_cast<const bf16_t*>(a.q), static_cast<const bf16_t*>(a.k), static_cast<const bf16_t*>(a.v),
+        static_cast<bf16_t*>(a.out), static_cast<float*>(a.lse), bh, a.heads, a.tq, a.tk, dk, dv,
+        rows_of(a.q_strides, a.heads, a.tq, a.head_dim), rows_of(a.k_strides, a.heads, a.tk, a.head_dim),
+        rows_of(a.v_strides, a.heads, a.tk, a.v_dim), rows_of(a.o_strides, a.heads, a.tq, a.v_dim), float(a.scale));
+    CUDA_CHECK_LAUNCH("attention_forward (tensor cores)");
+    return;
+  }
   dispatch_float(a.dtype, "attention_forward", [&](auto t) {
     using T = decltype(t);
     using A = calc_t<T>;
@@ -373,6 +703,23 @@ void CudaBackend::attention_backward(const AttentionArgs& a) {
     attention_delta_kernel<T><<<blocks_for(bh * a.tq, kThreads / 32), kThreads>>>(
         delta.as<A>(), static_cast<const T*>(a.dout), static_cast<const T*>(a.out), bh * a.tq, a.heads, a.tq, a.v_dim, orr);
     CUDA_CHECK_LAUNCH("attention_backward (delta)");
+    if constexpr (std::is_same<T, bf16_t>::value) {
+      if (tc_attention_ok(a)) {
+        const int dk = int(a.head_dim), dv = int(a.v_dim);
+        attention_dq_tc_kernel<<<tc_grid(a.tq, bh), kTcWarps * 32, tc_dq_smem(dk, dv)>>>(
+            static_cast<bf16_t*>(a.dq), static_cast<const bf16_t*>(a.q), static_cast<const bf16_t*>(a.k),
+            static_cast<const bf16_t*>(a.v), static_cast<const bf16_t*>(a.dout), static_cast<const float*>(a.lse),
+            delta.as<float>(), bh, a.heads, a.tq, a.tk, dk, dv, qr, kr, vr, orr, float(a.scale));
+        CUDA_CHECK_LAUNCH("attention_backward (dq, tensor cores)");
+        attention_dkdv_tc_kernel<<<tc_grid(a.tk, bh), kTcWarps * 32, tc_dkdv_smem(dk, dv)>>>(
+            static_cast<bf16_t*>(a.dk), static_cast<bf16_t*>(a.dv), static_cast<const bf16_t*>(a.q),
+            static_cast<const bf16_t*>(a.k), static_cast<const bf16_t*>(a.v), static_cast<const bf16_t*>(a.dout),
+            static_cast<const float*>(a.lse), delta.as<float>(), bh, a.heads, a.tq, a.tk, dk, dv, qr, kr, vr, orr,
+            float(a.scale));
+        CUDA_CHECK_LAUNCH("attention_backward (dk, dv, tensor cores)");
+        return;
+      }
+    }
     const size_t smem_dq =
         size_t(kTile * (a.head_dim + 1) + kTile * (a.v_dim + 1) + kAttnWarps * (a.head_dim + a.v_dim)) * sizeof(A);
     attention_dq_kernel<T><<<attention_grid(a.tq, bh), kAttnWarps * 32, smem_dq>>>(

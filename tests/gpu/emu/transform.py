@@ -53,6 +53,7 @@ def transform(src):
         out += src[i:k] + '::emu::launch(dim3(%s), dim3(%s), size_t(%s), [&] { %s(%s); })' % (grid, block, smem, callee, args)
         i = q + 1
     out = out.replace('extern __shared__ unsigned char smem_raw[];', 'unsigned char* smem_raw = ::emu::dyn_smem();')
+    out = re.sub(r'extern __shared__ __align__\(\d+\) unsigned char (\w+)\[\];', r'unsigned char* \1 = ::emu::dyn_smem();', out)
     out = out.replace('(std::max<size_t>(nbytes, 1) + 511) & ~size_t(511)', 'std::max<size_t>(nbytes, 1)')
     return out
 

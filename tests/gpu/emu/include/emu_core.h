@@ -90,7 +90,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem, std::function<void()> bod
   for (volatile unsigned bz = 0; bz < grid.z; bz = bz + 1)
     for (volatile unsigned by = 0; by < grid.y; by = by + 1)
       for (volatile unsigned bx = 0; bx < grid.x; bx = bx + 1) {
-        L.dyn_smem.assign(smem + 16, 0xCD);  // uninitialised-looking
+        L.dyn_smem.assign(smem + 128, 0xCD);  // uninitialised-looking
         for (int t = 0; t < nthreads; t++) {
           Fiber& f = L.fibers[size_t(t)];
           f.state = NotStarted;
@@ -176,7 +176,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem, std::function<void()> bod
 
 inline unsigned char* dyn_smem() {
   uintptr_t p = reinterpret_cast<uintptr_t>(g_launch->dyn_smem.data());
-  return reinterpret_cast<unsigned char*>((p + 15) & ~uintptr_t(15));
+  return reinterpret_cast<unsigned char*>((p + 127) & ~uintptr_t(127));  // as __align__(128)
 }
 
 inline void syncthreads() {
@@ -224,7 +224,8 @@ inline int my_lane() { return g_launch->fibers[size_t(g_launch->current)].linear
 #define __shared__ static
 
 inline void __syncthreads() { emu::syncthreads(); }
-inline void __syncwarp(unsigned = 0xffffffffu) {}
+// A real barrier of the warp's lanes (the attention kernels publish shared memory to the warp with it).
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
 template <typename T> inline T __shfl_xor_sync(unsigned, T v, int mask) { return emu::exchange(v, emu::my_lane() ^ mask); }
 template <typename T> inline T __shfl_sync(unsigned, T v, int src) { return emu::exchange(v, src); }
 template <typename T> inline T __shfl_down_sync(unsigned, T v, unsigned d) {
