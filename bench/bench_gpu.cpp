@@ -244,6 +244,27 @@ void bench_memory() {
   report("adamw (16 Mi params: 4 reads, 3 writes)", 7.0 * double(np) * 4, [&] {
     be.adamw_update(DType::F32, p.raw_data(), g.raw_data(), m.raw_data(), v.raw_data(), np, args);
   });
+  // The optimizer step of a whole model: 16 Mi parameters in 200 tensors of uneven sizes, as the training loop
+  // runs it (global norm, then the multi-tensor update with clipping decided on the device).
+  std::vector<Tensor> mp, mg, mm, mv;
+  std::vector<eng::AdamWTensor> multi;
+  std::vector<eng::SumSquaresTensor> norms;
+  for (int i = 0, left = int(np); i < 200; i++) {
+    const int64_t sz = i == 199 ? left : std::max<int64_t>(1, (int64_t(np) / 150) * ((i * 37) % 100) / 100);
+    left -= int(sz);
+    mp.push_back(p.narrow(0, np - left - sz, sz));
+    mg.push_back(g.narrow(0, np - left - sz, sz));
+    mm.push_back(m.narrow(0, np - left - sz, sz));
+    mv.push_back(v.narrow(0, np - left - sz, sz));
+    multi.push_back({mp.back().raw_data(), mg.back().raw_data(), mm.back().raw_data(), mv.back().raw_data(), sz, args});
+    norms.push_back({mg.back().raw_data(), sz});
+  }
+  Tensor norm = Tensor::zeros({}, DType::F64, eng::Device::cuda());
+  report("global norm (16 Mi grads in 200 tensors)", double(np) * 4,
+         [&] { be.global_norm(DType::F32, norms, static_cast<double*>(norm.raw_data())); });
+  report("adamw multi-tensor, clipped (200 tensors)", 7.0 * double(np) * 4, [&] {
+    be.adamw_update_multi(DType::F32, multi, eng::AdamWClip{static_cast<const double*>(norm.raw_data()), 1.0});
+  });
   Tensor table = randn({50000, 768}, DType::F32, 9);
   eng::Generator gi(10);
   Tensor ids = gi.uniform({32768}, 0.0, 49999.0, DType::F32, eng::Device::cuda()).to(DType::I64);
