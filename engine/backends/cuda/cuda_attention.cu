@@ -334,7 +334,10 @@ dim3 attention_grid(int64_t rows, int64_t bh) {
 // rounded to bf16 first, as flash attention does; the tests' bf16 bounds account for it. The elementwise work
 // (online softmax, P, dS) runs on two lanes per row over shared memory, and fragment elements are never indexed,
 // so nothing depends on the hardware's fragment layout. Every sum has a fixed order and there are no atomics, so
-// results repeat bit for bit. Shared memory stays under the 48 KiB a block gets without opting in.
+// results repeat bit for bit.
+// Shared memory: rows are padded (bf16 tiles by 8 elements, f32 tiles by 4) so that neither the fragment loads nor
+// the two-lanes-per-row passes hit one bank from many lanes; a warp's bf16 P (or dS) is written over its own rows
+// of the f32 scores once it has read them. Every kernel stays under the 48 KiB a block gets without opting in.
 
 namespace wm = nvcuda::wmma;
 using FragA = wm::fragment<wm::matrix_a, 16, 16, 16, __nv_bfloat16, wm::row_major>;
@@ -346,14 +349,18 @@ constexpr int kTcWarps = 4;
 constexpr int kTcRows = 16 * kTcWarps;  // rows a block owns
 constexpr int kTcTile = 32;             // rows of the other side per shared tile
 constexpr int kTcMaxDim = 64;
+constexpr int kPadBf16 = 8;                    // elements added to each bf16 row (16 bytes)
+constexpr int kPadF32 = 4;                     // elements added to each f32 row (16 bytes)
+constexpr int kLdS = kTcTile + kPadF32;        // row pitch of the f32 score tiles
+constexpr int kLdP = kTcTile + kPadBf16;       // row pitch of the bf16 P / dS tiles
 
 bool tc_attention_ok(const AttentionArgs& a) {
   return a.dtype == DType::BF16 && a.head_dim % 16 == 0 && a.v_dim % 16 == 0 && a.head_dim <= kTcMaxDim &&
          a.v_dim <= kTcMaxDim;
 }
 
-// Shared memory handed out in 128-byte aligned pieces (WMMA needs 256-bit aligned pointers); tc_smem_bytes adds the
-// same pieces up on the host.
+// Shared memory handed out in 128-byte aligned pieces (WMMA needs 256-bit aligned pointers); the tc_*_smem
+// functions add the same pieces up on the host.
 constexpr size_t round128(size_t b) { return (b + 127) / 128 * 128; }
 struct SmemCarve {
   unsigned char* p;
@@ -366,16 +373,29 @@ struct SmemCarve {
 
 __device__ inline const __nv_bfloat16* wmma_ptr(const bf16_t* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
 
-// Rows [r0, r0 + n) of a [rows, cols] bf16 operand (row stride pitch) into a dense shared tile; rows past the end are 0.
-__device__ inline void tc_load(bf16_t* tile, const bf16_t* src, int64_t pitch, int64_t r0, int n, int64_t rows, int cols) {
+// Rows [r0, r0 + n) of a [rows, cols] bf16 operand (row stride pitch) into a shared tile of row pitch ld (cols is a
+// multiple of 16, ld a multiple of 8); rows past the end are 0. 16-byte moves when every source row is 16-byte
+// aligned.
+__device__ inline void tc_load(bf16_t* tile, int ld, const bf16_t* src, int64_t pitch, int64_t r0, int n, int64_t rows,
+                               int cols) {
+  if (reinterpret_cast<uintptr_t>(src) % 16 == 0 && pitch % 8 == 0) {
+    const int per_row = cols / 8;
+    for (int e = threadIdx.x; e < n * per_row; e += blockDim.x) {
+      const int r = e / per_row, c = (e % per_row) * 8;
+      uint4 x = make_uint4(0u, 0u, 0u, 0u);
+      if (r0 + r < rows) x = *reinterpret_cast<const uint4*>(src + (r0 + r) * pitch + c);
+      *reinterpret_cast<uint4*>(tile + r * ld + c) = x;
+    }
+    return;
+  }
   for (int e = threadIdx.x; e < n * cols; e += blockDim.x) {
     const int r = e / cols, c = e % cols;
-    tile[e] = r0 + r < rows ? src[(r0 + r) * pitch + c] : bf16_t{0};
+    tile[r * ld + c] = r0 + r < rows ? src[(r0 + r) * pitch + c] : bf16_t{0};
   }
 }
 
-// C (16 x 16 per fragment, f32, row-major ldc) = A (16 x kdim, bf16, row-major lda) B^T, B stored [16 x kdim] rows
-// (ldb): the scores of 16 rows against 16 keys, or any product with a transposed right operand.
+// C (16 x 16, f32, row pitch ldc) = A (16 x kdim, bf16, row pitch lda) B^T with B stored as 16 rows of kdim (row
+// pitch ldb): 16 rows scored against 16 keys, or any product with a transposed right operand.
 __device__ inline void tc_product_nt(float* c, int ldc, const bf16_t* a, int lda, const bf16_t* b, int ldb, int kdim) {
   FragC acc;
   wm::fill_fragment(acc, 0.0f);
@@ -389,7 +409,7 @@ __device__ inline void tc_product_nt(float* c, int ldc, const bf16_t* a, int lda
   wm::store_matrix_sync(c, acc, unsigned(ldc), wm::mem_row_major);
 }
 
-// acc += A (16 x 32, bf16, row-major lda) B (32 x 16, bf16, row-major ldb).
+// acc += A (16 x 32, bf16, row pitch lda) B (32 x 16, bf16, row pitch ldb).
 __device__ inline void tc_accumulate_nn(FragC& acc, const bf16_t* a, int lda, const bf16_t* b, int ldb) {
   for (int kk = 0; kk < kTcTile / 16; kk++) {
     FragA fa;
@@ -405,70 +425,73 @@ __global__ void __launch_bounds__(kTcWarps * 32)
                                 bf16_t* __restrict__ out, float* __restrict__ lse, int64_t bh_count, int64_t heads,
                                 int64_t tq, int64_t tk, int dk, int dv, Rows qr, Rows kr, Rows vr, Rows orr, float scale) {
   extern __shared__ __align__(128) unsigned char smem_tc[];
+  const int ldq = dk + kPadBf16, ldv = dv + kPadBf16, ldo = dv + kPadF32;
   SmemCarve sm{smem_tc};
-  bf16_t* qs = sm.take<bf16_t>(kTcRows * dk);
-  bf16_t* ks = sm.take<bf16_t>(kTcTile * dk);
-  bf16_t* vs = sm.take<bf16_t>(kTcTile * dv);
-  float* ss = sm.take<float>(kTcRows * kTcTile);   // scores
-  bf16_t* ps = sm.take<bf16_t>(kTcRows * kTcTile); // probabilities
-  float* os = sm.take<float>(kTcRows * dv);         // output accumulator
-  float* ms = sm.take<float>(kTcRows);              // running maximum
-  float* ls = sm.take<float>(kTcRows);              // running sum
+  bf16_t* qs = sm.take<bf16_t>(kTcRows * ldq);
+  bf16_t* ks = sm.take<bf16_t>(kTcTile * ldq);
+  bf16_t* vs = sm.take<bf16_t>(kTcTile * ldv);
+  float* ss = sm.take<float>(kTcRows * kLdS);  // scores; each warp's rows then hold its bf16 P
+  float* os = sm.take<float>(kTcRows * ldo);   // output accumulator
+  float* ms = sm.take<float>(kTcRows);         // running maximum
+  float* ls = sm.take<float>(kTcRows);         // running sum
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wr = 16 * warp;                          // the warp's first row
   const int r = wr + (lane >> 1), half = lane & 1;   // this lane's row, and which 16 of the tile's columns
+  bf16_t* ps = reinterpret_cast<bf16_t*>(ss + wr * kLdS);  // the warp's P: 16 rows of pitch kLdP
   const int64_t i0 = int64_t(blockIdx.x) * kTcRows;
   for (int64_t bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
-    tc_load(qs, q + qr.base(bh, heads), qr.t, i0, kTcRows, tq, dk);
-    for (int e = threadIdx.x; e < kTcRows * dv; e += blockDim.x) os[e] = 0.0f;
+    tc_load(qs, ldq, q + qr.base(bh, heads), qr.t, i0, kTcRows, tq, dk);
+    for (int e = threadIdx.x; e < kTcRows * ldo; e += blockDim.x) os[e] = 0.0f;
     for (int e = threadIdx.x; e < kTcRows; e += blockDim.x) {
       ms[e] = -INFINITY;
       ls[e] = 0.0f;
     }
     for (int64_t t0 = 0; t0 < tk; t0 += kTcTile) {
       __syncthreads();  // the previous tile's readers are done; the set-up above is visible
-      tc_load(ks, k + kr.base(bh, heads), kr.t, t0, kTcTile, tk, dk);
-      tc_load(vs, v + vr.base(bh, heads), vr.t, t0, kTcTile, tk, dv);
+      tc_load(ks, ldq, k + kr.base(bh, heads), kr.t, t0, kTcTile, tk, dk);
+      tc_load(vs, ldv, v + vr.base(bh, heads), vr.t, t0, kTcTile, tk, dv);
       __syncthreads();
       for (int c = 0; c < kTcTile / 16; c++)
-        tc_product_nt(ss + wr * kTcTile + 16 * c, kTcTile, qs + wr * dk, dk, ks + 16 * c * dk, dk, dk);
+        tc_product_nt(ss + wr * kLdS + 16 * c, kLdS, qs + wr * ldq, ldq, ks + 16 * c * ldq, ldq, dk);
       __syncwarp();
-      // Online softmax over this tile; both lanes of a row read its statistics before either changes them.
+      // Online softmax over this tile; both lanes of a row read its statistics and scores before anything of the
+      // row is rewritten.
       const float m_old = ms[r], l_old = ls[r];
       float sv[16], mx = -INFINITY;
       for (int j = 0; j < 16; j++) {
         const int col = 16 * half + j;
-        sv[j] = t0 + col < tk ? ss[r * kTcTile + col] * scale : -INFINITY;
+        sv[j] = t0 + col < tk ? ss[r * kLdS + col] * scale : -INFINITY;
         mx = fmaxf(mx, sv[j]);
       }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       const float m_new = fmaxf(m_old, mx);  // finite: the tile holds at least one key
       const float corr = expf(m_old - m_new);
+      __syncwarp();  // every lane has its scores: P may overwrite them
       float sum = 0.0f;
       for (int j = 0; j < 16; j++) {
         const float p = expf(sv[j] - m_new);  // 0 past the last key
         sum += p;
-        ps[r * kTcTile + 16 * half + j] = float_to_bf16(p);
+        ps[(r - wr) * kLdP + 16 * half + j] = float_to_bf16(p);
       }
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      for (int c = half; c < dv; c += 2) os[r * dv + c] *= corr;
-      __syncwarp();  // P and the rescaled O are visible to the warp; the statistics were read
+      for (int c = half; c < dv; c += 2) os[r * ldo + c] *= corr;
+      __syncwarp();  // P and the rescaled O are visible to the warp
       if (half == 0) {
         ms[r] = m_new;
         ls[r] = l_old * corr + sum;
       }
       for (int c = 0; c < dv / 16; c++) {
         FragC acc;
-        wm::load_matrix_sync(acc, os + wr * dv + 16 * c, unsigned(dv), wm::mem_row_major);
-        tc_accumulate_nn(acc, ps + wr * kTcTile, kTcTile, vs + 16 * c, dv);
-        wm::store_matrix_sync(os + wr * dv + 16 * c, acc, unsigned(dv), wm::mem_row_major);
+        wm::load_matrix_sync(acc, os + wr * ldo + 16 * c, unsigned(ldo), wm::mem_row_major);
+        tc_accumulate_nn(acc, ps, kLdP, vs + 16 * c, ldv);
+        wm::store_matrix_sync(os + wr * ldo + 16 * c, acc, unsigned(ldo), wm::mem_row_major);
       }
     }
     __syncwarp();
     const int64_t obase = orr.base(bh, heads);
     for (int e = lane; e < 16 * dv; e += 32) {
       const int rr = wr + e / dv, c = e % dv;
-      if (i0 + rr < tq) out[obase + (i0 + rr) * orr.t + c] = float_to_bf16(os[rr * dv + c] / ls[rr]);
+      if (i0 + rr < tq) out[obase + (i0 + rr) * orr.t + c] = float_to_bf16(os[rr * ldo + c] / ls[rr]);
     }
     if (lane < 16 && i0 + wr + lane < tq) lse[bh * tq + i0 + wr + lane] = ms[wr + lane] + logf(ls[wr + lane]);
     __syncthreads();  // shared memory is rewritten for the next (batch, head)
@@ -483,23 +506,24 @@ __global__ void __launch_bounds__(kTcWarps * 32)
                            const float* __restrict__ delta, int64_t bh_count, int64_t heads, int64_t tq, int64_t tk,
                            int dk, int dv, Rows qr, Rows kr, Rows vr, Rows orr, float scale) {
   extern __shared__ __align__(128) unsigned char smem_tc[];
+  const int ldq = dk + kPadBf16, ldv = dv + kPadBf16, ldst = dk + kPadF32;
   SmemCarve sm{smem_tc};
-  bf16_t* qs = sm.take<bf16_t>(kTcRows * dk);
-  bf16_t* gs = sm.take<bf16_t>(kTcRows * dv);       // dO rows
-  bf16_t* ks = sm.take<bf16_t>(kTcTile * dk);
-  bf16_t* vs = sm.take<bf16_t>(kTcTile * dv);
-  float* ss = sm.take<float>(kTcRows * kTcTile);     // scores; with dps, the staging area for dQ at the end
-  float* dps = sm.take<float>(kTcRows * kTcTile);    // dP
-  bf16_t* dss = sm.take<bf16_t>(kTcRows * kTcTile);  // dS
+  bf16_t* qs = sm.take<bf16_t>(kTcRows * ldq);
+  bf16_t* gs = sm.take<bf16_t>(kTcRows * ldv);    // dO rows
+  bf16_t* ks = sm.take<bf16_t>(kTcTile * ldq);
+  bf16_t* vs = sm.take<bf16_t>(kTcTile * ldv);
+  float* ss = sm.take<float>(kTcRows * kLdS);     // scores, then each warp's bf16 dS; with dps the staging area
+  float* dps = sm.take<float>(kTcRows * kLdS);    // dP
   float* lse_s = sm.take<float>(kTcRows);
   float* del_s = sm.take<float>(kTcRows);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wr = 16 * warp;
   const int r = wr + (lane >> 1), half = lane & 1;
+  bf16_t* dss = reinterpret_cast<bf16_t*>(ss + wr * kLdS);  // the warp's dS: 16 rows of pitch kLdP
   const int64_t i0 = int64_t(blockIdx.x) * kTcRows;
   for (int64_t bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
-    tc_load(qs, q + qr.base(bh, heads), qr.t, i0, kTcRows, tq, dk);
-    tc_load(gs, dout + orr.base(bh, heads), orr.t, i0, kTcRows, tq, dv);
+    tc_load(qs, ldq, q + qr.base(bh, heads), qr.t, i0, kTcRows, tq, dk);
+    tc_load(gs, ldv, dout + orr.base(bh, heads), orr.t, i0, kTcRows, tq, dv);
     for (int e = threadIdx.x; e < kTcRows; e += blockDim.x) {
       lse_s[e] = i0 + e < tq ? lse[bh * tq + i0 + e] : 0.0f;
       del_s[e] = i0 + e < tq ? delta[bh * tq + i0 + e] : 0.0f;
@@ -508,31 +532,34 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     for (int c = 0; c < dk / 16; c++) wm::fill_fragment(acc[c], 0.0f);
     for (int64_t t0 = 0; t0 < tk; t0 += kTcTile) {
       __syncthreads();
-      tc_load(ks, k + kr.base(bh, heads), kr.t, t0, kTcTile, tk, dk);
-      tc_load(vs, v + vr.base(bh, heads), vr.t, t0, kTcTile, tk, dv);
+      tc_load(ks, ldq, k + kr.base(bh, heads), kr.t, t0, kTcTile, tk, dk);
+      tc_load(vs, ldv, v + vr.base(bh, heads), vr.t, t0, kTcTile, tk, dv);
       __syncthreads();
       for (int c = 0; c < kTcTile / 16; c++) {
-        tc_product_nt(ss + wr * kTcTile + 16 * c, kTcTile, qs + wr * dk, dk, ks + 16 * c * dk, dk, dk);
-        tc_product_nt(dps + wr * kTcTile + 16 * c, kTcTile, gs + wr * dv, dv, vs + 16 * c * dv, dv, dv);
+        tc_product_nt(ss + wr * kLdS + 16 * c, kLdS, qs + wr * ldq, ldq, ks + 16 * c * ldq, ldq, dk);
+        tc_product_nt(dps + wr * kLdS + 16 * c, kLdS, gs + wr * ldv, ldv, vs + 16 * c * ldv, ldv, dv);
       }
       __syncwarp();
+      float dsv[16];
       for (int j = 0; j < 16; j++) {
         const int col = 16 * half + j;
-        const float p = t0 + col < tk ? expf(ss[r * kTcTile + col] * scale - lse_s[r]) : 0.0f;
-        dss[r * kTcTile + col] = float_to_bf16(p * (dps[r * kTcTile + col] - del_s[r]));
+        const float p = t0 + col < tk ? expf(ss[r * kLdS + col] * scale - lse_s[r]) : 0.0f;
+        dsv[j] = p * (dps[r * kLdS + col] - del_s[r]);
       }
+      __syncwarp();  // every lane has read its scores: dS may overwrite them
+      for (int j = 0; j < 16; j++) dss[(r - wr) * kLdP + 16 * half + j] = float_to_bf16(dsv[j]);
       __syncwarp();
-      for (int c = 0; c < dk / 16; c++) tc_accumulate_nn(acc[c], dss + wr * kTcTile, kTcTile, ks + 16 * c, dk);
+      for (int c = 0; c < dk / 16; c++) tc_accumulate_nn(acc[c], dss, kLdP, ks + 16 * c, ldq);
     }
     __syncthreads();  // every warp is done with ss and dps: they become the staging area
-    float* stage = ss;  // [64][dk] f32 fits in ss + dps (dk <= 64)
+    float* stage = ss;  // [64][dk + 4] f32 fits in ss + dps (dk <= 64)
     for (int c = 0; c < dk / 16; c++)
-      wm::store_matrix_sync(stage + wr * dk + 16 * c, acc[c], unsigned(dk), wm::mem_row_major);
+      wm::store_matrix_sync(stage + wr * ldst + 16 * c, acc[c], unsigned(ldst), wm::mem_row_major);
     __syncwarp();
     const int64_t qbase = qr.base(bh, heads);
     for (int e = lane; e < 16 * dk; e += 32) {
       const int rr = wr + e / dk, c = e % dk;
-      if (i0 + rr < tq) dq[qbase + (i0 + rr) * qr.t + c] = float_to_bf16(stage[rr * dk + c] * scale);
+      if (i0 + rr < tq) dq[qbase + (i0 + rr) * qr.t + c] = float_to_bf16(stage[rr * ldst + c] * scale);
     }
     __syncthreads();
   }
@@ -546,94 +573,102 @@ __global__ void __launch_bounds__(kTcWarps * 32)
                              int64_t heads, int64_t tq, int64_t tk, int dk, int dv, Rows qr, Rows kr, Rows vr, Rows orr,
                              float scale) {
   extern __shared__ __align__(128) unsigned char smem_tc[];
+  const int ldq = dk + kPadBf16, ldv = dv + kPadBf16;
   SmemCarve sm{smem_tc};
-  bf16_t* ks = sm.take<bf16_t>(kTcRows * dk);
-  bf16_t* vs = sm.take<bf16_t>(kTcRows * dv);
-  bf16_t* qs = sm.take<bf16_t>(kTcTile * dk);
-  bf16_t* gs = sm.take<bf16_t>(kTcTile * dv);     // dO rows
+  bf16_t* ks = sm.take<bf16_t>(kTcRows * ldq);
+  bf16_t* vs = sm.take<bf16_t>(kTcRows * ldv);
+  bf16_t* qs = sm.take<bf16_t>(kTcTile * ldq);
+  bf16_t* gs = sm.take<bf16_t>(kTcTile * ldv);     // dO rows
   float* lse_s = sm.take<float>(kTcTile);
   float* del_s = sm.take<float>(kTcTile);
-  float* sts = sm.take<float>(kTcRows * kTcTile);   // S^T; then P^T and dS^T in bf16 (each warp in its own rows)
-  float* dpts = sm.take<float>(kTcRows * kTcTile);  // dP^T
+  float* sts = sm.take<float>(kTcRows * kLdS);   // S^T, then each warp's bf16 P^T; with dpts the staging area
+  float* dpts = sm.take<float>(kTcRows * kLdS);  // dP^T, then each warp's bf16 dS^T
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wr = 16 * warp;
   const int r = wr + (lane >> 1), half = lane & 1;
-  // The warp's 16 x 32 f32 rows of sts (2 KiB) hold its P^T (first KiB) and dS^T (second KiB) in bf16.
-  bf16_t* pt = reinterpret_cast<bf16_t*>(sts + wr * kTcTile);
-  bf16_t* dst = pt + 16 * kTcTile;
+  bf16_t* pt = reinterpret_cast<bf16_t*>(sts + wr * kLdS);    // 16 rows of pitch kLdP
+  bf16_t* dst = reinterpret_cast<bf16_t*>(dpts + wr * kLdS);  // 16 rows of pitch kLdP
   const int64_t j0 = int64_t(blockIdx.x) * kTcRows;
   for (int64_t bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
-    tc_load(ks, k + kr.base(bh, heads), kr.t, j0, kTcRows, tk, dk);
-    tc_load(vs, v + vr.base(bh, heads), vr.t, j0, kTcRows, tk, dv);
+    tc_load(ks, ldq, k + kr.base(bh, heads), kr.t, j0, kTcRows, tk, dk);
+    tc_load(vs, ldv, v + vr.base(bh, heads), vr.t, j0, kTcRows, tk, dv);
     FragC acc_k[kTcMaxDim / 16], acc_v[kTcMaxDim / 16];
     for (int c = 0; c < dk / 16; c++) wm::fill_fragment(acc_k[c], 0.0f);
     for (int c = 0; c < dv / 16; c++) wm::fill_fragment(acc_v[c], 0.0f);
     for (int64_t i0 = 0; i0 < tq; i0 += kTcTile) {
       __syncthreads();
-      tc_load(qs, q + qr.base(bh, heads), qr.t, i0, kTcTile, tq, dk);
-      tc_load(gs, dout + orr.base(bh, heads), orr.t, i0, kTcTile, tq, dv);
+      tc_load(qs, ldq, q + qr.base(bh, heads), qr.t, i0, kTcTile, tq, dk);
+      tc_load(gs, ldv, dout + orr.base(bh, heads), orr.t, i0, kTcTile, tq, dv);
       for (int e = threadIdx.x; e < kTcTile; e += blockDim.x) {
         lse_s[e] = i0 + e < tq ? lse[bh * tq + i0 + e] : 0.0f;
         del_s[e] = i0 + e < tq ? delta[bh * tq + i0 + e] : 0.0f;
       }
       __syncthreads();
       for (int c = 0; c < kTcTile / 16; c++) {
-        tc_product_nt(sts + wr * kTcTile + 16 * c, kTcTile, ks + wr * dk, dk, qs + 16 * c * dk, dk, dk);
-        tc_product_nt(dpts + wr * kTcTile + 16 * c, kTcTile, vs + wr * dv, dv, gs + 16 * c * dv, dv, dv);
+        tc_product_nt(sts + wr * kLdS + 16 * c, kLdS, ks + wr * ldq, ldq, qs + 16 * c * ldq, ldq, dk);
+        tc_product_nt(dpts + wr * kLdS + 16 * c, kLdS, vs + wr * ldv, ldv, gs + 16 * c * ldv, ldv, dv);
       }
       __syncwarp();
       float pv[16], dsv[16];
       for (int j = 0; j < 16; j++) {
         const int col = 16 * half + j;  // query i0 + col
-        pv[j] = i0 + col < tq ? expf(sts[r * kTcTile + col] * scale - lse_s[col]) : 0.0f;
-        dsv[j] = pv[j] * (dpts[r * kTcTile + col] - del_s[col]);
+        pv[j] = i0 + col < tq ? expf(sts[r * kLdS + col] * scale - lse_s[col]) : 0.0f;
+        dsv[j] = pv[j] * (dpts[r * kLdS + col] - del_s[col]);
       }
-      __syncwarp();  // every lane has read its S^T before the warp's rows are overwritten with bf16
+      __syncwarp();  // every lane has read its S^T and dP^T before the warp's rows are overwritten with bf16
       for (int j = 0; j < 16; j++) {
         const int col = 16 * half + j;
-        pt[(r - wr) * kTcTile + col] = float_to_bf16(pv[j]);
-        dst[(r - wr) * kTcTile + col] = float_to_bf16(dsv[j]);
+        pt[(r - wr) * kLdP + col] = float_to_bf16(pv[j]);
+        dst[(r - wr) * kLdP + col] = float_to_bf16(dsv[j]);
       }
       __syncwarp();
-      for (int c = 0; c < dv / 16; c++) tc_accumulate_nn(acc_v[c], pt, kTcTile, gs + 16 * c, dv);
-      for (int c = 0; c < dk / 16; c++) tc_accumulate_nn(acc_k[c], dst, kTcTile, qs + 16 * c, dk);
+      for (int c = 0; c < dv / 16; c++) tc_accumulate_nn(acc_v[c], pt, kLdP, gs + 16 * c, ldv);
+      for (int c = 0; c < dk / 16; c++) tc_accumulate_nn(acc_k[c], dst, kLdP, qs + 16 * c, ldq);
     }
     __syncthreads();  // sts and dpts become the staging area
-    float* stage = sts;  // [64][dv or dk] f32 fits in sts + dpts (dims <= 64)
+    float* stage = sts;  // [64][dims + 4] f32 fits in sts + dpts (dims <= 64)
+    const int ldsv = dv + kPadF32, ldsk = dk + kPadF32;
     const int64_t vbase = vr.base(bh, heads), kbase = kr.base(bh, heads);
     for (int c = 0; c < dv / 16; c++)
-      wm::store_matrix_sync(stage + wr * dv + 16 * c, acc_v[c], unsigned(dv), wm::mem_row_major);
+      wm::store_matrix_sync(stage + wr * ldsv + 16 * c, acc_v[c], unsigned(ldsv), wm::mem_row_major);
     __syncwarp();
     for (int e = lane; e < 16 * dv; e += 32) {
       const int rr = wr + e / dv, c = e % dv;
-      if (j0 + rr < tk) dval[vbase + (j0 + rr) * vr.t + c] = float_to_bf16(stage[rr * dv + c]);
+      if (j0 + rr < tk) dval[vbase + (j0 + rr) * vr.t + c] = float_to_bf16(stage[rr * ldsv + c]);
     }
-    __syncwarp();  // the warp's staging rows are read before they take dK
+    __syncthreads();  // every warp has read its dV rows before the staging area takes dK (row pitches differ)
     for (int c = 0; c < dk / 16; c++)
-      wm::store_matrix_sync(stage + wr * dk + 16 * c, acc_k[c], unsigned(dk), wm::mem_row_major);
+      wm::store_matrix_sync(stage + wr * ldsk + 16 * c, acc_k[c], unsigned(ldsk), wm::mem_row_major);
     __syncwarp();
     for (int e = lane; e < 16 * dk; e += 32) {
       const int rr = wr + e / dk, c = e % dk;
-      if (j0 + rr < tk) dkey[kbase + (j0 + rr) * kr.t + c] = float_to_bf16(stage[rr * dk + c] * scale);
+      if (j0 + rr < tk) dkey[kbase + (j0 + rr) * kr.t + c] = float_to_bf16(stage[rr * ldsk + c] * scale);
     }
     __syncthreads();
   }
 }
 
 size_t tc_forward_smem(int dk, int dv) {
-  return round128(size_t(kTcRows * dk) * 2) + round128(size_t(kTcTile * dk) * 2) + round128(size_t(kTcTile * dv) * 2) +
-         round128(size_t(kTcRows * kTcTile) * 4) + round128(size_t(kTcRows * kTcTile) * 2) +
-         round128(size_t(kTcRows * dv) * 4) + 2 * round128(size_t(kTcRows) * 4);
+  const size_t ldq = size_t(dk + kPadBf16), ldv = size_t(dv + kPadBf16), ldo = size_t(dv + kPadF32);
+  return round128(kTcRows * ldq * 2) + round128(kTcTile * ldq * 2) + round128(kTcTile * ldv * 2) +
+         round128(size_t(kTcRows * kLdS) * 4) + round128(kTcRows * ldo * 4) + 2 * round128(size_t(kTcRows) * 4);
 }
 size_t tc_dq_smem(int dk, int dv) {
-  return round128(size_t(kTcRows * dk) * 2) + round128(size_t(kTcRows * dv) * 2) + round128(size_t(kTcTile * dk) * 2) +
-         round128(size_t(kTcTile * dv) * 2) + 2 * round128(size_t(kTcRows * kTcTile) * 4) +
-         round128(size_t(kTcRows * kTcTile) * 2) + 2 * round128(size_t(kTcRows) * 4);
+  const size_t ldq = size_t(dk + kPadBf16), ldv = size_t(dv + kPadBf16);
+  return round128(kTcRows * ldq * 2) + round128(kTcRows * ldv * 2) + round128(kTcTile * ldq * 2) +
+         round128(kTcTile * ldv * 2) + 2 * round128(size_t(kTcRows * kLdS) * 4) + 2 * round128(size_t(kTcRows) * 4);
 }
 size_t tc_dkdv_smem(int dk, int dv) {
-  return round128(size_t(kTcRows * dk) * 2) + round128(size_t(kTcRows * dv) * 2) + round128(size_t(kTcTile * dk) * 2) +
-         round128(size_t(kTcTile * dv) * 2) + 2 * round128(size_t(kTcTile) * 4) + 2 * round128(size_t(kTcRows * kTcTile) * 4);
+  const size_t ldq = size_t(dk + kPadBf16), ldv = size_t(dv + kPadBf16);
+  return round128(kTcRows * ldq * 2) + round128(kTcRows * ldv * 2) + round128(kTcTile * ldq * 2) +
+         round128(kTcTile * ldv * 2) + 2 * round128(size_t(kTcTile) * 4) + 2 * round128(size_t(kTcRows * kLdS) * 4);
 }
+// The staging areas (a warp's 16 rows x 32 of f32 hold its 16 x (32 + 8) bf16; 64 x (64 + 4) f32 fit in two score
+// tiles) and the 48 KiB limit, for the largest dims.
+static_assert(16 * kLdS * 4 >= 16 * kLdP * 2, "a warp's bf16 P must fit in its rows of f32 scores");
+static_assert(2 * kTcRows * kLdS >= kTcRows * (kTcMaxDim + kPadF32), "the staging area must fit in two score tiles");
+
+constexpr size_t kTcSmemLimit = 48 * 1024;  // what a block gets without cudaFuncSetAttribute
 
 dim3 tc_grid(int64_t rows, int64_t bh) {
   return dim3(unsigned((rows + kTcRows - 1) / kTcRows), unsigned(std::min<int64_t>(bh, 65535)));
@@ -661,6 +696,8 @@ void CudaBackend::attention_forward(const AttentionArgs& a) {
   ENG_CHECK((a.tq + kAttnWarps - 1) / kAttnWarps <= int64_t(INT32_MAX), "attention_forward: too many query rows");
   if (tc_attention_ok(a)) {
     const int dk = int(a.head_dim), dv = int(a.v_dim);
+    ENG_CHECK(tc_forward_smem(dk, dv) <= kTcSmemLimit, "internal: attention forward needs {} bytes of shared memory",
+              tc_forward_smem(dk, dv));
     attention_forward_tc_kernel<<<tc_grid(a.tq, bh), kTcWarps * 32, tc_forward_smem(dk, dv)>>>(
         static_cast<const bf16_t*>(a.q), static_cast<const bf16_t*>(a.k), static_cast<const bf16_t*>(a.v),
         static_cast<bf16_t*>(a.out), static_cast<float*>(a.lse), bh, a.heads, a.tq, a.tk, dk, dv,
@@ -706,6 +743,9 @@ void CudaBackend::attention_backward(const AttentionArgs& a) {
     if constexpr (std::is_same<T, bf16_t>::value) {
       if (tc_attention_ok(a)) {
         const int dk = int(a.head_dim), dv = int(a.v_dim);
+        ENG_CHECK(tc_dq_smem(dk, dv) <= kTcSmemLimit && tc_dkdv_smem(dk, dv) <= kTcSmemLimit,
+                  "internal: attention backward needs {} / {} bytes of shared memory", tc_dq_smem(dk, dv),
+                  tc_dkdv_smem(dk, dv));
         attention_dq_tc_kernel<<<tc_grid(a.tq, bh), kTcWarps * 32, tc_dq_smem(dk, dv)>>>(
             static_cast<bf16_t*>(a.dq), static_cast<const bf16_t*>(a.q), static_cast<const bf16_t*>(a.k),
             static_cast<const bf16_t*>(a.v), static_cast<const bf16_t*>(a.dout), static_cast<const float*>(a.lse),
