@@ -41,6 +41,26 @@ double bf16_ratio(const Tensor& gpu, const Tensor& ref) {
   return bound_ratio(g, r, bound);
 }
 
+// One row-major product C (m x n, row pitch ldc) = op(A) op(B) of contiguous operands, alpha 1, beta 0, no batch:
+// the GemmArgs the single-matrix cases start from.
+eng::GemmArgs gemm_args(DType dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const Tensor& a, const Tensor& b,
+                        Tensor& c, int64_t ldc) {
+  eng::GemmArgs g;
+  g.dtype = dt;
+  g.trans_a = ta;
+  g.trans_b = tb;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a.raw_data();
+  g.lda = ta ? m : k;
+  g.b = b.raw_data();
+  g.ldb = tb ? k : n;
+  g.c = c.raw_data();
+  g.ldc = ldc;
+  return g;
+}
+
 // A [rows, cols] view with non-unit strides on `dev`: the transpose of a contiguous [cols, rows] tensor.
 Tensor transposed_on(const Shape& s, uint64_t seed, Device dev, DType dt = DType::F32) {
   return normal({s[1], s[0]}, seed, dt).to(dev).detach().t();
@@ -602,23 +622,13 @@ TEST_SUITE("gpu kernels") {
         Tensor C0 = normal({batch, m, n + pad}, 220 + uint64_t(t), dt);
         auto run = [&](Device dev, int64_t stride_a) {
           Tensor a = on(A, dev), b = on(B, dev), c = on(C0, dev);
-          eng::GemmArgs g;
-          g.dtype = dt;
-          g.trans_a = ta;
-          g.trans_b = tb;
-          g.m = m;
-          g.n = n;
-          g.k = k;
+          eng::GemmArgs g = gemm_args(dt, ta, tb, m, n, k, a, b, c, n + pad);
           g.alpha = 0.75;
           g.beta = 0.5;
-          g.a = a.raw_data();
           g.lda = ac;
           g.stride_a = stride_a;
-          g.b = b.raw_data();
           g.ldb = bc;
           g.stride_b = br * bc;
-          g.c = c.raw_data();
-          g.ldc = n + pad;
           g.stride_c = m * (n + pad);
           g.batch = batch;
           eng::backend_for(dev).gemm(g);
@@ -665,18 +675,7 @@ TEST_SUITE("gpu kernels") {
     Tensor A = normal({m, k}, 240), B = normal({k, n}, 241);
     auto gemm_on = [&](Device dev, DType dt, const Tensor& a, const Tensor& b) {
       Tensor c = Tensor::zeros({m, n}, dt, dev);
-      eng::GemmArgs g;
-      g.dtype = dt;
-      g.m = m;
-      g.n = n;
-      g.k = k;
-      g.a = a.raw_data();
-      g.lda = k;
-      g.b = b.raw_data();
-      g.ldb = n;
-      g.c = c.raw_data();
-      g.ldc = n;
-      eng::backend_for(dev).gemm(g);
+      eng::backend_for(dev).gemm(gemm_args(dt, false, false, m, n, k, a, b, c, n));
       return c;
     };
     Tensor ref = gemm_on(cpu(), DType::F64, A.to(DType::F64), B.to(DType::F64));
@@ -702,21 +701,9 @@ TEST_SUITE("gpu kernels") {
     Tensor A = normal({batch, k, m}, 250).to(DType::BF16), B = normal({batch, n, k}, 251).to(DType::BF16);
     Tensor ga = on(A, cuda()), gb = on(B, cuda());
     Tensor gc = Tensor::zeros({batch, m, n}, DType::BF16, cuda());
-    eng::GemmArgs g;
-    g.dtype = DType::BF16;
-    g.trans_a = true;
-    g.trans_b = true;
-    g.m = m;
-    g.n = n;
-    g.k = k;
-    g.a = ga.raw_data();
-    g.lda = m;
+    eng::GemmArgs g = gemm_args(DType::BF16, true, true, m, n, k, ga, gb, gc, n);
     g.stride_a = k * m;
-    g.b = gb.raw_data();
-    g.ldb = k;
     g.stride_b = n * k;
-    g.c = gc.raw_data();
-    g.ldc = n;
     g.stride_c = m * n;
     g.batch = batch;
     gpu_backend().gemm(g);
@@ -743,18 +730,7 @@ TEST_SUITE("gpu kernels") {
         CAPTURE(int(epi));
         Tensor gx = on(x, cuda()), gw = on(w, cuda()), gbias = on(bias, cuda());
         Tensor c = Tensor::zeros({m, n}, dt, cuda()), pre = Tensor::zeros({m, n}, dt, cuda());
-        eng::GemmArgs g;
-        g.dtype = dt;
-        g.trans_b = true;
-        g.m = m;
-        g.n = n;
-        g.k = k;
-        g.a = gx.raw_data();
-        g.lda = k;
-        g.b = gw.raw_data();
-        g.ldb = k;
-        g.c = c.raw_data();
-        g.ldc = n;
+        eng::GemmArgs g = gemm_args(dt, false, true, m, n, k, gx, gw, c, n);
         g.epilogue = epi;
         g.bias = gbias.raw_data();
         g.pre_gelu = pre.raw_data();
@@ -787,17 +763,7 @@ TEST_SUITE("gpu kernels") {
       Tensor pre_padded = Tensor::zeros({m, ldc}, dt), c_padded = Tensor::zeros({m, ldc}, dt, cuda());
       pre_padded.narrow(1, 0, n).copy_(pre_ref);
       Tensor gdy = on(dy, cuda()), gw2 = on(w2, cuda()), gpre = on(pre_padded, cuda());
-      eng::GemmArgs g;
-      g.dtype = dt;
-      g.m = m;
-      g.n = n;
-      g.k = k;
-      g.a = gdy.raw_data();
-      g.lda = k;
-      g.b = gw2.raw_data();
-      g.ldb = n;
-      g.c = c_padded.raw_data();
-      g.ldc = ldc;
+      eng::GemmArgs g = gemm_args(dt, false, false, m, n, k, gdy, gw2, c_padded, ldc);
       g.epilogue = eng::GemmEpilogue::GeluGrad;
       g.pre_gelu = gpre.raw_data();
       gpu_backend().gemm(g);
