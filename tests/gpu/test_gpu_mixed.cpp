@@ -118,9 +118,19 @@ struct TrainRun {
   std::vector<Tensor> params;
 };
 
-// A few AdamW steps of mae_test_tiny on wave images, on `dev`, computing in `compute`.
-TrainRun train_mae(Device dev, DType compute, int64_t steps) {
-  model::MaskedAutoencoder mae(model::mae_config("mae_test_tiny"), 5);
+// mae_test_tiny with 16-wide heads (2 heads of 16 in the encoder and in the decoder): its bf16 attention takes the
+// tensor-core path, where mae_test_tiny's 8- and 4-wide heads take the scalar kernel.
+model::MaeConfig tiny_with_16_wide_heads() {
+  model::MaeConfig c = model::mae_config("mae_test_tiny");
+  c.embed_dim = 32;
+  c.decoder_embed_dim = 32;
+  return c;
+}
+
+// A few AdamW steps of a small MAE (mae_test_tiny unless given) on wave images, on `dev`, computing in `compute`.
+TrainRun train_mae(Device dev, DType compute, int64_t steps,
+                   const model::MaeConfig& cfg = model::mae_config("mae_test_tiny")) {
+  model::MaskedAutoencoder mae(cfg, 5);
   model_to(mae, dev);
   mae.set_compute_dtype(compute);
   std::vector<Tensor> params;
@@ -555,36 +565,40 @@ TEST_SUITE("gpu mixed precision") {
     CHECK(norm_rel(feats, mae.encode_all(imgs)) <= 0.06);
   }
 
-  TEST_CASE("a short bf16 training run follows the f32 run's losses and repeats bit for bit") {
+  TEST_CASE("a short bf16 training run (scalar and tensor-core attention) follows the f32 run and repeats bit for bit") {
     GPU_TEST_OR_SKIP();
     const int64_t steps = 12;
-    TrainRun c = train_mae(cpu(), DType::F32, steps);
-    TrainRun g = train_mae(cuda(), DType::BF16, steps);
-    TrainRun g2 = train_mae(cuda(), DType::BF16, steps);
-    double worst = 0;
-    for (int64_t s = 0; s < steps; s++) {
-      const double e = std::fabs(g.losses[size_t(s)] - c.losses[size_t(s)]) / std::fabs(c.losses[size_t(s)]);
-      worst = std::max(worst, e);
-    }
-    MESSAGE("losses f32 (cpu) " << c.losses.front() << " -> " << c.losses.back() << ", bf16 (cuda) " << g.losses.front()
-                                << " -> " << g.losses.back() << "; largest relative step difference " << worst);
-    // Step 0 differs only by the forward's rounding, bounded as in the fixture case (2%; measured there 0.1%).
-    // Each later step adds the drift of the weights: AdamW moves a weight by about lr = 2e-3 per step whatever the
-    // gradient's scale, and bf16 changes a step's direction only where a gradient element is within its few-%
-    // error of zero, so after 12 steps the runs' weights differ by a small fraction of 12 lr = 0.024 (the weights
-    // are ~0.1-0.3), which moves the loss by less than the forward's rounding does. Bound: 2% at every step.
-    CHECK(worst <= 0.02);
-    double first = 0, last = 0;
-    for (int64_t s = 0; s < 4; s++) {
-      first += c.losses[size_t(s)];
-      last += c.losses[size_t(steps - 4 + s)];
-    }
-    CHECK(last < first);  // the f32 run learns, so "follows" is about a moving curve
-    CHECK(g.losses == g2.losses);
-    REQUIRE(g.params.size() == g2.params.size());
-    for (size_t i = 0; i < g.params.size(); i++) {
-      CHECK(g.params[i].dtype() == DType::F32);
-      CHECK(same_bits(g.params[i], g2.params[i]));
+    for (const model::MaeConfig& cfg : {model::mae_config("mae_test_tiny"), tiny_with_16_wide_heads()}) {
+      const std::string heads = cfg.embed_dim == 16 ? "8-wide heads (scalar attention)" : "16-wide heads (tensor cores)";
+      CAPTURE(heads);
+      TrainRun c = train_mae(cpu(), DType::F32, steps, cfg);
+      TrainRun g = train_mae(cuda(), DType::BF16, steps, cfg);
+      TrainRun g2 = train_mae(cuda(), DType::BF16, steps, cfg);
+      double worst = 0;
+      for (int64_t s = 0; s < steps; s++) {
+        const double e = std::fabs(g.losses[size_t(s)] - c.losses[size_t(s)]) / std::fabs(c.losses[size_t(s)]);
+        worst = std::max(worst, e);
+      }
+      MESSAGE("losses f32 (cpu) " << c.losses.front() << " -> " << c.losses.back() << ", bf16 (cuda) " << g.losses.front()
+                                  << " -> " << g.losses.back() << "; largest relative step difference " << worst);
+      // Step 0 differs only by the forward's rounding, bounded as in the fixture case (2%; measured there 0.1%).
+      // Each later step adds the drift of the weights: AdamW moves a weight by about lr = 2e-3 per step whatever the
+      // gradient's scale, and bf16 changes a step's direction only where a gradient element is within its few-%
+      // error of zero, so after 12 steps the runs' weights differ by a small fraction of 12 lr = 0.024 (the weights
+      // are ~0.1-0.3), which moves the loss by less than the forward's rounding does. Bound: 2% at every step.
+      CHECK(worst <= 0.02);
+      double first = 0, last = 0;
+      for (int64_t s = 0; s < 4; s++) {
+        first += c.losses[size_t(s)];
+        last += c.losses[size_t(steps - 4 + s)];
+      }
+      CHECK(last < first);  // the f32 run learns, so "follows" is about a moving curve
+      CHECK(g.losses == g2.losses);
+      REQUIRE(g.params.size() == g2.params.size());
+      for (size_t i = 0; i < g.params.size(); i++) {
+        CHECK(g.params[i].dtype() == DType::F32);
+        CHECK(same_bits(g.params[i], g2.params[i]));
+      }
     }
   }
 
