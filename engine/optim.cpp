@@ -435,7 +435,15 @@ static std::vector<double> per_param_sum_squares(const std::vector<Tensor>& para
   return sums;
 }
 
+// Off the CPU, the norm comes from the device's global_norm with one read-back instead of one per parameter.
+static bool any_grad_off_cpu(const std::vector<Tensor>& params) {
+  for (const Tensor& p : params)
+    if (p.defined() && p.grad().defined() && !p.grad().device().is_cpu()) return true;
+  return false;
+}
+
 double grad_norm(const std::vector<Tensor>& params) {
+  if (any_grad_off_cpu(params)) return grad_norm_tensor(params).item();
   double total = 0;
   for (double s : per_param_sum_squares(params)) total += s;
   return std::sqrt(total);
@@ -492,12 +500,10 @@ Tensor grad_norm_tensor(const std::vector<Tensor>& params) {
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite) {
   ENG_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be > 0, got {}", max_norm);
-  std::vector<double> sums = per_param_sum_squares(params);
-  double total = 0;
-  for (double s : sums) total += s;
-  double norm = std::sqrt(total);
+  const double norm = grad_norm(params);
   if (!std::isfinite(norm)) {
     if (error_if_nonfinite) {
+      const std::vector<double> sums = per_param_sum_squares(params);
       for (size_t k = 0; k < sums.size(); k++)
         ENG_CHECK(std::isfinite(sums[k]), "clip_grad_norm: the gradient of parameter {} {} is not finite (norm {})", k,
                   shape_str(params[k].shape()), std::sqrt(sums[k]));

@@ -583,6 +583,13 @@ TEST_SUITE("gpu kernels") {
         REQUIRE(rel_err(gopt.exp_avg_sq(k), copt.exp_avg_sq(k)) <= tol);
         REQUIRE(rel_err(gp[k], cp[k]) <= tol);
       }
+      // The host-side helpers on cuda go through the same device norm (one read-back): grad_norm, and
+      // clip_grad_norm, which scales the gradients in place as on the cpu.
+      set_grads(4);
+      CHECK(std::fabs(eng::grad_norm(gp) - eng::grad_norm(cp)) <= 1e-14 * eng::grad_norm(cp));
+      const double cpu_norm = eng::clip_grad_norm(cp, limit), gpu_norm = eng::clip_grad_norm(gp, limit);
+      CHECK(std::fabs(gpu_norm - cpu_norm) <= 1e-14 * cpu_norm);
+      for (size_t k = 0; k < cp.size(); k++) REQUIRE(rel_err(gp[k].grad(), cp[k].grad()) <= tol);
       // A NaN in one gradient: the norm is NaN and the step changes no parameter and no moment.
       set_grads(3);
       std::vector<double> g5 = gp[5].grad().to_vector<double>();
