@@ -47,7 +47,7 @@ CXXFLAGS := $(CXXSTD) $(WARN) $(OPT) -fno-math-errno -fopenmp -MMD -MP $(SAN)
 LDFLAGS  := -fopenmp $(SAN)
 LDLIBS   := -lfmt -lz -lpthread
 ifeq ($(CUDA),1)
-NVCCFLAGS := -std=c++17 -O3 -I. -DENGINE_WITH_CUDA=1 --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
+NVCCFLAGS := -std=c++17 -O3 -I. -DENGINE_WITH_CUDA=1 $(if $(HAVE_CUDNN),-DENG_WITH_CUDNN=1) --expt-relaxed-constexpr -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 $(if $(PROFILE),-lineinfo)
 LDLIBS   += $(foreach d,$(CUDA_LIBDIRS),-L$(d) -Wl,-rpath,$(d)) -lcudart -lcublas -lcublasLt $(if $(HAVE_CUDNN),-lcudnn) $(if $(HAVE_NCCL),-lnccl)
 endif
@@ -179,9 +179,10 @@ test-gpu-emu: $(EMU_BUILD)/run_tests_gpu_emu
 
 # The part of it CI runs after make test, so that a change breaking the CUDA kernels' logic shows on a machine
 # without a GPU: every registered op forward and backward on emulated CUDA against the CPU, the multi-tensor AdamW
-# and device-side norm, the GEMM epilogues, bf16 attention on the tensor-core path, deferred index errors and the
-# golden MAE fixture in f32 and bf16. About 1.5 minutes after a 5-minute build on 2 cores.
-GPU_EMU_QUICK := every registered op*,multi-tensor*,GEMM epilogues*,attention_qkv in bf16*,out-of-range*,golden MAE fixture*
+# and device-side norm, the GEMM epilogues, bf16 attention on the tensor-core path, the attention implementation
+# choice (own kernels vs cuDNN), deferred index errors and the golden MAE fixture in f32 and bf16. About 1.5
+# minutes after a 5-minute build on 2 cores.
+GPU_EMU_QUICK := every registered op*,multi-tensor*,GEMM epilogues*,attention_qkv in bf16*,attention implementation choice*,out-of-range*,golden MAE fixture*
 test-gpu-emu-quick: $(EMU_BUILD)/run_tests_gpu_emu
 	ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=0 $< -ts='gpu*' -tc='$(GPU_EMU_QUICK)'
 

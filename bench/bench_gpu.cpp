@@ -24,6 +24,8 @@
 #ifdef ENGINE_WITH_CUDA
 #include <cublasLt.h>
 #include <cuda_runtime.h>
+
+#include "engine/backends/cuda/attention_impl.h"
 #endif
 
 #ifndef ENGINE_WITH_CUDA
@@ -196,8 +198,9 @@ void bench_gemm() {
 
 // The fused attention of the ViT-B/16 MAE step (batch 256): the encoder's 50 tokens x 12 heads of 64, the
 // decoder's 197 tokens x 16 heads of 32. Forward: QK^T and PV; backward: the scores again, dP, dV, dQ, dK. TFLOP/s
-// against cuBLASLt's best on the 4096^3 square in the same dtype (bf16 takes the tensor-core kernels; f32 the
-// scalar ones, against the f32 GEMM).
+// against cuBLASLt's best on the 4096^3 square in the same dtype. bf16 runs twice: the engine's tensor-core kernels,
+// then the default choice (cuDNN's fused attention where it runs, attention_impl.h); f32 runs the scalar kernels,
+// against the f32 GEMM.
 void bench_attention() {
   struct Shape {
     const char* name;
@@ -205,10 +208,20 @@ void bench_attention() {
   };
   const Shape shapes[] = {{"vit-b encoder (50 tokens)", 256, 12, 50, 64}, {"vit-b decoder (197 tokens)", 256, 16, 197, 32}};
   eng::Backend& be = eng::backend_for(eng::Device::cuda());
-  std::printf("\nattention (TFLOP/s)                    batch heads tokens dim  dtype     fwd     bwd   vs GEMM peak\n");
-  for (DType dt : {DType::BF16, DType::F32}) {
-    const char* mode = dt == DType::BF16 ? "bf16" : "f32";
-    const double peak = g_square_best.count(mode) ? g_square_best[mode] : 0.0;
+  using eng::cuda::AttentionImpl;
+  std::printf("\nattention (TFLOP/s)                    batch heads tokens dim  impl        fwd     bwd   vs GEMM peak\n");
+  struct Mode {
+    DType dt;
+    AttentionImpl impl;  // Auto: cuDNN where it runs (the row says which ran each direction)
+  };
+  std::vector<Mode> modes = {{DType::BF16, AttentionImpl::Own}};
+  if (eng::cuda::cudnn_attention_compiled()) modes.push_back({DType::BF16, AttentionImpl::Auto});
+  modes.push_back({DType::F32, AttentionImpl::Own});
+  for (const Mode& m : modes) {
+    const DType dt = m.dt;
+    const char* dtype = dt == DType::BF16 ? "bf16" : "f32";
+    const double peak = g_square_best.count(dtype) ? g_square_best[dtype] : 0.0;
+    eng::cuda::AttentionImplScope impl_scope(m.impl);
     for (const Shape& s : shapes) {
       Tensor q = randn({s.b, s.h, s.t, s.d}, dt, 11), k = randn({s.b, s.h, s.t, s.d}, dt, 12);
       Tensor v = randn({s.b, s.h, s.t, s.d}, dt, 13), dout = randn({s.b, s.h, s.t, s.d}, dt, 14);
@@ -233,15 +246,24 @@ void bench_attention() {
       a.dk = dk.raw_data();
       a.dv = dv.raw_data();
       const double product = 2.0 * double(s.b * s.h) * double(s.t) * double(s.t) * double(s.d);
+      const eng::cuda::AttentionCounts c0 = eng::cuda::attention_counts();
       const double fwd = 2.0 * product / time_it([&] { be.attention_forward(a); }) * 1e-12;
+      const eng::cuda::AttentionCounts c1 = eng::cuda::attention_counts();
       const double bwd = 5.0 * product / time_it([&] { be.attention_backward(a); }) * 1e-12;
-      std::printf("%-38s %5lld %5lld %6lld %3lld  %-5s %7.1f %7.1f   %5.1f%% / %.1f%%\n", s.name, (long long)s.b,
-                  (long long)s.h, (long long)s.t, (long long)s.d, mode, fwd, bwd, peak > 0 ? 100.0 * fwd / peak : 0.0,
-                  peak > 0 ? 100.0 * bwd / peak : 0.0);
-      g_summary.push_back({std::string("attention fwd ") + mode + " " + s.name, "TFLOP/s", fwd, peak});
-      g_summary.push_back({std::string("attention bwd ") + mode + " " + s.name, "TFLOP/s", bwd, peak});
+      const eng::cuda::AttentionCounts c2 = eng::cuda::attention_counts();
+      // Which implementation ran (the timed calls are all the same one after the first, checked call).
+      const bool cudnn_fwd = c1.cudnn_forward > c0.cudnn_forward, cudnn_bwd = c2.cudnn_backward > c1.cudnn_backward;
+      const std::string impl = std::string(dtype) + " " + (cudnn_fwd ? "cudnn" : "own") + "/" + (cudnn_bwd ? "cudnn" : "own");
+      std::printf("%-38s %5lld %5lld %6lld %3lld  %-10s %7.1f %7.1f   %5.1f%% / %.1f%%\n", s.name, (long long)s.b,
+                  (long long)s.h, (long long)s.t, (long long)s.d, impl.c_str(), fwd, bwd,
+                  peak > 0 ? 100.0 * fwd / peak : 0.0, peak > 0 ? 100.0 * bwd / peak : 0.0);
+      g_summary.push_back({std::string("attention fwd ") + dtype + " " + (cudnn_fwd ? "cudnn " : "own ") + s.name,
+                           "TFLOP/s", fwd, peak});
+      g_summary.push_back({std::string("attention bwd ") + dtype + " " + (cudnn_bwd ? "cudnn " : "own ") + s.name,
+                           "TFLOP/s", bwd, peak});
     }
   }
+  std::printf("%s\n", eng::cuda::cudnn_attention_report().c_str());
 }
 
 // ---------------------------------------------------------------- memory-bound kernels

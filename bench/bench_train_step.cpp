@@ -31,6 +31,9 @@
 #include "engine/optim.h"
 #include "model/mae.h"
 #include "moce/device.h"
+#ifdef ENGINE_WITH_CUDA
+#include "engine/backends/cuda/attention_impl.h"
+#endif
 
 using namespace eng;
 
@@ -207,6 +210,15 @@ int main(int argc, char** argv) {
     std::printf("peak memory of the training step: %.1f MiB (allocator peak); peak RSS growth over the steps %.0f MiB\n",
                 double(peak) / (1 << 20), double(ru.ru_maxrss) / 1024.0 - rss_before);
     if (dev.is_cuda()) std::printf("gpu_peak_mib: %.0f\n", double(peak) / (1 << 20));
+#ifdef ENGINE_WITH_CUDA
+    if (dev.is_cuda()) {
+      const eng::cuda::AttentionCounts c = eng::cuda::attention_counts();
+      std::printf("attention calls: forward %lld cuDNN / %lld own, backward %lld cuDNN / %lld own (ENG_ATTENTION=%s)\n",
+                  (long long)c.cudnn_forward, (long long)c.own_forward, (long long)c.cudnn_backward,
+                  (long long)c.own_backward, eng::cuda::attention_impl_name(eng::cuda::attention_impl()));
+      std::printf("%s\n", eng::cuda::cudnn_attention_report().c_str());
+    }
+#endif
     std::printf("steady-state step: %zu tensor allocations, %zu from the system; %lld small heap objects\n", req, sys,
                 heap);
   }

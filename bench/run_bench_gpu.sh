@@ -2,7 +2,8 @@
 # run_bench_gpu.sh: what `make bench-gpu` runs on a machine with a GPU. First bench_gpu (GEMM against cuBLASLt's
 # best, memory-bound kernels against a device-to-device copy), then the training workload, MAE ViT-B/16 at
 # 224, batch 256, bf16 mixed precision: bench_train_step --device cuda and its PyTorch peer (bench/peer_train_step.py
-# under torch.autocast, when a torch with CUDA imports) in alternating rounds, and the medians as ratio lines.
+# under torch.autocast, when a torch with CUDA imports) in alternating rounds, and the medians as ratio lines; then
+# one more run of ours with the engine's own attention kernels (ENG_ATTENTION=own) in place of cuDNN's.
 # Usage: bash bench/run_bench_gpu.sh [build-dir]. Environment: BENCH_ROUNDS (3), BENCH_GPU_CONFIG
 # (mae_vit_base_patch16), BENCH_GPU_BATCH (256), BENCH_GPU_PRECISION (bf16; or f32, tf32).
 set -euo pipefail
@@ -65,3 +66,12 @@ else
   echo "GPU memory of the training step: $mem MiB"
 fi
 echo "model FLOPs utilisation: $mfu of the $precision dense peak (bench_train_step's mfu line)"
+grep -m1 "^attention calls:" "${ours[0]}" || true
+
+# The same step with the engine's own attention kernels instead of cuDNN's (ENG_ATTENTION=own), once, to show what
+# cuDNN's fused attention is worth inside the step.
+if [ "$precision" = bf16 ]; then
+  echo "== once more with ENG_ATTENTION=own"
+  ENG_ATTENTION=own "$build/bench/bench_train_step" --device cuda --precision "$precision" --config "$config" \
+    --batch "$batch" --steps 10 --warmup 3 2>/dev/null | tee "$build/bench-gpu-train-own-attention.out" | grep -E "^(train_step|mfu|attention calls):" || true
+fi

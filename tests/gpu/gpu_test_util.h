@@ -4,6 +4,7 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -13,6 +14,9 @@
 #include "engine/backend.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#ifdef ENGINE_WITH_CUDA
+#include "engine/backends/cuda/attention_impl.h"
+#endif
 
 namespace gputest {
 
@@ -99,6 +103,39 @@ inline double bound_ratio(const std::vector<double>& a, const std::vector<double
     worst = std::max(worst, e / std::max(bound[i], 1e-300));
   }
   return worst;
+}
+
+// While alive, bf16 attention runs the engine's own kernels, not cuDNN's (for bounds derived for our kernels).
+struct OwnAttentionKernels {
+#ifdef ENGINE_WITH_CUDA
+  eng::cuda::AttentionImplScope scope{eng::cuda::AttentionImpl::Own};
+#endif
+};
+
+inline bool cudnn_attention_built() {
+#ifdef ENGINE_WITH_CUDA
+  return eng::cuda::cudnn_attention_compiled();
+#else
+  return false;
+#endif
+}
+
+// Fused-attention calls so far: {cuDNN forward, cuDNN backward, own forward, own backward}.
+inline std::array<int64_t, 4> attention_counts_now() {
+#ifdef ENGINE_WITH_CUDA
+  const eng::cuda::AttentionCounts c = eng::cuda::attention_counts();
+  return {c.cudnn_forward, c.cudnn_backward, c.own_forward, c.own_backward};
+#else
+  return {0, 0, 0, 0};
+#endif
+}
+
+inline std::string cudnn_attention_report_now() {
+#ifdef ENGINE_WITH_CUDA
+  return eng::cuda::cudnn_attention_report();
+#else
+  return "no CUDA backend in this build";
+#endif
 }
 
 }  // namespace gputest

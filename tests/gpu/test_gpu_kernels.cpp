@@ -780,8 +780,101 @@ TEST_SUITE("gpu kernels") {
 
   // ---------------------------------------------------------------- attention
 
+  // Fused attention of q, k, v (host tensors) on the GPU backend, forward then backward with dout = w:
+  // {out, dq, dk, dv}.
+  std::vector<Tensor> fused_attention(Backend& be, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& w,
+                                      double scale) {
+    const DType dt = q.dtype();
+    const int64_t b = q.shape()[0], h = q.shape()[1], tq = q.shape()[2], tk = k.shape()[2], d = q.shape()[3],
+                  dvd = v.shape()[3];
+    Tensor gq = on(q, cuda()), gk = on(k, cuda()), gv = on(v, cuda()), gw = on(w, cuda());
+    const DType lse_dt = dt == DType::F64 ? DType::F64 : DType::F32;
+    Tensor out = Tensor::empty({b, h, tq, dvd}, dt, cuda()), lse = Tensor::empty({b, h, tq}, lse_dt, cuda());
+    Tensor dq = Tensor::empty(q.shape(), dt, cuda()), dk = Tensor::empty(k.shape(), dt, cuda());
+    Tensor dv = Tensor::empty(v.shape(), dt, cuda());
+    eng::AttentionArgs a;
+    a.dtype = dt;
+    a.batch = b;
+    a.heads = h;
+    a.tq = tq;
+    a.tk = tk;
+    a.head_dim = d;
+    a.v_dim = dvd;
+    a.scale = scale;
+    a.q = gq.raw_data();
+    a.k = gk.raw_data();
+    a.v = gv.raw_data();
+    a.out = out.raw_data();
+    a.lse = lse.raw_data();
+    be.attention_forward(a);
+    a.dout = gw.raw_data();
+    a.dq = dq.raw_data();
+    a.dk = dk.raw_data();
+    a.dv = dv.raw_data();
+    be.attention_backward(a);
+    return {out, dq, dk, dv};
+  }
+
+  // The f64 reference of fused_attention on the same (bf16) values: {out, dq, dk, dv}.
+  std::vector<Tensor> attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& w,
+                                          double scale, DType ref_dt) {
+    Tensor rq = q.to(ref_dt).detach().requires_grad_(), rk = k.to(ref_dt).detach().requires_grad_();
+    Tensor rv = v.to(ref_dt).detach().requires_grad_();
+    Tensor ref = eng::attention(rq, rk, rv, scale);
+    eng::sum(eng::mul(ref, w.to(ref_dt))).backward();
+    return {ref.detach(), rq.grad(), rk.grad(), rv.grad()};
+  }
+
+  // Per-element terms a bf16 fused attention adds to the bound 2^-8 |ref| + 1e-4 max |ref| (want: the f64 reference).
+  //  - The backward reads the bf16-rounded output O in D_i = sum_d dO_id O_id, so D_i is off by up to
+  //    dD_i = 2^-8 sum_d |dO_id| |O_id|, which moves dq_i by scale dD_i sum_j P_ij |k_j| and dk_j by
+  //    scale sum_i P_ij dD_i |q_i| (dv does not use D).
+  //  - rounds_p_ds (the tensor-core kernels, and cuDNN's): the left operand of each second product is rounded to
+  //    bf16 first: P in O = P V and P^T in dV = P^T dO, dS in dQ = scale dS K and dS^T in dK = scale dS^T Q. Each
+  //    rounding moves a product by at most 2^-8 times the product of the absolute values; the stored O carries that
+  //    term too, and so does D_i (as dD above).
+  std::vector<Tensor> bf16_attention_extra(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& w,
+                                           const std::vector<Tensor>& want, double scale, bool rounds_p_ds) {
+    eng::NoGradGuard ng;
+    std::vector<Tensor> extra(4);
+    Tensor q64 = q.to(DType::F64), k64 = k.to(DType::F64), w64 = w.to(DType::F64);
+    Tensor P = eng::softmax(eng::mul(eng::matmul(q64, k64.transpose(-2, -1)), scale), -1);
+    Tensor dD = eng::mul(eng::sum(eng::mul(eng::abs(w64), eng::abs(want[0])), {-1}, true), kBf16U);
+    extra[1] = eng::mul(eng::mul(dD, eng::matmul(P, eng::abs(k64))), scale);
+    extra[2] = eng::mul(eng::matmul(eng::mul(P, dD).transpose(-2, -1), eng::abs(q64)), scale);
+    if (rounds_p_ds) {
+      Tensor v64 = v.to(DType::F64);
+      Tensor dP = eng::matmul(w64, v64.transpose(-2, -1));
+      Tensor D = eng::sum(eng::mul(w64, want[0]), {-1}, true);
+      Tensor dS = eng::abs(eng::mul(P, eng::sub(dP, D)));
+      extra[0] = eng::mul(eng::matmul(P, eng::abs(v64)), kBf16U);
+      Tensor dD2 = eng::sum(eng::mul(eng::abs(w64), extra[0]), {-1}, true);
+      extra[1] = eng::add(extra[1], eng::mul(eng::mul(dD2, eng::matmul(P, eng::abs(k64))), scale));
+      extra[2] = eng::add(extra[2], eng::mul(eng::matmul(eng::mul(P, dD2).transpose(-2, -1), eng::abs(q64)), scale));
+      extra[1] = eng::add(extra[1], eng::mul(eng::matmul(dS, eng::abs(k64)), kBf16U * scale));
+      extra[2] = eng::add(extra[2], eng::mul(eng::matmul(dS.transpose(-2, -1), eng::abs(q64)), kBf16U * scale));
+      extra[3] = eng::mul(eng::matmul(P.transpose(-2, -1), eng::abs(w64)), kBf16U);
+    }
+    return extra;
+  }
+
+  // Largest ratio of |got - want| to slack * (2^-8 |want| + extra) + 1e-4 max |want| over the four results (<= 1
+  // passes): one rounding of each result to bf16, the extra terms above, and f32 arithmetic over at most a few
+  // hundred terms, whose error stays below 1e-4 of the largest value.
+  double bf16_attention_ratio(const std::vector<Tensor>& got, const std::vector<Tensor>& want,
+                              const std::vector<Tensor>& extra, size_t i, double slack = 1.0) {
+    auto gv = got[i].to_vector<double>(), wv = want[i].to_vector<double>();
+    std::vector<double> ev = extra[i].defined() ? extra[i].to_vector<double>() : std::vector<double>(wv.size(), 0.0);
+    double mx = 0;
+    for (double x : wv) mx = std::max(mx, std::fabs(x));
+    std::vector<double> bound(wv.size());
+    for (size_t j = 0; j < wv.size(); j++) bound[j] = slack * (kBf16U * std::fabs(wv[j]) + ev[j]) + 1e-4 * mx;
+    return bound_ratio(gv, wv, bound);
+  }
+
   TEST_CASE("fused attention forward and backward match the unfused cpu op (f32 1e-5, f64 1e-10, bf16 bound)") {
     GPU_TEST_OR_SKIP();
+    OwnAttentionKernels own;  // the bounds below are derived for the engine's kernels (cuDNN's: the next case)
     Backend& be = gpu_backend();
     CHECK(be.has_fused_attention(DType::F32, 64, 64));
     CHECK(be.has_fused_attention(DType::F32, 128, 128));
@@ -807,85 +900,20 @@ TEST_SUITE("gpu kernels") {
         // Inputs in the test dtype; the reference runs in f64 on exactly those values (or in f32 for f32).
         Tensor q = normal({c.b, c.h, c.tq, c.d}, 300 + ci, dt), k = normal({c.b, c.h, c.tk, c.d}, 310 + ci, dt);
         Tensor v = normal({c.b, c.h, c.tk, c.dv}, 320 + ci, dt), w = normal({c.b, c.h, c.tq, c.dv}, 330 + ci, dt);
-        const DType ref_dt = dt == DType::F32 ? DType::F32 : DType::F64;
-        Tensor rq = q.to(ref_dt).detach().requires_grad_(), rk = k.to(ref_dt).detach().requires_grad_();
-        Tensor rv = v.to(ref_dt).detach().requires_grad_();
-        Tensor ref = eng::attention(rq, rk, rv, scale);
-        eng::sum(eng::mul(ref, w.to(ref_dt))).backward();
-        auto fused = [&]() {
-          Tensor gq = on(q, cuda()), gk = on(k, cuda()), gv = on(v, cuda()), gw = on(w, cuda());
-          const DType lse_dt = dt == DType::F64 ? DType::F64 : DType::F32;
-          Tensor out = Tensor::empty({c.b, c.h, c.tq, c.dv}, dt, cuda()), lse = Tensor::empty({c.b, c.h, c.tq}, lse_dt, cuda());
-          Tensor dq = Tensor::empty(q.shape(), dt, cuda()), dk = Tensor::empty(k.shape(), dt, cuda());
-          Tensor dv = Tensor::empty(v.shape(), dt, cuda());
-          eng::AttentionArgs a;
-          a.dtype = dt;
-          a.batch = c.b;
-          a.heads = c.h;
-          a.tq = c.tq;
-          a.tk = c.tk;
-          a.head_dim = c.d;
-          a.v_dim = c.dv;
-          a.scale = scale;
-          a.q = gq.raw_data();
-          a.k = gk.raw_data();
-          a.v = gv.raw_data();
-          a.out = out.raw_data();
-          a.lse = lse.raw_data();
-          be.attention_forward(a);
-          a.dout = gw.raw_data();
-          a.dq = dq.raw_data();
-          a.dk = dk.raw_data();
-          a.dv = dv.raw_data();
-          be.attention_backward(a);
-          return std::vector<Tensor>{out, dq, dk, dv};
-        };
-        auto got = fused(), again = fused();
-        const std::vector<Tensor> want = {ref.detach(), rq.grad(), rk.grad(), rv.grad()};
-        // bf16: the backward reads the bf16-rounded output O in D_i = sum_d dO_id O_id, so D_i is off by up to
-        // dD_i = 2^-8 sum_d |dO_id| |O_id|, which moves dq_i by scale dD_i sum_j P_ij |k_j| and dk_j by
-        // scale sum_i P_ij dD_i |q_i| (dv does not use D). These terms join the bound below.
+        const std::vector<Tensor> want =
+            attention_reference(q, k, v, w, scale, dt == DType::F32 ? DType::F32 : DType::F64);
+        auto got = fused_attention(be, q, k, v, w, scale), again = fused_attention(be, q, k, v, w, scale);
         std::vector<Tensor> extra(4);
-        if (dt == DType::BF16) {
-          eng::NoGradGuard ng;
-          Tensor q64 = q.to(DType::F64), k64 = k.to(DType::F64), w64 = w.to(DType::F64);
-          Tensor P = eng::softmax(eng::mul(eng::matmul(q64, k64.transpose(-2, -1)), scale), -1);
-          Tensor dD = eng::mul(eng::sum(eng::mul(eng::abs(w64), eng::abs(want[0])), {-1}, true), kBf16U);
-          extra[1] = eng::mul(eng::mul(dD, eng::matmul(P, eng::abs(k64))), scale);
-          extra[2] = eng::mul(eng::matmul(eng::mul(P, dD).transpose(-2, -1), eng::abs(q64)), scale);
-          // The tensor-core path (head dims multiples of 16 up to 64) rounds the left operand of each second product
-          // to bf16 first: P in O = P V and P^T in dV = P^T dO, dS in dQ = scale dS K and dS^T in dK = scale dS^T Q.
-          // Each rounding moves a product by at most 2^-8 times the product of the absolute values.
-          if (c.d % 16 == 0 && c.dv % 16 == 0 && c.d <= 64 && c.dv <= 64) {
-            Tensor v64 = v.to(DType::F64);
-            Tensor dP = eng::matmul(w64, v64.transpose(-2, -1));
-            Tensor D = eng::sum(eng::mul(w64, want[0]), {-1}, true);
-            Tensor dS = eng::abs(eng::mul(P, eng::sub(dP, D)));
-            extra[0] = eng::mul(eng::matmul(P, eng::abs(v64)), kBf16U);
-            // The stored O carries that term too, and so does D_i = dO_i . O_i in the backward pass (as dD above).
-            Tensor dD2 = eng::sum(eng::mul(eng::abs(w64), extra[0]), {-1}, true);
-            extra[1] = eng::add(extra[1], eng::mul(eng::mul(dD2, eng::matmul(P, eng::abs(k64))), scale));
-            extra[2] = eng::add(extra[2], eng::mul(eng::matmul(eng::mul(P, dD2).transpose(-2, -1), eng::abs(q64)), scale));
-            extra[1] = eng::add(extra[1], eng::mul(eng::matmul(dS, eng::abs(k64)), kBf16U * scale));
-            extra[2] = eng::add(extra[2], eng::mul(eng::matmul(dS.transpose(-2, -1), eng::abs(q64)), kBf16U * scale));
-            extra[3] = eng::mul(eng::matmul(P.transpose(-2, -1), eng::abs(w64)), kBf16U);
-          }
-        }
+        // The tensor-core path (head dims multiples of 16 up to 64) rounds P and dS to bf16.
+        if (dt == DType::BF16)
+          extra = bf16_attention_extra(q, k, v, w, want, scale, c.d % 16 == 0 && c.dv % 16 == 0 && c.d <= 64 && c.dv <= 64);
         const char* names[] = {"out", "dq", "dk", "dv"};
         for (size_t i = 0; i < got.size(); i++) {
           const std::string what = names[i];
           CAPTURE(what);
           CHECK(same_bits(got[i], again[i]));
           if (dt == DType::BF16) {
-            // One rounding of each result to bf16 (2^-8 relative), the rounded-O term above, and f32 arithmetic
-            // over at most ~200 terms, whose error stays below 1e-4 of the largest value.
-            auto gv = got[i].to_vector<double>(), wv = want[i].to_vector<double>();
-            std::vector<double> ev = extra[i].defined() ? extra[i].to_vector<double>() : std::vector<double>(wv.size(), 0.0);
-            double mx = 0;
-            for (double x : wv) mx = std::max(mx, std::fabs(x));
-            std::vector<double> bound(wv.size());
-            for (size_t j = 0; j < wv.size(); j++) bound[j] = kBf16U * std::fabs(wv[j]) + ev[j] + 1e-4 * mx;
-            CHECK(bound_ratio(gv, wv, bound) <= 1.0);
+            CHECK(bf16_attention_ratio(got, want, extra, i) <= 1.0);
           } else {
             // Relative to the largest value, floored at 1 (inputs are N(0, 1)): with a single key the exact dq and dk
             // are 0 and only rounding noise remains.
@@ -900,6 +928,87 @@ TEST_SUITE("gpu kernels") {
         }
       }
     }
+  }
+
+  TEST_CASE("cuDNN fused attention (bf16, where cuDNN offers it): within the bf16 bound, repeatable, both directions") {
+    GPU_TEST_OR_SKIP();
+    if (!cudnn_attention_built()) {
+      MESSAGE("skipped: this build has no cuDNN fused attention (cuDNN >= 9.13.1 was not found when building)");
+      return;
+    }
+    Backend& be = gpu_backend();
+    struct Case {
+      int64_t b, h, tq, tk, d;
+    };
+    // ViT-B/16's attention (197 tokens, head dim 64; 50 tokens with 75% of patches masked), and other head dims.
+    const std::vector<Case> cases = {{2, 12, 197, 197, 64}, {4, 12, 50, 50, 64}, {2, 3, 77, 40, 32}, {1, 2, 33, 130, 128}};
+    for (size_t ci = 0; ci < cases.size(); ci++) {
+      const Case& c = cases[ci];
+      CAPTURE(ci);
+      const double scale = 1.0 / std::sqrt(double(c.d));
+      Tensor q = normal({c.b, c.h, c.tq, c.d}, 400 + ci, DType::BF16), k = normal({c.b, c.h, c.tk, c.d}, 410 + ci, DType::BF16);
+      Tensor v = normal({c.b, c.h, c.tk, c.d}, 420 + ci, DType::BF16), w = normal({c.b, c.h, c.tq, c.d}, 430 + ci, DType::BF16);
+      const std::vector<Tensor> want = attention_reference(q, k, v, w, scale, DType::F64);
+      const std::vector<Tensor> extra = bf16_attention_extra(q, k, v, w, want, scale, true);
+      // Auto: cuDNN where it has a plan that passed its first-call check against our kernel. The counters say which
+      // implementation ran each direction; the report says why (printed, for the log of the first GPU run).
+      const auto before = attention_counts_now();
+      auto got = fused_attention(be, q, k, v, w, scale), again = fused_attention(be, q, k, v, w, scale);
+      const auto after = attention_counts_now();
+      MESSAGE(cudnn_attention_report_now());
+      const int64_t fwd = after[0] - before[0], bwd = after[1] - before[1];
+      MESSAGE("case " << ci << ": cuDNN ran " << fwd << " of 2 forward and " << bwd << " of 2 backward calls");
+      CHECK((fwd == 0 || fwd == 2));
+      CHECK((bwd == 0 || bwd == 2));
+      // cuDNN's order of roundings inside its kernels is not documented: each rounding term is allowed twice.
+      const char* names[] = {"out", "dq", "dk", "dv"};
+      for (size_t i = 0; i < got.size(); i++) {
+        const std::string what = names[i];
+        CAPTURE(what);
+        CHECK(same_bits(got[i], again[i]));
+        CHECK(bf16_attention_ratio(got, want, extra, i, 2.0) <= 1.0);
+      }
+    }
+  }
+
+  TEST_CASE("attention implementation choice: own kernels on request and counted; cuDNN forced where it cannot run fails in one line") {
+    GPU_TEST_OR_SKIP();
+#ifdef ENGINE_WITH_CUDA
+    using eng::cuda::AttentionImpl;
+    using eng::cuda::AttentionImplScope;
+    Backend& be = gpu_backend();
+    auto data = [](DType dt, int64_t d, uint64_t seed) { return normal({1, 2, 20, d}, seed, dt); };
+    auto run = [&](DType dt, int64_t d) {
+      return fused_attention(be, data(dt, d, 1), data(dt, d, 2), data(dt, d, 3), data(dt, d, 4), 0.25);
+    };
+    {
+      AttentionImplScope own(AttentionImpl::Own);
+      CHECK(eng::cuda::attention_impl() == AttentionImpl::Own);
+      const auto before = attention_counts_now();
+      run(DType::BF16, 16);
+      const auto after = attention_counts_now();
+      CHECK(after[0] == before[0]);
+      CHECK(after[1] == before[1]);
+      CHECK(after[2] == before[2] + 1);
+      CHECK(after[3] == before[3] + 1);
+    }
+    {
+      // Forced cuDNN concerns bf16 only: f32 runs the engine's kernels.
+      AttentionImplScope forced(AttentionImpl::Cudnn);
+      const auto before = attention_counts_now();
+      run(DType::F32, 16);
+      const auto after = attention_counts_now();
+      CHECK(after[2] == before[2] + 1);
+      CHECK(after[3] == before[3] + 1);
+      // A bf16 call cuDNN cannot take (head dim 12 is not a multiple of 8; or no cuDNN SDPA in this build): one line.
+      CHECK_THROWS_WITH_AS(run(DType::BF16, 12), doctest::Contains("attention_forward: ENG_ATTENTION=cudnn, but"),
+                           eng::Error);
+      if (!cudnn_attention_built())
+        CHECK_THROWS_WITH_AS(run(DType::BF16, 16), doctest::Contains("this build has no cuDNN fused attention"),
+                             eng::Error);
+    }
+    CHECK(eng::cuda::attention_impl() != AttentionImpl::Cudnn);  // the scopes restored the choice
+#endif
   }
 
   TEST_CASE("fused attention on strided operands (views of a packed qkv) gives the contiguous run's bits") {

@@ -19,6 +19,7 @@
 // has from its f32 terms and are not written out.
 #include <cmath>
 #include <map>
+#include <optional>
 
 #include "engine/io/safetensors.h"
 #include "engine/optim.h"
@@ -353,6 +354,7 @@ TEST_SUITE("gpu mixed precision") {
 
   TEST_CASE("attention_qkv in bf16 (fused on tensor cores, f32 scores and statistics): output and gradient within the bound") {
     GPU_TEST_OR_SKIP();
+    OwnAttentionKernels own;  // the bound is the engine's tensor-core kernel's (cuDNN's: test_gpu_kernels.cpp)
     CHECK(eng::backend_for(cuda()).has_fused_attention(DType::BF16, 16, 16));
     const int64_t B = 2, T = 37, H = 3, Dh = 16, D = H * Dh;  // 37 tokens: two tiles of keys and of queries
     const double scale = 1.0 / std::sqrt(double(Dh));
@@ -565,12 +567,23 @@ TEST_SUITE("gpu mixed precision") {
     CHECK(norm_rel(feats, mae.encode_all(imgs)) <= 0.06);
   }
 
-  TEST_CASE("a short bf16 training run (scalar and tensor-core attention) follows the f32 run and repeats bit for bit") {
+  TEST_CASE("a short bf16 training run (scalar, tensor-core and cuDNN attention) follows the f32 run and repeats bit for bit") {
     GPU_TEST_OR_SKIP();
     const int64_t steps = 12;
-    for (const model::MaeConfig& cfg : {model::mae_config("mae_test_tiny"), tiny_with_16_wide_heads()}) {
-      const std::string heads = cfg.embed_dim == 16 ? "8-wide heads (scalar attention)" : "16-wide heads (tensor cores)";
+    struct Run {
+      model::MaeConfig cfg;
+      bool own;  // the engine's own attention kernels; else the default choice (cuDNN where it runs)
+      const char* name;
+    };
+    std::vector<Run> runs = {{model::mae_config("mae_test_tiny"), true, "8-wide heads (scalar attention)"},
+                             {tiny_with_16_wide_heads(), true, "16-wide heads (tensor cores)"}};
+    if (cudnn_attention_built()) runs.push_back({tiny_with_16_wide_heads(), false, "16-wide heads (cuDNN where it runs)"});
+    for (const Run& run : runs) {
+      const model::MaeConfig& cfg = run.cfg;
+      const std::string heads = run.name;
       CAPTURE(heads);
+      std::optional<OwnAttentionKernels> own;
+      if (run.own) own.emplace();
       TrainRun c = train_mae(cpu(), DType::F32, steps, cfg);
       TrainRun g = train_mae(cuda(), DType::BF16, steps, cfg);
       TrainRun g2 = train_mae(cuda(), DType::BF16, steps, cfg);

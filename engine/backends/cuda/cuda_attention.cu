@@ -18,8 +18,8 @@
 // bf16 with head dims that are multiples of 16 up to 64 (ViT-B/16: 64; mae_tiny: 64 and 32) takes the tensor-core
 // path at the end of this file instead (WMMA, see there).
 //
-// cuDNN's fused SDPA is not used: without the cuDNN frontend its graph must be built through the raw backend API,
-// which could not be validated on a GPU when this was written; the tensor-core path below can be, in the emulator.
+// For bf16, cuDNN's fused SDPA runs instead where it can (cuda_attention_cudnn.cu, attention_impl.h); these kernels
+// serve every other call and are the reference each cuDNN plan is checked against on its first call.
 #include <mma.h>
 
 #include <cmath>
@@ -694,6 +694,14 @@ void CudaBackend::attention_forward(const AttentionArgs& a) {
     return;
   }
   ENG_CHECK((a.tq + kAttnWarps - 1) / kAttnWarps <= int64_t(INT32_MAX), "attention_forward: too many query rows");
+  const bool cudnn = cudnn_attention_forward(a);
+  if (!cudnn) own_attention_forward(a);
+  count_attention_call(cudnn, true);
+}
+
+// Shapes checked and non-empty (attention_forward).
+void CudaBackend::own_attention_forward(const AttentionArgs& a) {
+  const int64_t bh = a.batch * a.heads;
   if (tc_attention_ok(a)) {
     const int dk = int(a.head_dim), dv = int(a.v_dim);
     ENG_CHECK(tc_forward_smem(dk, dv) <= kTcSmemLimit, "internal: attention forward needs {} bytes of shared memory",
@@ -731,6 +739,14 @@ void CudaBackend::attention_backward(const AttentionArgs& a) {
     return;
   }
   ENG_CHECK(a.dq && a.dk && a.dv, "attention_backward: dq, dk and dv must all be set");
+  const bool cudnn = cudnn_attention_backward(a);
+  if (!cudnn) own_attention_backward(a);
+  count_attention_call(cudnn, false);
+}
+
+// Shapes checked and non-empty (attention_backward).
+void CudaBackend::own_attention_backward(const AttentionArgs& a) {
+  const int64_t bh = a.batch * a.heads;
   dispatch_float(a.dtype, "attention_backward", [&](auto t) {
     using T = decltype(t);
     using A = calc_t<T>;

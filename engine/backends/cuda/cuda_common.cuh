@@ -10,7 +10,8 @@
 //         cuda_random.cu     random_uniform, random_normal (Philox, engine/rng.h)
 //         cuda_optim.cu      fused AdamW, one tensor or many per launch (engine/optim_math.h); global_norm
 //         cuda_gemm.cu       GEMM through cuBLASLt (cuBLAS as the fallback), epilogues, TF32 / bf16
-//         cuda_attention.cu  fused attention forward / backward
+//         cuda_attention.cu  fused attention forward / backward (the engine's own kernels)
+//         cuda_attention_cudnn.cu  cuDNN's fused attention for bf16, where it runs (attention_impl.h)
 //
 // Determinism: no kernel uses atomics to combine values. Every reduction runs in an order fixed by the shapes
 // alone (never by the number of SMs or by timing), so a run repeats bit for bit on the same GPU model.
@@ -34,6 +35,10 @@ namespace eng {
 namespace cuda {
 
 struct GemmState;  // cuBLAS / cuBLASLt handles, workspace and the algorithm cache (cuda_gemm.cu)
+struct CudnnAttention;  // the cuDNN handle and the fused-attention plans (cuda_attention_cudnn.cu)
+
+// Counts one fused-attention call for attention_counts() (attention_impl.h).
+void count_attention_call(bool cudnn, bool forward);
 
 // ---------------------------------------------------------------- index faults
 
@@ -103,6 +108,14 @@ class CudaBackend final : public Backend {
   void attention_forward(const AttentionArgs& a) override;
   void attention_backward(const AttentionArgs& a) override;
 
+  // cuDNN's fused attention for a bf16 call when attention_impl() allows it and cuDNN has a plan that passed its
+  // first-call check; false means the caller runs the engine's own kernel (cuda_attention_cudnn.cu).
+  bool cudnn_attention_forward(const AttentionArgs& a);
+  bool cudnn_attention_backward(const AttentionArgs& a);
+  // The engine's own kernels (cuda_attention.cu), also the reference each cuDNN plan is checked against.
+  void own_attention_forward(const AttentionArgs& a);
+  void own_attention_backward(const AttentionArgs& a);
+
   // C[b] = epilogue(C[b]) for a GEMM result (bias add, exact GELU, pre-activation copy); cuda_elementwise.cu.
   void gemm_epilogue(const GemmArgs& g, bool bias_done);
   // C = beta * C over a batch of row-major m x n matrices (k == 0 or alpha == 0); cuda_elementwise.cu.
@@ -120,6 +133,8 @@ class CudaBackend final : public Backend {
   std::once_flag gemm_once_;
   std::unique_ptr<GemmState> gemm_;
   GemmState& gemm_state();
+  std::once_flag cudnn_once_;
+  std::shared_ptr<CudnnAttention> cudnn_;  // shared_ptr: its deleter is bound where the type is complete
 };
 
 // Every backend method opens one of these: makes the backend's device current and names the op in NVTX.
