@@ -50,6 +50,12 @@ AttentionCounts attention_counts();
 // True when this build has the cuDNN path (cuDNN's headers and library, version >= 9.13.1 at build time).
 bool cudnn_attention_compiled();
 
+// Builds and finalizes cuDNN's SDPA forward and backward operations (tensors and operation, no graph, engine or
+// plan) for one bf16 attention of these sizes, contiguous or laid out as the views of a packed qkv projection. That
+// needs no GPU, and cuDNN itself checks the operations' attributes, so the CPU test suite catches a descriptor
+// mistake on a machine without a GPU. Empty when both finalize, else the first failure.
+std::string cudnn_attention_operation_check(int64_t batch, int64_t heads, int64_t tokens, int64_t dim, bool packed_qkv);
+
 // One line per cuDNN plan built or refused so far (shapes, engine, the first-call comparison, or the reason it is
 // not used), after a first line with the cuDNN versions. For benchmark logs and bug reports.
 std::string cudnn_attention_report();

@@ -109,6 +109,10 @@ std::string cudnn_attention_report() {
   return "cuDNN fused attention: not in this build (it needs cuDNN >= 9.13.1 headers and library when building)";
 }
 
+std::string cudnn_attention_operation_check(int64_t, int64_t, int64_t, int64_t, bool) {
+  return "this build has no cuDNN fused attention";
+}
+
 namespace {
 bool refuse(const AttentionArgs& a, const char* op) {
   if (a.dtype != DType::BF16) return false;
@@ -346,6 +350,63 @@ void choose_engine(Builder& b, cudnnHandle_t handle, Plan& p, const Desc& graph)
   b.error = fmt::format("no deterministic engine finalizes ({})", all.empty() ? "none offered" : all);
 }
 
+// The SDPA forward or backward operation for these operands, finalized (no handle needed); its tensors go to keep.
+Desc sdpa_operation(Builder& b, const AttentionArgs& a, bool backward, std::vector<Desc>& keep) {
+  const std::array<int64_t, 3> qs = strides_of(a.q_strides, a.heads, a.tq, a.head_dim),
+                               ks = strides_of(a.k_strides, a.heads, a.tk, a.head_dim),
+                               vs = strides_of(a.v_strides, a.heads, a.tk, a.v_dim),
+                               os = strides_of(a.o_strides, a.heads, a.tq, a.v_dim);
+  const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
+  auto rows = [&](int64_t uid, const std::array<int64_t, 3>& s, int64_t tokens, int64_t dim) {
+    return tensor(b, uid, bf, {a.batch, a.heads, tokens, dim}, {s[0], s[1], s[2], 1});
+  };
+  keep.push_back(rows(kQ, qs, a.tq, a.head_dim));
+  keep.push_back(rows(kK, ks, a.tk, a.head_dim));
+  keep.push_back(rows(kV, vs, a.tk, a.v_dim));
+  keep.push_back(rows(kO, os, a.tq, a.v_dim));
+  keep.push_back(tensor(b, kStats, f32, {a.batch, a.heads, a.tq, 1}, {a.heads * a.tq, a.tq, 1, 1}));
+  keep.push_back(tensor(b, kScale, f32, {1, 1, 1, 1}, {1, 1, 1, 1}, true));
+  // Raw handles: keep grows below, and the descriptors it owns stay where they are.
+  const size_t first = keep.size() - 6;
+  const cudnnBackendDescriptor_t q = keep[first].get(), k = keep[first + 1].get(), v = keep[first + 2].get(),
+                                 o = keep[first + 3].get(), stats = keep[first + 4].get(), scale = keep[first + 5].get();
+  Desc op;
+  if (!backward) {
+    op = b.make(CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, "create the SDPA forward operation");
+    const cudnnBackendAttributeType_t T = CUDNN_TYPE_BACKEND_DESCRIPTOR;
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, T, 1, &q, "SDPA forward Q");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, T, 1, &k, "SDPA forward K");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC, T, 1, &v, "SDPA forward V");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, T, 1, &o, "SDPA forward O");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC, T, 1, &stats, "SDPA forward Stats");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, T, 1, &scale, "SDPA forward scale");
+    b.finalize(op, "finalize the SDPA forward operation");
+  } else {
+#ifdef ENG_CUDNN_SDPA_BWD
+    keep.push_back(rows(kDO, os, a.tq, a.v_dim));
+    keep.push_back(rows(kDQ, qs, a.tq, a.head_dim));
+    keep.push_back(rows(kDK, ks, a.tk, a.head_dim));
+    keep.push_back(rows(kDV, vs, a.tk, a.v_dim));
+    const cudnnBackendDescriptor_t dout = keep[first + 6].get(), dq = keep[first + 7].get(), dk = keep[first + 8].get(),
+                                   dv = keep[first + 9].get();
+    op = b.make(CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR, "create the SDPA backward operation");
+    const cudnnBackendAttributeType_t T = CUDNN_TYPE_BACKEND_DESCRIPTOR;
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_QDESC, T, 1, &q, "SDPA backward Q");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_KDESC, T, 1, &k, "SDPA backward K");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_VDESC, T, 1, &v, "SDPA backward V");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_ODESC, T, 1, &o, "SDPA backward O");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_DODDESC, T, 1, &dout, "SDPA backward dO");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_STATSDESC, T, 1, &stats, "SDPA backward Stats");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_SCALEDESC, T, 1, &scale, "SDPA backward scale");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_DQDESC, T, 1, &dq, "SDPA backward dQ");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_DKDESC, T, 1, &dk, "SDPA backward dK");
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_DVDESC, T, 1, &dv, "SDPA backward dV");
+    b.finalize(op, "finalize the SDPA backward operation");
+#endif
+  }
+  return op;
+}
+
 std::unique_ptr<Plan> build_plan(cudnnHandle_t handle, const AttentionArgs& a, bool backward) {
   auto p = std::make_unique<Plan>();
   bool strided = false;
@@ -366,62 +427,14 @@ std::unique_ptr<Plan> build_plan(cudnnHandle_t handle, const AttentionArgs& a, b
   }
 #endif
   Builder b;
-  const std::array<int64_t, 3> qs = strides_of(a.q_strides, a.heads, a.tq, a.head_dim),
-                               ks = strides_of(a.k_strides, a.heads, a.tk, a.head_dim),
-                               vs = strides_of(a.v_strides, a.heads, a.tk, a.v_dim),
-                               os = strides_of(a.o_strides, a.heads, a.tq, a.v_dim);
-  const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
-  auto rows = [&](int64_t uid, const std::array<int64_t, 3>& s, int64_t tokens, int64_t dim) {
-    return tensor(b, uid, bf, {a.batch, a.heads, tokens, dim}, {s[0], s[1], s[2], 1});
-  };
-  std::vector<Desc>& keep = p->keep;
-  keep.push_back(rows(kQ, qs, a.tq, a.head_dim));
-  keep.push_back(rows(kK, ks, a.tk, a.head_dim));
-  keep.push_back(rows(kV, vs, a.tk, a.v_dim));
-  keep.push_back(rows(kO, os, a.tq, a.v_dim));
-  keep.push_back(tensor(b, kStats, f32, {a.batch, a.heads, a.tq, 1}, {a.heads * a.tq, a.tq, 1, 1}));
-  keep.push_back(tensor(b, kScale, f32, {1, 1, 1, 1}, {1, 1, 1, 1}, true));
-  const Desc &q = keep[0], &k = keep[1], &v = keep[2], &o = keep[3], &stats = keep[4], &scale = keep[5];
-  Desc op;
-  if (!backward) {
-    op = b.make(CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, "create the SDPA forward operation");
-    const cudnnBackendAttributeType_t T = CUDNN_TYPE_BACKEND_DESCRIPTOR;
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, T, 1, q.ptr(), "SDPA forward Q");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, T, 1, k.ptr(), "SDPA forward K");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC, T, 1, v.ptr(), "SDPA forward V");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, T, 1, o.ptr(), "SDPA forward O");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC, T, 1, stats.ptr(), "SDPA forward Stats");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, T, 1, scale.ptr(), "SDPA forward scale");
-    b.finalize(op, "finalize the SDPA forward operation");
-  } else {
-#ifdef ENG_CUDNN_SDPA_BWD
-    keep.push_back(rows(kDO, os, a.tq, a.v_dim));
-    keep.push_back(rows(kDQ, qs, a.tq, a.head_dim));
-    keep.push_back(rows(kDK, ks, a.tk, a.head_dim));
-    keep.push_back(rows(kDV, vs, a.tk, a.v_dim));
-    const Desc &dout = keep[6], &dq = keep[7], &dk = keep[8], &dv = keep[9];
-    op = b.make(CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR, "create the SDPA backward operation");
-    const cudnnBackendAttributeType_t T = CUDNN_TYPE_BACKEND_DESCRIPTOR;
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_QDESC, T, 1, q.ptr(), "SDPA backward Q");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_KDESC, T, 1, k.ptr(), "SDPA backward K");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_VDESC, T, 1, v.ptr(), "SDPA backward V");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_ODESC, T, 1, o.ptr(), "SDPA backward O");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_DODDESC, T, 1, dout.ptr(), "SDPA backward dO");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_STATSDESC, T, 1, stats.ptr(), "SDPA backward Stats");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_SCALEDESC, T, 1, scale.ptr(), "SDPA backward scale");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_DQDESC, T, 1, dq.ptr(), "SDPA backward dQ");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_DKDESC, T, 1, dk.ptr(), "SDPA backward dK");
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_BWD_DVDESC, T, 1, dv.ptr(), "SDPA backward dV");
-    b.finalize(op, "finalize the SDPA backward operation");
-#endif
-  }
+  Desc op = sdpa_operation(b, a, backward, p->keep);
   Desc graph = b.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "create the operation graph");
   b.set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle, "graph handle");
   b.set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, op.ptr(), "graph operations");
   b.finalize(graph, "finalize the operation graph");
   if (b.ok()) choose_engine(b, handle, *p, graph);
-  keep.push_back(std::move(op));
-  keep.push_back(std::move(graph));
+  p->keep.push_back(std::move(op));
+  p->keep.push_back(std::move(graph));
   if (!b.ok()) {
     p->why = b.error;
     return p;
@@ -478,6 +491,35 @@ std::string cudnn_attention_report() {
   std::lock_guard<std::mutex> lock(g_report_mu);
   for (const std::string& line : *g_report) s += "\n  " + line;
   return s;
+}
+
+std::string cudnn_attention_operation_check(int64_t batch, int64_t heads, int64_t tokens, int64_t dim, bool packed_qkv) {
+  AttentionArgs a;
+  a.dtype = DType::BF16;
+  a.batch = batch;
+  a.heads = heads;
+  a.tq = a.tk = tokens;
+  a.head_dim = a.v_dim = dim;
+  if (packed_qkv) {  // q, k, v as views of a [batch, tokens, 3 heads dim] projection, out as [batch, tokens, heads, dim]
+    for (int64_t* st : {a.q_strides, a.k_strides, a.v_strides}) {
+      st[0] = tokens * 3 * heads * dim;
+      st[1] = dim;
+      st[2] = 3 * heads * dim;
+    }
+    a.o_strides[0] = tokens * heads * dim;
+    a.o_strides[1] = dim;
+    a.o_strides[2] = heads * dim;
+  }
+  for (bool backward : {false, true}) {
+#ifndef ENG_CUDNN_SDPA_BWD
+    if (backward) break;
+#endif
+    Builder b;
+    std::vector<Desc> keep;
+    Desc op = sdpa_operation(b, a, backward, keep);
+    if (!b.ok()) return fmt::format("SDPA {}: {}", backward ? "backward" : "forward", b.error);
+  }
+  return "";
 }
 
 namespace {
