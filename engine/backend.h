@@ -88,6 +88,11 @@ struct GemmArgs {
   void* pre_gelu = nullptr;                    // BiasGelu only; may be null
 };
 
+// Element strides of the [batch, heads, tokens] dims of one attention operand (its last dim is contiguous).
+struct RowStrides {
+  int64_t b = 0, h = 0, t = 0;
+};
+
 // Fused scaled-dot-product attention on contiguous row-major tensors:
 //   q [batch, heads, tq, head_dim], k [batch, heads, tk, head_dim], v [batch, heads, tk, v_dim]
 //   out [batch, heads, tq, v_dim] = softmax(scale * q k^T) v
@@ -112,6 +117,24 @@ struct AttentionArgs {
   // supports_strided_attention() is true (then q, k, v can be views of a packed qkv projection and out can be
   // [batch, tokens, heads, v_dim], with no copies); lse is always contiguous.
   int64_t q_strides[3] = {0, 0, 0}, k_strides[3] = {0, 0, 0}, v_strides[3] = {0, 0, 0}, o_strides[3] = {0, 0, 0};
+
+  // The strides in effect for q and dq, k and dk, v and dv, out and dout: the given ones, or those of a contiguous
+  // [batch, heads, tokens, dim] tensor when all three are zero.
+  RowStrides q_rows() const { return rows_in_effect(q_strides, tq, head_dim); }
+  RowStrides k_rows() const { return rows_in_effect(k_strides, tk, head_dim); }
+  RowStrides v_rows() const { return rows_in_effect(v_strides, tk, v_dim); }
+  RowStrides o_rows() const { return rows_in_effect(o_strides, tq, v_dim); }
+  bool strided() const {
+    for (const int64_t* s : {q_strides, k_strides, v_strides, o_strides})
+      if (s[0] != 0 || s[1] != 0 || s[2] != 0) return true;
+    return false;
+  }
+
+ private:
+  RowStrides rows_in_effect(const int64_t* s, int64_t tokens, int64_t dim) const {
+    if (s[0] == 0 && s[1] == 0 && s[2] == 0) return {heads * tokens * dim, tokens * dim, dim};
+    return {s[0], s[1], s[2]};
+  }
 };
 
 struct AdamWArgs {

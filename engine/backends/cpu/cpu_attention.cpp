@@ -199,15 +199,6 @@ void pair_backward(const PairView<double>& a, int64_t tq, int64_t tk, int64_t dk
 
 // ---------------------------------------------------------------- drivers
 
-// Strides of [batch, heads, tokens]: given, or those of a contiguous [batch, heads, tokens, dim] tensor.
-struct Strides3 {
-  int64_t b, h, t;
-};
-Strides3 strides_or_contiguous(const int64_t* s, int64_t heads, int64_t tokens, int64_t dim) {
-  if (s[0] == 0 && s[1] == 0 && s[2] == 0) return {heads * tokens * dim, tokens * dim, dim};
-  return {s[0], s[1], s[2]};
-}
-
 // Runs f(pair) for every (batch, head) pair, in pieces of a few pairs on the pool (cpu_pool.h) when there is enough
 // work; the pool rethrows the first error.
 template <typename F> void for_each_pair(int64_t pairs, int64_t work_per_pair, F f) {
@@ -229,10 +220,7 @@ void check_args(const AttentionArgs& a, bool backward) {
 }
 
 template <typename T> void run_typed(const AttentionArgs& a, bool backward) {
-  const Strides3 sq = strides_or_contiguous(a.q_strides, a.heads, a.tq, a.head_dim);
-  const Strides3 sk = strides_or_contiguous(a.k_strides, a.heads, a.tk, a.head_dim);
-  const Strides3 sv = strides_or_contiguous(a.v_strides, a.heads, a.tk, a.v_dim);
-  const Strides3 so = strides_or_contiguous(a.o_strides, a.heads, a.tq, a.v_dim);
+  const RowStrides sq = a.q_rows(), sk = a.k_rows(), sv = a.v_rows(), so = a.o_rows();
   const int64_t heads = a.heads;
   const T scale = T(a.scale);
   const int64_t work = (backward ? 2 : 1) * a.tq * a.tk * (a.head_dim + a.v_dim);

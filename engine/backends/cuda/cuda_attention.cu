@@ -304,18 +304,12 @@ void check_attention(const AttentionArgs& a, const char* op) {
             "{}: dtype {} is not supported (f32, f64, bf16)", op, dtype_name(a.dtype));
 }
 
-// The strides given in AttentionArgs, or those of a contiguous [batch, heads, tokens, dim] tensor.
-Rows rows_of(const int64_t* s, int64_t heads, int64_t tokens, int64_t dim) {
+// One operand's strides in effect (AttentionArgs::q_rows() and the like), for the kernels.
+Rows rows_of(const RowStrides& s) {
   Rows r;
-  if (s[0] == 0 && s[1] == 0 && s[2] == 0) {
-    r.b = heads * tokens * dim;
-    r.h = tokens * dim;
-    r.t = dim;
-  } else {
-    r.b = s[0];
-    r.h = s[1];
-    r.t = s[2];
-  }
+  r.b = s.b;
+  r.h = s.h;
+  r.t = s.t;
   return r;
 }
 
@@ -690,7 +684,7 @@ void CudaBackend::attention_forward(const AttentionArgs& a) {
   const int64_t bh = a.batch * a.heads;
   if (bh == 0 || a.tq == 0) return;
   if (a.tk == 0) {  // softmax over no keys: the output is an empty sum
-    zero_rows(a.out, a.dtype, rows_of(a.o_strides, a.heads, a.tq, a.v_dim), bh, a.heads, a.tq, a.v_dim);
+    zero_rows(a.out, a.dtype, rows_of(a.o_rows()), bh, a.heads, a.tq, a.v_dim);
     return;
   }
   ENG_CHECK((a.tq + kAttnWarps - 1) / kAttnWarps <= int64_t(INT32_MAX), "attention_forward: too many query rows");
@@ -709,8 +703,7 @@ void CudaBackend::own_attention_forward(const AttentionArgs& a) {
     attention_forward_tc_kernel<<<tc_grid(a.tq, bh), kTcWarps * 32, tc_forward_smem(dk, dv)>>>(
         static_cast<const bf16_t*>(a.q), static_cast<const bf16_t*>(a.k), static_cast<const bf16_t*>(a.v),
         static_cast<bf16_t*>(a.out), static_cast<float*>(a.lse), bh, a.heads, a.tq, a.tk, dk, dv,
-        rows_of(a.q_strides, a.heads, a.tq, a.head_dim), rows_of(a.k_strides, a.heads, a.tk, a.head_dim),
-        rows_of(a.v_strides, a.heads, a.tk, a.v_dim), rows_of(a.o_strides, a.heads, a.tq, a.v_dim), float(a.scale));
+        rows_of(a.q_rows()), rows_of(a.k_rows()), rows_of(a.v_rows()), rows_of(a.o_rows()), float(a.scale));
     CUDA_CHECK_LAUNCH("attention_forward (tensor cores)");
     return;
   }
@@ -720,9 +713,8 @@ void CudaBackend::own_attention_forward(const AttentionArgs& a) {
     const size_t smem = size_t(kTile * (a.head_dim + 1) + kTile * (a.v_dim + 1) + kAttnWarps * a.head_dim) * sizeof(A);
     attention_forward_kernel<T><<<attention_grid(a.tq, bh), kAttnWarps * 32, smem>>>(
         static_cast<const T*>(a.q), static_cast<const T*>(a.k), static_cast<const T*>(a.v), static_cast<T*>(a.out),
-        static_cast<A*>(a.lse), bh, a.heads, a.tq, a.tk, a.head_dim, a.v_dim, rows_of(a.q_strides, a.heads, a.tq, a.head_dim),
-        rows_of(a.k_strides, a.heads, a.tk, a.head_dim), rows_of(a.v_strides, a.heads, a.tk, a.v_dim),
-        rows_of(a.o_strides, a.heads, a.tq, a.v_dim), A(a.scale));
+        static_cast<A*>(a.lse), bh, a.heads, a.tq, a.tk, a.head_dim, a.v_dim, rows_of(a.q_rows()),
+        rows_of(a.k_rows()), rows_of(a.v_rows()), rows_of(a.o_rows()), A(a.scale));
   });
   CUDA_CHECK_LAUNCH("attention_forward");
 }
@@ -733,9 +725,9 @@ void CudaBackend::attention_backward(const AttentionArgs& a) {
   const int64_t bh = a.batch * a.heads;
   if (bh == 0) return;
   if (a.tq == 0 || a.tk == 0) {  // no scores: every gradient is zero
-    zero_rows(a.dq, a.dtype, rows_of(a.q_strides, a.heads, a.tq, a.head_dim), bh, a.heads, a.tq, a.head_dim);
-    zero_rows(a.dk, a.dtype, rows_of(a.k_strides, a.heads, a.tk, a.head_dim), bh, a.heads, a.tk, a.head_dim);
-    zero_rows(a.dv, a.dtype, rows_of(a.v_strides, a.heads, a.tk, a.v_dim), bh, a.heads, a.tk, a.v_dim);
+    zero_rows(a.dq, a.dtype, rows_of(a.q_rows()), bh, a.heads, a.tq, a.head_dim);
+    zero_rows(a.dk, a.dtype, rows_of(a.k_rows()), bh, a.heads, a.tk, a.head_dim);
+    zero_rows(a.dv, a.dtype, rows_of(a.v_rows()), bh, a.heads, a.tk, a.v_dim);
     return;
   }
   ENG_CHECK(a.dq && a.dk && a.dv, "attention_backward: dq, dk and dv must all be set");
@@ -750,8 +742,7 @@ void CudaBackend::own_attention_backward(const AttentionArgs& a) {
   dispatch_float(a.dtype, "attention_backward", [&](auto t) {
     using T = decltype(t);
     using A = calc_t<T>;
-    const Rows qr = rows_of(a.q_strides, a.heads, a.tq, a.head_dim), kr = rows_of(a.k_strides, a.heads, a.tk, a.head_dim);
-    const Rows vr = rows_of(a.v_strides, a.heads, a.tk, a.v_dim), orr = rows_of(a.o_strides, a.heads, a.tq, a.v_dim);
+    const Rows qr = rows_of(a.q_rows()), kr = rows_of(a.k_rows()), vr = rows_of(a.v_rows()), orr = rows_of(a.o_rows());
     DeviceBuffer delta(device(), size_t(bh * a.tq) * sizeof(A));
     attention_delta_kernel<T><<<blocks_for(bh * a.tq, kThreads / 32), kThreads>>>(
         delta.as<A>(), static_cast<const T*>(a.dout), static_cast<const T*>(a.out), bh * a.tq, a.heads, a.tq, a.v_dim, orr);

@@ -16,6 +16,7 @@
 //
 // Without cuDNN >= 9.13.1 at build time (and in the CPU emulator of the kernels), only the selection and the
 // counters exist and every call runs the engine's own kernel.
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cmath>
@@ -209,12 +210,6 @@ Desc tensor(Builder& b, int64_t uid, cudnnDataType_t dt, const std::array<int64_
   return t;
 }
 
-// Element strides of the [batch, heads, tokens] dims of one operand (AttentionArgs: all zero means contiguous).
-std::array<int64_t, 3> strides_of(const int64_t* s, int64_t heads, int64_t tokens, int64_t dim) {
-  if (s[0] == 0 && s[1] == 0 && s[2] == 0) return {heads * tokens * dim, tokens * dim, dim};
-  return {s[0], s[1], s[2]};
-}
-
 // Tensor uids in the graphs (and the variant packs).
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kScale, kDO, kDQ, kDK, kDV };
 
@@ -234,7 +229,7 @@ struct CudnnAttention {
   std::mutex mu;
   cudnnHandle_t handle = nullptr;
   std::string handle_error;  // why there is no handle
-  std::map<std::vector<int64_t>, std::unique_ptr<Plan>> plans;
+  std::map<std::array<int64_t, 19>, std::unique_ptr<Plan>> plans;  // by plan_key
 };
 
 namespace {
@@ -247,25 +242,25 @@ void add_report(const std::string& line) {
   g_report->push_back(line);
 }
 
-// The operand layout and alignment cuDNN's SDPA needs; empty when this call qualifies, else the reason.
-std::string unsupported(const AttentionArgs& a, bool backward) {
-  if (a.dtype != DType::BF16) return fmt::format("dtype {} (cuDNN's fused attention is bf16 here)", dtype_name(a.dtype));
-  if (a.head_dim != a.v_dim) return fmt::format("head dim {} != value dim {}", a.head_dim, a.v_dim);
-  if (a.head_dim % 8 != 0 || a.head_dim > 128) return fmt::format("head dim {} (needs a multiple of 8 up to 128)", a.head_dim);
-  const int64_t* all[] = {a.q_strides, a.k_strides, a.v_strides, a.o_strides};
-  for (const int64_t* s : all)
+// The operand layout and alignment cuDNN's SDPA needs, for a bf16 call: null when it qualifies, else the reason
+// (runs on every call, so it allocates nothing).
+const char* unsupported(const AttentionArgs& a, bool backward) {
+  if (a.head_dim != a.v_dim) return "the head dim differs from the value dim";
+  if (a.head_dim % 8 != 0 || a.head_dim > 128) return "the head dim is not a multiple of 8 up to 128";
+  for (const int64_t* s : {a.q_strides, a.k_strides, a.v_strides, a.o_strides})
     for (int i = 0; i < 3; i++)
-      if (s[i] % 8 != 0) return "a row stride that is not a multiple of 8 elements";
-  std::vector<const void*> ptrs = {a.q, a.k, a.v, a.out, a.lse};
-  if (backward) ptrs.insert(ptrs.end(), {a.dout, a.dq, a.dk, a.dv});
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % kAlign != 0) return "an operand not aligned to 16 bytes";
-  return "";
+      if (s[i] % 8 != 0) return "a row stride is not a multiple of 8 elements";
+  const void* ptrs[] = {a.q, a.k, a.v, a.out, a.lse, a.dout, a.dq, a.dk, a.dv};
+  for (int i = 0; i < (backward ? 9 : 5); i++)
+    if (reinterpret_cast<uintptr_t>(ptrs[i]) % kAlign != 0) return "an operand is not aligned to 16 bytes";
+  return nullptr;
 }
 
-std::vector<int64_t> plan_key(const AttentionArgs& a, bool backward) {
-  std::vector<int64_t> key = {backward, a.batch, a.heads, a.tq, a.tk, a.head_dim, a.v_dim};
-  for (const int64_t* s : {a.q_strides, a.k_strides, a.v_strides, a.o_strides}) key.insert(key.end(), s, s + 3);
+using PlanKey = std::array<int64_t, 19>;  // direction, sizes, the four operands' strides as given
+PlanKey plan_key(const AttentionArgs& a, bool backward) {
+  PlanKey key = {backward, a.batch, a.heads, a.tq, a.tk, a.head_dim, a.v_dim};
+  int64_t* k = key.data() + 7;
+  for (const int64_t* s : {a.q_strides, a.k_strides, a.v_strides, a.o_strides}) k = std::copy(s, s + 3, k);
   return key;
 }
 
@@ -352,13 +347,10 @@ void choose_engine(Builder& b, cudnnHandle_t handle, Plan& p, const Desc& graph)
 
 // The SDPA forward or backward operation for these operands, finalized (no handle needed); its tensors go to keep.
 Desc sdpa_operation(Builder& b, const AttentionArgs& a, bool backward, std::vector<Desc>& keep) {
-  const std::array<int64_t, 3> qs = strides_of(a.q_strides, a.heads, a.tq, a.head_dim),
-                               ks = strides_of(a.k_strides, a.heads, a.tk, a.head_dim),
-                               vs = strides_of(a.v_strides, a.heads, a.tk, a.v_dim),
-                               os = strides_of(a.o_strides, a.heads, a.tq, a.v_dim);
+  const RowStrides qs = a.q_rows(), ks = a.k_rows(), vs = a.v_rows(), os = a.o_rows();
   const cudnnDataType_t bf = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
-  auto rows = [&](int64_t uid, const std::array<int64_t, 3>& s, int64_t tokens, int64_t dim) {
-    return tensor(b, uid, bf, {a.batch, a.heads, tokens, dim}, {s[0], s[1], s[2], 1});
+  auto rows = [&](int64_t uid, const RowStrides& s, int64_t tokens, int64_t dim) {
+    return tensor(b, uid, bf, {a.batch, a.heads, tokens, dim}, {s.b, s.h, s.t, 1});
   };
   keep.push_back(rows(kQ, qs, a.tq, a.head_dim));
   keep.push_back(rows(kK, ks, a.tk, a.head_dim));
@@ -409,11 +401,8 @@ Desc sdpa_operation(Builder& b, const AttentionArgs& a, bool backward, std::vect
 
 std::unique_ptr<Plan> build_plan(cudnnHandle_t handle, const AttentionArgs& a, bool backward) {
   auto p = std::make_unique<Plan>();
-  bool strided = false;
-  for (const int64_t* st : {a.q_strides, a.k_strides, a.v_strides, a.o_strides})
-    for (int i = 0; i < 3; i++) strided = strided || st[i] != 0;
   p->what = fmt::format("{} [batch {}, heads {}, tq {}, tk {}, dim {}]{}", backward ? "backward" : "forward", a.batch,
-                        a.heads, a.tq, a.tk, a.head_dim, strided ? " strided" : "");
+                        a.heads, a.tq, a.tk, a.head_dim, a.strided() ? " strided" : "");
   const int64_t cudnn_version = int64_t(cudnnGetVersion());
   if (cudnn_version < (backward ? 91700 : 91301)) {
     p->why = fmt::format("cuDNN {} at run time; the SDPA {} operation needs {}", cudnn_version,
@@ -447,9 +436,8 @@ std::unique_ptr<Plan> build_plan(cudnnHandle_t handle, const AttentionArgs& a, b
 
 // The rows of a strided [batch, heads, tokens, dim] bf16 operand, read back to the host as dense f32 (a one-time
 // check, so a plain synchronous copy of the span the rows cover).
-std::vector<float> read_rows(const void* p, const std::array<int64_t, 3>& s, int64_t b, int64_t h, int64_t t,
-                             int64_t dim) {
-  const int64_t span = (b - 1) * s[0] + (h - 1) * s[1] + (t - 1) * s[2] + dim;
+std::vector<float> read_rows(const void* p, const RowStrides& s, int64_t b, int64_t h, int64_t t, int64_t dim) {
+  const int64_t span = (b - 1) * s.b + (h - 1) * s.h + (t - 1) * s.t + dim;
   std::vector<bf16> raw(static_cast<size_t>(span));
   CUDA_CHECK(cudaMemcpy(raw.data(), p, size_t(span) * sizeof(bf16), cudaMemcpyDeviceToHost));
   std::vector<float> out;
@@ -457,7 +445,7 @@ std::vector<float> read_rows(const void* p, const std::array<int64_t, 3>& s, int
   for (int64_t i = 0; i < b; i++)
     for (int64_t j = 0; j < h; j++)
       for (int64_t r = 0; r < t; r++)
-        for (int64_t d = 0; d < dim; d++) out.push_back(float(raw[size_t(i * s[0] + j * s[1] + r * s[2] + d)]));
+        for (int64_t d = 0; d < dim; d++) out.push_back(float(raw[size_t(i * s.b + j * s.h + r * s.t + d)]));
   return out;
 }
 
@@ -527,20 +515,16 @@ namespace {
 // Runs a usable plan. False (with *why) when cuDNN refuses to execute it.
 bool execute(cudnnHandle_t handle, int device, Plan& p, const AttentionArgs& a, bool backward, std::string* why) {
   const float scale = float(a.scale);
-  std::vector<int64_t> uids = {kQ, kK, kV, kO, kStats, kScale};
-  std::vector<void*> ptrs = {const_cast<void*>(a.q), const_cast<void*>(a.k), const_cast<void*>(a.v), a.out, a.lse,
-                             const_cast<float*>(&scale)};
-  if (backward) {
-    uids.insert(uids.end(), {kDO, kDQ, kDK, kDV});
-    ptrs.insert(ptrs.end(), {const_cast<void*>(a.dout), a.dq, a.dk, a.dv});
-  }
+  const int64_t uids[] = {kQ, kK, kV, kO, kStats, kScale, kDO, kDQ, kDK, kDV};
+  void* const ptrs[] = {const_cast<void*>(a.q), const_cast<void*>(a.k), const_cast<void*>(a.v), a.out, a.lse,
+                        const_cast<float*>(&scale), const_cast<void*>(a.dout), a.dq, a.dk, a.dv};
+  const int64_t n = backward ? 10 : 6;  // the forward's operands come first
   DeviceBuffer workspace(device, size_t(p.workspace));
   void* ws = workspace.get();
   Builder b;
   Desc pack = b.make(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, "create the variant pack");
-  b.set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, int64_t(uids.size()), uids.data(), "pack uids");
-  b.set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, int64_t(ptrs.size()), ptrs.data(),
-        "pack pointers");
+  b.set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids, "pack uids");
+  b.set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, ptrs, "pack pointers");
   b.set(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws, "pack workspace");
   b.finalize(pack, "finalize the variant pack");
   if (b.ok()) b.check(cudnnBackendExecute(handle, p.plan.get(), pack.get()), "cudnnBackendExecute");
@@ -558,8 +542,7 @@ static bool run_cudnn_attention(CudaBackend& be, std::shared_ptr<CudnnAttention>
   if (impl == AttentionImpl::Own || a.dtype != DType::BF16) return false;
   const char* op = backward ? "attention_backward" : "attention_forward";
   const bool forced = impl == AttentionImpl::Cudnn;
-  const std::string bad = unsupported(a, backward);
-  if (!bad.empty()) {
+  if (const char* bad = unsupported(a, backward)) {
     ENG_CHECK(!forced, "{}: ENG_ATTENTION=cudnn, but cuDNN's fused attention cannot take this call: {}", op, bad);
     return false;
   }
@@ -593,35 +576,33 @@ static bool run_cudnn_attention(CudaBackend& be, std::shared_ptr<CudnnAttention>
     ENG_CHECK(!forced, "{}: ENG_ATTENTION=cudnn, but cuDNN has no plan for {}: {}", op, p->what, p->why);
     return false;
   }
-  std::string why;
-  if (p->checked) {
-    if (execute(s.handle, be.device(), *p, a, backward, &why)) return true;
-    ENG_CHECK(!forced, "{}: ENG_ATTENTION=cudnn, but cuDNN failed to run its plan for {}: {}", op, p->what, why);
+  // A plan that fails to run, or disagrees with our kernel on its first call, is dropped: our kernel serves its
+  // shapes from then on (and the caller runs it now, over whatever cuDNN wrote).
+  auto drop = [&](const std::string& why) {
+    ENG_CHECK(!forced, "{}: ENG_ATTENTION=cudnn, but cuDNN's plan for {} is not usable: {}", op, p->what, why);
     {
       std::lock_guard<std::mutex> lock(s.mu);
       p->usable = false;
       p->why = why;
     }
     add_report(fmt::format("{}: dropped: {}", p->what, why));
-    std::fprintf(stderr, "[attention] warning: cuDNN failed to run its plan for %s (%s); the engine's kernel serves it\n",
+    std::fprintf(stderr, "[attention] warning: cuDNN's fused attention for %s: %s; the engine's kernel serves it\n",
                  p->what.c_str(), why.c_str());
     return false;
-  }
+  };
+  std::string why;
+  if (p->checked) return execute(s.handle, be.device(), *p, a, backward, &why) || drop(why);
 
   // First call of this plan: our kernel's results, then cuDNN's, compared.
-  const std::array<int64_t, 3> qs = strides_of(a.q_strides, a.heads, a.tq, a.head_dim),
-                               ks = strides_of(a.k_strides, a.heads, a.tk, a.head_dim),
-                               vs = strides_of(a.v_strides, a.heads, a.tk, a.v_dim),
-                               os = strides_of(a.o_strides, a.heads, a.tq, a.v_dim);
   auto results = [&]() {
     std::vector<std::vector<float>> r;
     if (!backward) {
-      r.push_back(read_rows(a.out, os, a.batch, a.heads, a.tq, a.v_dim));
+      r.push_back(read_rows(a.out, a.o_rows(), a.batch, a.heads, a.tq, a.v_dim));
       r.push_back(read_f32(a.lse, a.batch * a.heads * a.tq));
     } else {
-      r.push_back(read_rows(a.dq, qs, a.batch, a.heads, a.tq, a.head_dim));
-      r.push_back(read_rows(a.dk, ks, a.batch, a.heads, a.tk, a.head_dim));
-      r.push_back(read_rows(a.dv, vs, a.batch, a.heads, a.tk, a.v_dim));
+      r.push_back(read_rows(a.dq, a.q_rows(), a.batch, a.heads, a.tq, a.head_dim));
+      r.push_back(read_rows(a.dk, a.k_rows(), a.batch, a.heads, a.tk, a.head_dim));
+      r.push_back(read_rows(a.dv, a.v_rows(), a.batch, a.heads, a.tk, a.v_dim));
     }
     return r;
   };
@@ -630,33 +611,23 @@ static bool run_cudnn_attention(CudaBackend& be, std::shared_ptr<CudnnAttention>
   else
     be.own_attention_forward(a);
   const auto ours = results();
-  bool ok = execute(s.handle, be.device(), *p, a, backward, &why);
-  std::string note;
-  if (ok) {
-    const auto theirs = results();
-    // bf16 results: a few roundings of 2^-8 apart at most; a wrong layout or scale is off by order 1.
-    const char* names[] = {backward ? "dq" : "out", backward ? "dk" : "lse", "dv"};
-    for (size_t i = 0; i < ours.size(); i++) {
-      const bool is_lse = !backward && i == 1;
-      ok = agrees(names[i], theirs[i], ours[i], is_lse ? 1e-3 : 0.05, is_lse ? 1.0 : 1e-6, &note) && ok;
-    }
-    why = "disagrees with the engine's kernel: " + note;
-  }
   {
     std::lock_guard<std::mutex> lock(s.mu);
-    p->checked = true;
-    if (!ok) {
-      p->usable = false;
-      p->why = why;
-    }
+    p->checked = true;  // one comparison per plan, whatever its outcome
   }
-  add_report(fmt::format("{}: first call {}", p->what, ok ? "agrees with the engine's kernel: " + note : why));
-  if (!ok) {
-    ENG_CHECK(!forced, "{}: ENG_ATTENTION=cudnn, but cuDNN's plan for {} {}", op, p->what, why);
-    std::fprintf(stderr, "[attention] warning: cuDNN's fused attention for %s %s; the engine's kernel serves it\n",
-                 p->what.c_str(), why.c_str());
+  if (!execute(s.handle, be.device(), *p, a, backward, &why)) return drop(why);
+  const auto theirs = results();
+  // bf16 results: a few roundings of 2^-8 apart at most; a wrong layout or scale is off by order 1.
+  const char* names[] = {backward ? "dq" : "out", backward ? "dk" : "lse", "dv"};
+  std::string note;
+  bool ok = true;
+  for (size_t i = 0; i < ours.size(); i++) {
+    const bool is_lse = !backward && i == 1;
+    ok = agrees(names[i], theirs[i], ours[i], is_lse ? 1e-3 : 0.05, is_lse ? 1.0 : 1e-6, &note) && ok;
   }
-  return ok;  // false: the caller runs our kernel again over cuDNN's outputs
+  if (!ok) return drop("disagrees with the engine's kernel: " + note);
+  add_report(fmt::format("{}: first call agrees with the engine's kernel: {}", p->what, note));
+  return true;
 }
 
 bool CudaBackend::cudnn_attention_forward(const AttentionArgs& a) {
