@@ -57,16 +57,46 @@ void Mlp::visit(const std::string& p, const Visitor& f) {
 }
 
 Block::Block(eng::Generator& g, int64_t dim, int64_t heads, double mlp_ratio)
-    : norm1(dim), norm2(dim), attn(g, dim, heads), mlp(g, dim, int64_t(double(dim) * mlp_ratio)) {}
+    : norm1(dim), norm2(dim), attn(g, dim, heads), mlp_(std::make_shared<Mlp>(g, dim, int64_t(double(dim) * mlp_ratio))) {}
 Tensor Block::operator()(const Tensor& x) const {
   Tensor y = eng::add(x, attn(norm1(x)));
-  return eng::add(y, mlp(norm2(y)));
+  return eng::add(y, (*mlp_)(norm2(y)));
 }
 void Block::visit(const std::string& p, const Visitor& f) {
   norm1.visit(p + "norm1.", f);
   attn.visit(p + "attn.", f);
   norm2.visit(p + "norm2.", f);
-  mlp.visit(p + "mlp.", f);
+  mlp_->visit(p + "mlp.", f);
+}
+void Block::set_mlp(std::shared_ptr<MlpLayer> mlp) {
+  ENG_CHECK(mlp != nullptr, "Block::set_mlp: mlp is null (pass a module implementing MlpLayer)");
+  mlp_ = std::move(mlp);
+}
+Mlp& Block::dense_mlp() { return const_cast<Mlp&>(static_cast<const Block&>(*this).dense_mlp()); }
+const Mlp& Block::dense_mlp() const {
+  const Mlp* dense = dynamic_cast<const Mlp*>(mlp_.get());
+  ENG_CHECK(dense != nullptr, "Block::dense_mlp: this block's MLP was replaced by set_mlp and is not a dense Mlp");
+  return *dense;
+}
+
+Tensor embed_patches(const Tensor& imgs, const Tensor& weight, const Tensor& bias) {
+  ENG_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3), "embed_patches: weight must be [D, C, p, p], got {}",
+            eng::shape_str(weight.shape()));
+  const int64_t D = weight.size(0), C = weight.size(1), p = weight.size(2);
+  ENG_CHECK(imgs.dim() == 4 && imgs.size(1) == C && imgs.size(2) % p == 0 && imgs.size(3) % p == 0,
+            "embed_patches: images must be [N, {}, H, W] with H and W divisible by {}, got {}", C, p,
+            eng::shape_str(imgs.shape()));
+  const int64_t N = imgs.size(0), gh = imgs.size(2) / p, gw = imgs.size(3) / p;
+  Tensor patches = imgs.reshape({N, C, gh, p, gw, p}).permute({0, 2, 4, 1, 3, 5}).reshape({N, gh * gw, C * p * p});
+  return eng::linear(patches, in_dtype_of(weight.reshape({D, -1}), patches), in_dtype_of(bias, patches));
+}
+
+Tensor encode_tokens(const Tensor& x, const Tensor& cls_token, const Tensor& cls_pos, const std::vector<Block>& blocks) {
+  const int64_t N = x.size(0), D = x.size(2);
+  Tensor cls = in_dtype_of(eng::add(cls_token, cls_pos), x).expand({N, 1, D});
+  Tensor h = eng::cat({cls, x}, 1);
+  for (const Block& b : blocks) h = b(h);
+  return h;
 }
 
 Tensor sincos_pos_embed_2d(int64_t dim, int64_t grid, bool cls_token) {

@@ -8,6 +8,7 @@
 // into the f32 parameters as f32. An f32 input uses the parameters as they are: no cast, no copy.
 #pragma once
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -59,28 +60,65 @@ struct Attention {
   void visit(const std::string& prefix, const Visitor& f);
 };
 
-struct Mlp {
+// The seam for expert layers: what a block's MLP must be. Called on [B, T, D] -> [B, T, D], where row b of the
+// batch holds the tokens of image b (so an expert layer can route whole images), and it lists its parameters through
+// visit(prefix, f) under the prefix it is given ("blocks.3.mlp."). model/ knows only this interface; the dense Mlp
+// below is the default. Per-batch side information an expert layer needs (for MoCE: the cluster id of each image)
+// is not model/'s business: the module's owner sets it on the module before calling the model's forward.
+struct MlpLayer {
+  virtual ~MlpLayer() = default;
+  virtual Tensor operator()(const Tensor& x) const = 0;
+  virtual void visit(const std::string& prefix, const Visitor& f) = 0;
+};
+
+// The dense MLP of ViT/MAE: fc1, exact GELU, fc2 (one fused op).
+struct Mlp : MlpLayer {
   Linear fc1, fc2;
   Mlp() = default;
   Mlp(eng::Generator& g, int64_t dim, int64_t hidden);
-  Tensor operator()(const Tensor& x) const {
+  Tensor operator()(const Tensor& x) const override {
     if (x.dtype() != eng::DType::BF16) return eng::mlp_gelu(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias);
     return eng::mlp_gelu(x, in_dtype_of(fc1.weight, x), in_dtype_of(fc1.bias, x), in_dtype_of(fc2.weight, x),
                          in_dtype_of(fc2.bias, x));
   }
-  void visit(const std::string& prefix, const Visitor& f);
+  void visit(const std::string& prefix, const Visitor& f) override;
 };
 
-// Pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x)).
+// Pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x)). The MLP is held through a shared pointer
+// so that set_mlp can put any MlpLayer in the dense one's place. Copying a Block (and so a model holding blocks)
+// shares its MLP module, as copying a Tensor shares its storage: the copy's norms and attention are separate
+// handles onto the same storage, while its MLP is the very same object (reassigning a tensor of the copy's MLP
+// through visit reassigns the original's too).
 struct Block {
   LayerNorm norm1, norm2;
   Attention attn;
-  Mlp mlp;
   Block() = default;
   Block(eng::Generator& g, int64_t dim, int64_t heads, double mlp_ratio);
   Tensor operator()(const Tensor& x) const;
   void visit(const std::string& prefix, const Visitor& f);
+
+  const MlpLayer& mlp() const { return *mlp_; }
+  MlpLayer& mlp() { return *mlp_; }
+  const std::shared_ptr<MlpLayer>& mlp_ptr() const { return mlp_; }
+  // Replaces the MLP (for an expert layer); its parameters then appear under "<block prefix>mlp.<its names>".
+  void set_mlp(std::shared_ptr<MlpLayer> mlp);
+  // The dense MLP; throws when set_mlp has replaced it by another kind of layer.
+  Mlp& dense_mlp();
+  const Mlp& dense_mlp() const;
+
+ private:
+  std::shared_ptr<MlpLayer> mlp_ = std::make_shared<Mlp>();
 };
+
+// The pieces of the ViT encoder that the MAE and the ViT classifier share (the same ops, so the same bits):
+// Patch embedding: timm's conv with kernel = stride = p is patchify in (c, i, j) order + a linear layer over the
+// flattened weight. imgs [N, C, H, W] (already in the compute dtype), weight [D, C, p, p], bias [D] -> [N, L, D],
+// without position embeddings. The caller checks the image shape against its config.
+Tensor embed_patches(const Tensor& imgs, const Tensor& weight, const Tensor& bias);
+// The class token plus its position row (added in the parameters' dtype, then cast once to x's) in front of the
+// patch tokens x [N, L, D] (which carry their position embeddings already), then every block in turn: [N, 1 + L, D]
+// before the final norm.
+Tensor encode_tokens(const Tensor& x, const Tensor& cls_token, const Tensor& cls_pos, const std::vector<Block>& blocks);
 
 // Fixed 2-D sine-cosine position embedding of MAE (util/pos_embed.py), [1 + grid*grid, dim] with a zero
 // row for the class token. As in MAE, the first half of the channels encodes the column (w) coordinate.

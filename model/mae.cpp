@@ -134,16 +134,13 @@ void MaskedAutoencoder::check_compute_device(const Tensor& imgs) const {
 }
 
 Tensor MaskedAutoencoder::embed_patches(const Tensor& imgs) const {
-  int64_t N = imgs.size(0), C = imgs.size(1), p = cfg_.patch_size, h = cfg_.grid();
-  ENG_CHECK(C == cfg_.in_chans && imgs.size(2) == cfg_.img_size && imgs.size(3) == cfg_.img_size,
+  ENG_CHECK(imgs.dim() == 4 && imgs.size(1) == cfg_.in_chans && imgs.size(2) == cfg_.img_size &&
+                imgs.size(3) == cfg_.img_size,
             "model {} expects images [N, {}, {}, {}], got {}", cfg_.name, cfg_.in_chans, cfg_.img_size, cfg_.img_size,
             eng::shape_str(imgs.shape()));
   check_compute_device(imgs);
-  // The conv with kernel = stride = p is patchify in (c, i, j) order + a linear layer. Under bf16 the images are
-  // rounded once, before the patch copy (half its bytes).
-  Tensor src = to_compute(imgs);
-  Tensor patches = src.reshape({N, C, h, p, h, p}).permute({0, 2, 4, 1, 3, 5}).reshape({N, h * h, C * p * p});
-  return eng::linear(patches, in_dtype_of(patch_proj_weight_2d(), patches), in_dtype_of(patch_bias, patches));
+  // Under bf16 the images are rounded once, before the patch copy (half its bytes).
+  return model::embed_patches(to_compute(imgs), patch_weight, patch_bias);
 }
 
 MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, double mask_ratio) const {
@@ -165,10 +162,7 @@ MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, do
   Tensor mask = eng::gather(mask_sorted, 1, ids_restore);
 
   // The class token and its (zero) position embedding are added in f32, then rounded once under bf16.
-  Tensor cls = to_compute(eng::add(cls_token, pos_embed.slice(1, 0, 1))).expand({N, 1, D});
-  x = eng::cat({cls, x}, 1);
-  for (const Block& b : blocks) x = b(x);
-  x = norm(x);
+  x = norm(encode_tokens(x, cls_token, pos_embed.slice(1, 0, 1), blocks));
 
   // decoder
   x = decoder_embed(x);
@@ -193,13 +187,10 @@ MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, do
 }
 
 Tensor MaskedAutoencoder::encode_all(const Tensor& imgs) const {
-  int64_t N = imgs.size(0), L = cfg_.num_patches(), D = cfg_.embed_dim;
+  int64_t L = cfg_.num_patches();
   check_compute_device(imgs);
   Tensor x = eng::add(embed_patches(imgs), to_compute(pos_embed.slice(1, 1, L + 1)));
-  Tensor cls = to_compute(eng::add(cls_token, pos_embed.slice(1, 0, 1))).expand({N, 1, D});
-  x = eng::cat({cls, x}, 1);
-  for (const Block& b : blocks) x = b(x);
-  x = norm(x);
+  x = norm(encode_tokens(x, cls_token, pos_embed.slice(1, 0, 1), blocks));
   return compute_dtype_ == DType::BF16 ? x.to(DType::F32) : x;
 }
 

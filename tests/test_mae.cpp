@@ -101,7 +101,7 @@ TEST_SUITE("mae") {
       MESSAGE(name << ": " << mae.num_parameters() << " parameters, loss " << loss);
       CHECK(std::isfinite(loss));
       CHECK(mae.patch_weight.grad().defined());
-      CHECK(mae.blocks.back().mlp.fc2.weight.grad().defined());
+      CHECK(mae.blocks.back().dense_mlp().fc2.weight.grad().defined());
     }
   }
 }
