@@ -57,7 +57,10 @@ void Mlp::visit(const std::string& p, const Visitor& f) {
 }
 
 Block::Block(eng::Generator& g, int64_t dim, int64_t heads, double mlp_ratio)
-    : norm1(dim), norm2(dim), attn(g, dim, heads), mlp_(std::make_shared<Mlp>(g, dim, int64_t(double(dim) * mlp_ratio))) {}
+    : norm1(dim),
+      norm2(dim),
+      attn(g, dim, heads),
+      mlp_(std::make_shared<Mlp>(g, dim, int64_t(double(dim) * mlp_ratio))) {}
 Tensor Block::operator()(const Tensor& x) const {
   Tensor y = eng::add(x, attn(norm1(x)));
   return eng::add(y, (*mlp_)(norm2(y)));
@@ -97,6 +100,32 @@ Tensor encode_tokens(const Tensor& x, const Tensor& cls_token, const Tensor& cls
   Tensor h = eng::cat({cls, x}, 1);
   for (const Block& b : blocks) h = b(h);
   return h;
+}
+
+std::map<std::string, Tensor> state_dict_of(const std::function<void(const Visitor&)>& visit_all) {
+  std::map<std::string, Tensor> m;
+  visit_all([&](const std::string& n, Tensor& t) { m[n] = t; });
+  return m;
+}
+
+std::vector<std::pair<std::string, Tensor>> named_parameters_of(const std::function<void(const Visitor&)>& visit_all) {
+  std::vector<std::pair<std::string, Tensor>> v;
+  visit_all([&](const std::string& n, Tensor& t) {
+    if (t.requires_grad()) v.emplace_back(n, t);
+  });
+  return v;
+}
+
+void load_tensors(const std::map<std::string, Tensor>& mine, const std::map<std::string, Tensor>& weights,
+                  const std::string& file, const std::string& model_name) {
+  for (const auto& [name, t] : mine) {
+    auto it = weights.find(name);
+    ENG_CHECK(it != weights.end(), "{}: tensor '{}' missing (is this a checkpoint of model {}?)", file, name, model_name);
+    ENG_CHECK(it->second.shape() == t.shape(), "{}: tensor '{}' has shape {}, model {} expects {}", file, name,
+              eng::shape_str(it->second.shape()), model_name, eng::shape_str(t.shape()));
+  }
+  eng::NoGradGuard ng;
+  for (auto [name, t] : mine) t.copy_(weights.at(name));
 }
 
 Tensor sincos_pos_embed_2d(int64_t dim, int64_t grid, bool cls_token) {

@@ -8,6 +8,7 @@
 // into the f32 parameters as f32. An f32 input uses the parameters as they are: no cast, no copy.
 #pragma once
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -119,6 +120,15 @@ Tensor embed_patches(const Tensor& imgs, const Tensor& weight, const Tensor& bia
 // patch tokens x [N, L, D] (which carry their position embeddings already), then every block in turn: [N, 1 + L, D]
 // before the final norm.
 Tensor encode_tokens(const Tensor& x, const Tensor& cls_token, const Tensor& cls_pos, const std::vector<Block>& blocks);
+
+// State-dict helpers shared by the models. `visit_all(f)` calls the model's visit with f.
+// Every tensor the visit lists, by name; the trainable ones (requires_grad) in visit order.
+std::map<std::string, Tensor> state_dict_of(const std::function<void(const Visitor&)>& visit_all);
+std::vector<std::pair<std::string, Tensor>> named_parameters_of(const std::function<void(const Visitor&)>& visit_all);
+// Copies weights[name] into each tensor of `mine` (no autograd), after checking that every name is in `weights` with
+// the same shape; errors name the file, the tensor and the model. Names in `weights` that `mine` lacks are ignored.
+void load_tensors(const std::map<std::string, Tensor>& mine, const std::map<std::string, Tensor>& weights,
+                  const std::string& file, const std::string& model_name);
 
 // Fixed 2-D sine-cosine position embedding of MAE (util/pos_embed.py), [1 + grid*grid, dim] with a zero
 // row for the class token. As in MAE, the first half of the channels encodes the column (w) coordinate.

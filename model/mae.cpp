@@ -215,17 +215,11 @@ void MaskedAutoencoder::visit(const Visitor& f) {
 }
 
 std::map<std::string, Tensor> MaskedAutoencoder::state_dict() {
-  std::map<std::string, Tensor> m;
-  visit([&](const std::string& n, Tensor& t) { m[n] = t; });
-  return m;
+  return state_dict_of([&](const Visitor& f) { visit(f); });
 }
 
 std::vector<std::pair<std::string, Tensor>> MaskedAutoencoder::named_parameters() {
-  std::vector<std::pair<std::string, Tensor>> v;
-  visit([&](const std::string& n, Tensor& t) {
-    if (t.requires_grad()) v.emplace_back(n, t);
-  });
-  return v;
+  return named_parameters_of([&](const Visitor& f) { visit(f); });
 }
 
 int64_t MaskedAutoencoder::num_parameters() {
@@ -235,15 +229,7 @@ int64_t MaskedAutoencoder::num_parameters() {
 }
 
 void MaskedAutoencoder::load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file) {
-  std::map<std::string, Tensor> mine = state_dict();
-  for (const auto& [name, t] : mine) {
-    auto it = weights.find(name);
-    ENG_CHECK(it != weights.end(), "{}: tensor '{}' missing (is this a checkpoint of model {}?)", file, name, cfg_.name);
-    ENG_CHECK(it->second.shape() == t.shape(), "{}: tensor '{}' has shape {}, model {} expects {}", file, name,
-              eng::shape_str(it->second.shape()), cfg_.name, eng::shape_str(t.shape()));
-  }
-  eng::NoGradGuard ng;
-  for (auto& [name, t] : mine) t.copy_(weights.at(name));
+  load_tensors(state_dict(), weights, file, cfg_.name);
 }
 
 }  // namespace model

@@ -1,0 +1,174 @@
+// vit.cpp: the ViT classifier's config, forward pass, state dict, and its construction from an MAE.
+#include "model/vit.h"
+
+#include "model/mae.h"
+
+namespace model {
+
+std::string pool_name(VitPool pool) {
+  switch (pool) {
+    case VitPool::Token: return "token";
+    case VitPool::Avg: return "avg";
+    case VitPool::NormAvg: return "norm_avg";
+  }
+  ENG_FAIL("pool_name: unknown pooling {}", int(pool));
+}
+
+VitPool parse_pool(const std::string& name) {
+  for (VitPool p : {VitPool::Token, VitPool::Avg, VitPool::NormAvg})
+    if (pool_name(p) == name) return p;
+  ENG_FAIL("unknown ViT pooling '{}'; known: token, avg, norm_avg", name);
+}
+
+void validate(const VitConfig& c) {
+  auto positive = [&](const char* field, int64_t v) {
+    ENG_CHECK(v > 0, "ViT config {}: {} must be positive, got {}", c.name, field, v);
+  };
+  positive("img_size", c.img_size);
+  positive("patch_size", c.patch_size);
+  positive("in_chans", c.in_chans);
+  positive("embed_dim", c.embed_dim);
+  positive("depth", c.depth);
+  positive("num_heads", c.num_heads);
+  ENG_CHECK(c.num_classes >= 0, "ViT config {}: num_classes must be >= 0 (0: no head), got {}", c.name, c.num_classes);
+  ENG_CHECK(c.img_size % c.patch_size == 0, "ViT config {}: img_size {} is not divisible by patch_size {}", c.name,
+            c.img_size, c.patch_size);
+  ENG_CHECK(c.embed_dim % c.num_heads == 0, "ViT config {}: embed_dim {} is not divisible by num_heads {}", c.name,
+            c.embed_dim, c.num_heads);
+  ENG_CHECK(c.mlp_ratio > 0 && int64_t(double(c.embed_dim) * c.mlp_ratio) >= 1,
+            "ViT config {}: mlp_ratio {} gives an MLP of no width for embed_dim {}", c.name, c.mlp_ratio, c.embed_dim);
+}
+
+nlohmann::json config_to_json(const VitConfig& c) {
+  return {{"name", c.name},           {"img_size", c.img_size},   {"patch_size", c.patch_size},
+          {"in_chans", c.in_chans},   {"embed_dim", c.embed_dim}, {"depth", c.depth},
+          {"num_heads", c.num_heads}, {"mlp_ratio", c.mlp_ratio}, {"num_classes", c.num_classes},
+          {"global_pool", pool_name(c.pool)}};
+}
+
+VitConfig vit_config_from_json(const nlohmann::json& j) {
+  VitConfig c;
+  try {
+    c.name = j.value("name", std::string("custom"));
+    c.img_size = j.at("img_size");
+    c.patch_size = j.at("patch_size");
+    c.in_chans = j.at("in_chans");
+    c.embed_dim = j.at("embed_dim");
+    c.depth = j.at("depth");
+    c.num_heads = j.at("num_heads");
+    c.mlp_ratio = j.at("mlp_ratio");
+    c.num_classes = j.at("num_classes");
+    c.pool = parse_pool(j.at("global_pool").get<std::string>());
+  } catch (const nlohmann::json::exception& e) {
+    ENG_FAIL("ViT config JSON: {}", e.what());
+  }
+  validate(c);
+  return c;
+}
+
+VitConfig vit_config_from_mae(const MaeConfig& mae, VitPool pool, int64_t num_classes) {
+  VitConfig c;
+  c.name = mae.name;
+  c.img_size = mae.img_size, c.patch_size = mae.patch_size, c.in_chans = mae.in_chans;
+  c.embed_dim = mae.embed_dim, c.depth = mae.depth, c.num_heads = mae.num_heads, c.mlp_ratio = mae.mlp_ratio;
+  c.num_classes = num_classes;
+  c.pool = pool;
+  validate(c);
+  return c;
+}
+
+VisionTransformer::VisionTransformer(const VitConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  validate(cfg);
+  eng::Generator g(seed, /*stream=*/0);
+  const int64_t D = cfg.embed_dim, p = cfg.patch_size;
+  patch_weight = xavier_uniform(g, D, cfg.in_chans * p * p, {D, cfg.in_chans, p, p});
+  patch_bias = trainable(Tensor::zeros({D}));
+  cls_token = trainable(g.normal({1, 1, D}, 0.0, 0.02));
+  for (int64_t i = 0; i < cfg.depth; i++) blocks.emplace_back(g, D, cfg.num_heads, cfg.mlp_ratio);
+  pos_embed = trainable(g.normal({1, 1 + cfg.num_patches(), D}, 0.0, 0.02));
+  if (cfg.pool == VitPool::Avg)
+    fc_norm = LayerNorm(D);
+  else
+    norm = LayerNorm(D);
+  if (cfg.num_classes > 0) {
+    head.weight = trainable(g.normal({cfg.num_classes, D}, 0.0, 2e-5));
+    head.bias = trainable(Tensor::zeros({cfg.num_classes}));
+  }
+}
+
+Tensor VisionTransformer::forward_tokens(const Tensor& imgs) const {
+  ENG_CHECK(imgs.dim() == 4 && imgs.size(1) == cfg_.in_chans && imgs.size(2) == cfg_.img_size &&
+                imgs.size(3) == cfg_.img_size,
+            "ViT {} expects images [N, {}, {}, {}], got {}", cfg_.name, cfg_.in_chans, cfg_.img_size, cfg_.img_size,
+            eng::shape_str(imgs.shape()));
+  const int64_t L = cfg_.num_patches();
+  Tensor x = eng::add(embed_patches(imgs, patch_weight, patch_bias), pos_embed.slice(1, 1, L + 1));
+  x = encode_tokens(x, cls_token, pos_embed.slice(1, 0, 1), blocks);
+  return cfg_.pool == VitPool::Avg ? x : norm(x);
+}
+
+Tensor VisionTransformer::features(const Tensor& imgs) const {
+  Tensor x = forward_tokens(imgs);
+  if (cfg_.pool == VitPool::Token) return x.select(1, 0);
+  Tensor mean_patches = eng::mean(x.slice(1, 1, x.size(1)), {1});
+  return cfg_.pool == VitPool::Avg ? fc_norm(mean_patches) : mean_patches;
+}
+
+Tensor VisionTransformer::forward(const Tensor& imgs) const {
+  Tensor f = features(imgs);
+  return cfg_.num_classes > 0 ? head(f) : f;
+}
+
+void VisionTransformer::visit(const Visitor& f) {
+  f("cls_token", cls_token);
+  f("pos_embed", pos_embed);
+  f("patch_embed.proj.weight", patch_weight);
+  f("patch_embed.proj.bias", patch_bias);
+  for (size_t i = 0; i < blocks.size(); i++) blocks[i].visit("blocks." + std::to_string(i) + ".", f);
+  if (cfg_.pool == VitPool::Avg)
+    fc_norm.visit("fc_norm.", f);
+  else
+    norm.visit("norm.", f);
+  if (cfg_.num_classes > 0) head.visit("head.", f);
+}
+
+std::map<std::string, Tensor> VisionTransformer::state_dict() {
+  return state_dict_of([&](const Visitor& f) { visit(f); });
+}
+
+std::vector<std::pair<std::string, Tensor>> VisionTransformer::named_parameters() {
+  return named_parameters_of([&](const Visitor& f) { visit(f); });
+}
+
+int64_t VisionTransformer::num_parameters() {
+  int64_t n = 0;
+  for (auto& [name, t] : named_parameters()) n += t.numel();
+  return n;
+}
+
+void VisionTransformer::load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file) {
+  std::map<std::string, Tensor> mine = state_dict();
+  for (const auto& [name, t] : weights)
+    ENG_CHECK(mine.count(name) == 1, "{}: tensor '{}' is not part of ViT {} ({} pooling, {} classes)", file, name,
+              cfg_.name, pool_name(cfg_.pool), cfg_.num_classes);
+  load_tensors(mine, weights, file, cfg_.name);
+}
+
+VisionTransformer vit_from_mae(const MaskedAutoencoder& mae, VitPool pool, int64_t num_classes, uint64_t seed) {
+  VisionTransformer vit(vit_config_from_mae(mae.config(), pool, num_classes), seed);
+  // A copy of the MAE's handles, to read its tensors through the (non-const) visit.
+  MaskedAutoencoder source = mae;
+  std::map<std::string, Tensor> from = source.state_dict();
+  std::map<std::string, Tensor> encoder;
+  vit.visit([&](const std::string& name, Tensor& t) {
+    if (name.rfind("head.", 0) == 0 || name.rfind("fc_norm.", 0) == 0) return;  // fresh, as MAE's fine-tuning
+    ENG_CHECK(from.count(name) == 1,
+              "vit_from_mae: MAE {} has no tensor '{}' (a block whose MLP was replaced by set_mlp has no dense MLP)",
+              mae.config().name, name);
+    encoder.emplace(name, t);
+  });
+  load_tensors(encoder, from, "vit_from_mae (MAE " + mae.config().name + ")", vit.cfg_.name);
+  return vit;
+}
+
+}  // namespace model
