@@ -102,18 +102,24 @@ Tensor encode_tokens(const Tensor& x, const Tensor& cls_token, const Tensor& cls
   return h;
 }
 
-std::map<std::string, Tensor> state_dict_of(const std::function<void(const Visitor&)>& visit_all) {
+std::map<std::string, Tensor> Module::state_dict() {
   std::map<std::string, Tensor> m;
-  visit_all([&](const std::string& n, Tensor& t) { m[n] = t; });
+  visit([&](const std::string& n, Tensor& t) { m[n] = t; });
   return m;
 }
 
-std::vector<std::pair<std::string, Tensor>> named_parameters_of(const std::function<void(const Visitor&)>& visit_all) {
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters() {
   std::vector<std::pair<std::string, Tensor>> v;
-  visit_all([&](const std::string& n, Tensor& t) {
+  visit([&](const std::string& n, Tensor& t) {
     if (t.requires_grad()) v.emplace_back(n, t);
   });
   return v;
+}
+
+int64_t Module::num_parameters() {
+  int64_t n = 0;
+  for (auto& [name, t] : named_parameters()) n += t.numel();
+  return n;
 }
 
 void load_tensors(const std::map<std::string, Tensor>& mine, const std::map<std::string, Tensor>& weights,

@@ -121,10 +121,17 @@ Tensor embed_patches(const Tensor& imgs, const Tensor& weight, const Tensor& bia
 // before the final norm.
 Tensor encode_tokens(const Tensor& x, const Tensor& cls_token, const Tensor& cls_pos, const std::vector<Block>& blocks);
 
-// State-dict helpers shared by the models. `visit_all(f)` calls the model's visit with f.
-// Every tensor the visit lists, by name; the trainable ones (requires_grad) in visit order.
-std::map<std::string, Tensor> state_dict_of(const std::function<void(const Visitor&)>& visit_all);
-std::vector<std::pair<std::string, Tensor>> named_parameters_of(const std::function<void(const Visitor&)>& visit_all);
+// What the models share: they list their tensors through visit(f), by full name; the state dict, the trainable
+// parameters and their count follow from it.
+class Module {
+ public:
+  virtual ~Module() = default;
+  virtual void visit(const Visitor& f) = 0;
+  std::map<std::string, Tensor> state_dict();  // every tensor visit lists, by name
+  std::vector<std::pair<std::string, Tensor>> named_parameters();  // those that train (requires_grad), in visit order
+  int64_t num_parameters();
+};
+
 // Copies weights[name] into each tensor of `mine` (no autograd), after checking that every name is in `weights` with
 // the same shape; errors name the file, the tensor and the model. Names in `weights` that `mine` lacks are ignored.
 void load_tensors(const std::map<std::string, Tensor>& mine, const std::map<std::string, Tensor>& weights,

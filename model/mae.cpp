@@ -47,33 +47,20 @@ eng::DType parse_precision(const std::string& name) {
 }
 
 nlohmann::json config_to_json(const MaeConfig& c) {
-  return {{"name", c.name},
-          {"img_size", c.img_size},
-          {"patch_size", c.patch_size},
-          {"in_chans", c.in_chans},
-          {"embed_dim", c.embed_dim},
-          {"depth", c.depth},
-          {"num_heads", c.num_heads},
-          {"decoder_embed_dim", c.decoder_embed_dim},
-          {"decoder_depth", c.decoder_depth},
-          {"decoder_num_heads", c.decoder_num_heads},
-          {"mlp_ratio", c.mlp_ratio},
-          {"norm_pix_loss", c.norm_pix_loss}};
+  nlohmann::json j = encoder_config_to_json(c);
+  j["decoder_embed_dim"] = c.decoder_embed_dim;
+  j["decoder_depth"] = c.decoder_depth;
+  j["decoder_num_heads"] = c.decoder_num_heads;
+  j["norm_pix_loss"] = c.norm_pix_loss;
+  return j;
 }
 
 MaeConfig mae_config_from_json(const nlohmann::json& j) {
   MaeConfig c;
-  c.name = j.value("name", std::string("custom"));
-  c.img_size = j.at("img_size");
-  c.patch_size = j.at("patch_size");
-  c.in_chans = j.at("in_chans");
-  c.embed_dim = j.at("embed_dim");
-  c.depth = j.at("depth");
-  c.num_heads = j.at("num_heads");
+  encoder_config_from_json(j, c);
   c.decoder_embed_dim = j.at("decoder_embed_dim");
   c.decoder_depth = j.at("decoder_depth");
   c.decoder_num_heads = j.at("decoder_num_heads");
-  c.mlp_ratio = j.at("mlp_ratio");
   c.norm_pix_loss = j.at("norm_pix_loss");
   return c;
 }
@@ -212,20 +199,6 @@ void MaskedAutoencoder::visit(const Visitor& f) {
   for (size_t i = 0; i < decoder_blocks.size(); i++) decoder_blocks[i].visit("decoder_blocks." + std::to_string(i) + ".", f);
   decoder_norm.visit("decoder_norm.", f);
   decoder_pred.visit("decoder_pred.", f);
-}
-
-std::map<std::string, Tensor> MaskedAutoencoder::state_dict() {
-  return state_dict_of([&](const Visitor& f) { visit(f); });
-}
-
-std::vector<std::pair<std::string, Tensor>> MaskedAutoencoder::named_parameters() {
-  return named_parameters_of([&](const Visitor& f) { visit(f); });
-}
-
-int64_t MaskedAutoencoder::num_parameters() {
-  int64_t n = 0;
-  for (auto& [name, t] : named_parameters()) n += t.numel();
-  return n;
 }
 
 void MaskedAutoencoder::load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file) {

@@ -21,18 +21,14 @@
 #include <nlohmann/json.hpp>
 
 #include "model/layers.h"
+#include "model/vit.h"
 
 namespace model {
 
-struct MaeConfig {
-  std::string name;
-  int64_t img_size = 32, patch_size = 4, in_chans = 3;
-  int64_t embed_dim = 192, depth = 12, num_heads = 3;
+// The encoder's sizes (EncoderConfig, model/vit.h), the decoder's, and the loss.
+struct MaeConfig : EncoderConfig {
   int64_t decoder_embed_dim = 128, decoder_depth = 4, decoder_num_heads = 4;
-  double mlp_ratio = 4.0;
   bool norm_pix_loss = true;
-  int64_t grid() const { return img_size / patch_size; }
-  int64_t num_patches() const { return grid() * grid(); }
   int64_t patch_dim() const { return patch_size * patch_size * in_chans; }
 };
 
@@ -58,7 +54,7 @@ struct MaeOutput {
   Tensor ids_restore;  // [N, L]
 };
 
-class MaskedAutoencoder {
+class MaskedAutoencoder : public Module {
  public:
   MaskedAutoencoder(const MaeConfig& cfg, uint64_t seed);
   const MaeConfig& config() const { return cfg_; }
@@ -76,14 +72,12 @@ class MaskedAutoencoder {
   // with no final norm in some setups; here: mean of patch tokens after the final norm, stated).
   Tensor features(const Tensor& imgs) const;
 
-  // All tensors of the state dict (parameters and the fixed position embeddings), by MAE name.
-  std::map<std::string, Tensor> state_dict();
-  // Parameters that train (the position embeddings are fixed and not in this list), in a fixed order.
-  std::vector<std::pair<std::string, Tensor>> named_parameters();
-  // Copies values from `weights` (which must match names, shapes and dtypes exactly; errors name the file).
+  // The state dict (state_dict(), from Module) holds the parameters and the fixed position embeddings, by MAE name;
+  // named_parameters() the parameters that train (not the fixed position embeddings), in a fixed order.
+  void visit(const Visitor& f) override;
+  // Copies values from `weights`, which must hold each of this model's names with its shape (values are converted
+  // to the model's dtype; names the model lacks are ignored); errors name the file and the tensor.
   void load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file);
-  void visit(const Visitor& f);
-  int64_t num_parameters();
 
   // Pieces (public for tests and for MoCE, which reuses the encoder).
   Tensor embed_patches(const Tensor& imgs) const;  // [N, L, D] in the compute dtype, without position embeddings

@@ -39,24 +39,34 @@ void validate(const VitConfig& c) {
             "ViT config {}: mlp_ratio {} gives an MLP of no width for embed_dim {}", c.name, c.mlp_ratio, c.embed_dim);
 }
 
-nlohmann::json config_to_json(const VitConfig& c) {
+nlohmann::json encoder_config_to_json(const EncoderConfig& c) {
   return {{"name", c.name},           {"img_size", c.img_size},   {"patch_size", c.patch_size},
           {"in_chans", c.in_chans},   {"embed_dim", c.embed_dim}, {"depth", c.depth},
-          {"num_heads", c.num_heads}, {"mlp_ratio", c.mlp_ratio}, {"num_classes", c.num_classes},
-          {"global_pool", pool_name(c.pool)}};
+          {"num_heads", c.num_heads}, {"mlp_ratio", c.mlp_ratio}};
+}
+
+void encoder_config_from_json(const nlohmann::json& j, EncoderConfig& c) {
+  c.name = j.value("name", std::string("custom"));
+  c.img_size = j.at("img_size");
+  c.patch_size = j.at("patch_size");
+  c.in_chans = j.at("in_chans");
+  c.embed_dim = j.at("embed_dim");
+  c.depth = j.at("depth");
+  c.num_heads = j.at("num_heads");
+  c.mlp_ratio = j.at("mlp_ratio");
+}
+
+nlohmann::json config_to_json(const VitConfig& c) {
+  nlohmann::json j = encoder_config_to_json(c);
+  j["num_classes"] = c.num_classes;
+  j["global_pool"] = pool_name(c.pool);
+  return j;
 }
 
 VitConfig vit_config_from_json(const nlohmann::json& j) {
   VitConfig c;
   try {
-    c.name = j.value("name", std::string("custom"));
-    c.img_size = j.at("img_size");
-    c.patch_size = j.at("patch_size");
-    c.in_chans = j.at("in_chans");
-    c.embed_dim = j.at("embed_dim");
-    c.depth = j.at("depth");
-    c.num_heads = j.at("num_heads");
-    c.mlp_ratio = j.at("mlp_ratio");
+    encoder_config_from_json(j, c);
     c.num_classes = j.at("num_classes");
     c.pool = parse_pool(j.at("global_pool").get<std::string>());
   } catch (const nlohmann::json::exception& e) {
@@ -66,11 +76,9 @@ VitConfig vit_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
-VitConfig vit_config_from_mae(const MaeConfig& mae, VitPool pool, int64_t num_classes) {
+VitConfig vit_config_from_encoder(const EncoderConfig& encoder, VitPool pool, int64_t num_classes) {
   VitConfig c;
-  c.name = mae.name;
-  c.img_size = mae.img_size, c.patch_size = mae.patch_size, c.in_chans = mae.in_chans;
-  c.embed_dim = mae.embed_dim, c.depth = mae.depth, c.num_heads = mae.num_heads, c.mlp_ratio = mae.mlp_ratio;
+  static_cast<EncoderConfig&>(c) = encoder;
   c.num_classes = num_classes;
   c.pool = pool;
   validate(c);
@@ -132,20 +140,6 @@ void VisionTransformer::visit(const Visitor& f) {
   if (cfg_.num_classes > 0) head.visit("head.", f);
 }
 
-std::map<std::string, Tensor> VisionTransformer::state_dict() {
-  return state_dict_of([&](const Visitor& f) { visit(f); });
-}
-
-std::vector<std::pair<std::string, Tensor>> VisionTransformer::named_parameters() {
-  return named_parameters_of([&](const Visitor& f) { visit(f); });
-}
-
-int64_t VisionTransformer::num_parameters() {
-  int64_t n = 0;
-  for (auto& [name, t] : named_parameters()) n += t.numel();
-  return n;
-}
-
 void VisionTransformer::load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file) {
   std::map<std::string, Tensor> mine = state_dict();
   for (const auto& [name, t] : weights)
@@ -155,7 +149,7 @@ void VisionTransformer::load_state_dict(const std::map<std::string, Tensor>& wei
 }
 
 VisionTransformer vit_from_mae(const MaskedAutoencoder& mae, VitPool pool, int64_t num_classes, uint64_t seed) {
-  VisionTransformer vit(vit_config_from_mae(mae.config(), pool, num_classes), seed);
+  VisionTransformer vit(vit_config_from_encoder(mae.config(), pool, num_classes), seed);
   // A copy of the MAE's handles, to read its tensors through the (non-const) visit.
   MaskedAutoencoder source = mae;
   std::map<std::string, Tensor> from = source.state_dict();

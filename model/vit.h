@@ -23,21 +23,29 @@
 namespace model {
 
 class MaskedAutoencoder;
-struct MaeConfig;
+
+// The sizes of a ViT encoder: what the ViT's config and the MAE's (model/mae.h) share.
+struct EncoderConfig {
+  std::string name;
+  int64_t img_size = 32, patch_size = 4, in_chans = 3;
+  int64_t embed_dim = 192, depth = 12, num_heads = 3;
+  double mlp_ratio = 4.0;
+  int64_t grid() const { return img_size / patch_size; }
+  int64_t num_patches() const { return grid() * grid(); }
+};
+// Its fields as JSON keys of the same names; reading throws nlohmann's exception on a missing or mistyped key
+// (a missing "name" reads as "custom").
+nlohmann::json encoder_config_to_json(const EncoderConfig& c);
+void encoder_config_from_json(const nlohmann::json& j, EncoderConfig& c);
 
 enum class VitPool { Token, Avg, NormAvg };
 std::string pool_name(VitPool pool);  // "token", "avg", "norm_avg"
 VitPool parse_pool(const std::string& name);  // throws naming the choices
 
-struct VitConfig {
-  std::string name = "custom";
-  int64_t img_size = 32, patch_size = 4, in_chans = 3;
-  int64_t embed_dim = 192, depth = 12, num_heads = 3;
-  double mlp_ratio = 4.0;
+struct VitConfig : EncoderConfig {
   int64_t num_classes = 0;  // 0: no head
   VitPool pool = VitPool::Token;
-  int64_t grid() const { return img_size / patch_size; }
-  int64_t num_patches() const { return grid() * grid(); }
+  VitConfig() { name = "custom"; }
 };
 
 // Throws a one-line eng::Error naming the field: sizes positive, num_classes >= 0, img_size divisible by patch_size,
@@ -45,10 +53,10 @@ struct VitConfig {
 void validate(const VitConfig& c);
 nlohmann::json config_to_json(const VitConfig& c);
 VitConfig vit_config_from_json(const nlohmann::json& j);  // validated; errors name the missing or bad key
-// The encoder sizes of an MAE config, with this pooling and head.
-VitConfig vit_config_from_mae(const MaeConfig& mae, VitPool pool, int64_t num_classes);
+// The encoder sizes of another config (an MaeConfig), with this pooling and head; validated.
+VitConfig vit_config_from_encoder(const EncoderConfig& encoder, VitPool pool, int64_t num_classes);
 
-class VisionTransformer {
+class VisionTransformer : public Module {
  public:
   // Initialised as timm and MAE's fine-tuning: weights as the MAE's layers (xavier-uniform, zero biases, unit
   // norms), cls_token and pos_embed N(0, 0.02), head weight N(0, 2e-5) (main_finetune.py) with a zero bias.
@@ -62,14 +70,12 @@ class VisionTransformer {
   // The pooled features [N, D] that the head takes.
   Tensor features(const Tensor& imgs) const;
 
-  // By timm name: cls_token, pos_embed, patch_embed.proj.*, blocks.N.*, norm.* or fc_norm.*, head.*.
-  std::map<std::string, Tensor> state_dict();
-  std::vector<std::pair<std::string, Tensor>> named_parameters();  // all trainable (pos_embed included), fixed order
+  // By timm name: cls_token, pos_embed, patch_embed.proj.*, blocks.N.*, norm.* or fc_norm.*, head.*, in that order;
+  // every one trains (pos_embed too, as in timm), so named_parameters() lists them all.
+  void visit(const Visitor& f) override;
   // Copies values from `weights`, which must hold exactly this model's names with its shapes (errors name the file
-  // and the tensor).
+  // and the tensor; nothing is copied unless all match).
   void load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file);
-  void visit(const Visitor& f);
-  int64_t num_parameters();
 
   VitConfig cfg_;
   Tensor patch_weight, patch_bias;  // patch_embed.proj.weight [D, C, p, p], .bias [D]

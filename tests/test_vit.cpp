@@ -321,7 +321,7 @@ TEST_SUITE("vit") {
     CHECK(testutil::error_of([&] { model::vit_config_from_json(bad); }).find("unknown ViT pooling 'max'") !=
           std::string::npos);
 
-    model::VitConfig from_mae = model::vit_config_from_mae(model::mae_config("mae_tiny_p4_32"), model::VitPool::Token, 10);
+    model::VitConfig from_mae = model::vit_config_from_encoder(model::mae_config("mae_tiny_p4_32"), model::VitPool::Token, 10);
     CHECK(from_mae.embed_dim == 192);
     CHECK(from_mae.depth == 12);
     CHECK(from_mae.num_patches() == 64);
