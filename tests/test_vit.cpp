@@ -2,6 +2,7 @@
 // residual, and named under blocks.N.mlp.) and the plain ViT classifier (timm's names, bitwise the MAE encoder,
 // gradient check in f64, config errors).
 #include <doctest/doctest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -366,5 +367,29 @@ TEST_SUITE("vit") {
     Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 4}, {2});
     eng::cross_entropy(vit.forward(g.normal({2, 3, 8, 8})), labels).backward();
     CHECK(expert->proj.weight.grad().defined());
+  }
+}
+
+TEST_SUITE("vit") {
+  TEST_CASE("the same logits and gradients, bit for bit, with 1 and 2 threads") {
+    model::VitConfig c = tiny_vit(model::VitPool::Avg, 10);
+    c.img_size = 32, c.embed_dim = 64, c.num_heads = 4, c.mlp_ratio = 4.0;  // 64 patches: big enough to split
+    auto run = [&](int threads) {
+      const int saved = omp_get_max_threads();
+      omp_set_num_threads(threads);
+      model::VisionTransformer vit(c, 7);
+      Generator g(9);
+      randomise(vit, g, 0.1, DType::F32);
+      Tensor labels = Tensor::from_vector(std::vector<int64_t>{0, 3, 9, 5}, {4});
+      Tensor logits = vit.forward(g.normal({4, 3, 32, 32}));
+      eng::cross_entropy(logits, labels).backward();
+      std::vector<std::vector<float>> out = {logits.to_vector<float>()};
+      for (auto& [name, p] : vit.named_parameters()) out.push_back(p.grad().to_vector<float>());
+      omp_set_num_threads(saved);
+      return out;
+    };
+    auto one = run(1), two = run(2);
+    CHECK(one.size() == 1 + 32);  // the logits and the gradients of 4 + 2 x 12 + 2 + 2 parameters
+    CHECK(one == two);
   }
 }
