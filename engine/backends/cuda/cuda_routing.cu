@@ -3,8 +3,8 @@
 // cumsum        one thread per line along `dim`, adding in order: the CPU's sequence of additions, so the CPU's
 //               bits (no atomics, no tree).
 // one_hot       one thread per output element.
-// bincount      (value, position) pairs radix-sorted by value (CUB), then one thread per bin finds its run by two
-//               binary searches: integer counts with no atomics.
+// bincount      the values radix-sorted (CUB, only the bits a bin number needs); the first and last element of each
+//               run of equal values write where it starts and ends; a bin's count is end - start: no atomics.
 // Index values are checked by the kernels: an out-of-range one is skipped (its one_hot row stays zero, it counts in
 // no bin) and recorded as an IndexFault (cuda_common.cuh), reported at the next read-back as the CPU words it.
 // grouped_gemm  cuBLAS's grouped batched GEMM (cublasGemmGroupedBatchedEx, one problem per group, up to
@@ -55,33 +55,31 @@ __global__ void one_hot_kernel(T* __restrict__ dst, const int64_t* __restrict__ 
   }
 }
 
-// Sort keys of the values: an out-of-range one becomes a key past every bin (uint64 of a negative value >= 2^63).
-__global__ void bin_keys_kernel(uint64_t* __restrict__ keys, int64_t* __restrict__ pos, const int64_t* __restrict__ index,
-                                int64_t stride, int64_t n, int64_t bins, IndexFault* fault) {
+// Sort keys of the values; an out-of-range value becomes the sentinel key `bins`, which no bin counts.
+__global__ void bin_keys_kernel(uint64_t* __restrict__ keys, const int64_t* __restrict__ index, int64_t stride,
+                                int64_t n, int64_t bins, IndexFault* fault) {
   ENG_GRID_STRIDE(j, n) {
     const int64_t v = index[j * stride];
-    if (v < 0 || v >= bins) record_index_fault(fault, kFaultBincount, 0, v, bins);
-    keys[j] = uint64_t(v);
-    pos[j] = j;
+    const bool ok = v >= 0 && v < bins;
+    if (!ok) record_index_fault(fault, kFaultBincount, 0, v, bins);
+    keys[j] = uint64_t(ok ? v : bins);
   }
 }
 
-// Number of sorted keys below `target`.
-__device__ inline int64_t keys_below(const uint64_t* sorted, int64_t n, uint64_t target) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (sorted[mid] < target)
-      lo = mid + 1;
-    else
-      hi = mid;
+// Where each key's run starts and ends in the sorted keys: only the first (last) element of a run writes its start
+// (end), so every slot has one writer; keys with no run keep the zeros they were given.
+__global__ void bin_runs_kernel(int64_t* __restrict__ run_start, int64_t* __restrict__ run_end,
+                                const uint64_t* __restrict__ sorted, int64_t n) {
+  ENG_GRID_STRIDE(j, n) {
+    const uint64_t key = sorted[j];
+    if (j == 0 || sorted[j - 1] != key) run_start[key] = j;
+    if (j == n - 1 || sorted[j + 1] != key) run_end[key] = j + 1;
   }
-  return lo;
 }
 
-__global__ void bin_counts_kernel(int64_t* __restrict__ counts, const uint64_t* __restrict__ sorted, int64_t n,
-                                  int64_t bins) {
-  ENG_GRID_STRIDE(b, bins) { counts[b] = keys_below(sorted, n, uint64_t(b) + 1) - keys_below(sorted, n, uint64_t(b)); }
+__global__ void bin_counts_kernel(int64_t* __restrict__ counts, const int64_t* __restrict__ run_start,
+                                  const int64_t* __restrict__ run_end, int64_t bins) {
+  ENG_GRID_STRIDE(b, bins) { counts[b] = run_end[b] - run_start[b]; }
 }
 
 // ---------------------------------------------------------------- grouped GEMM
@@ -173,22 +171,28 @@ void CudaBackend::bincount(const TensorDesc& counts, const TensorDesc& index) {
   ENG_CHECK(index.ndim == 1, "cuda bincount: index must be 1-D, got rank {}", index.ndim);
   const int64_t bins = counts.shape[0], n = index.shape[0];
   if (bins == 0) return;
-  DeviceBuffer keys(device(), size_t(n) * sizeof(uint64_t)), keys_sorted(device(), size_t(n) * sizeof(uint64_t));
-  DeviceBuffer pos(device(), size_t(n) * sizeof(int64_t)), pos_sorted(device(), size_t(n) * sizeof(int64_t));
+  // Run bounds of keys 0..bins (the last one is the out-of-range sentinel), zero for keys that never occur.
+  DeviceBuffer bounds(device(), size_t(2 * (bins + 1)) * sizeof(int64_t));
+  int64_t* run_start = bounds.as<int64_t>();
+  int64_t* run_end = run_start + bins + 1;
+  CUDA_CHECK(cudaMemsetAsync(run_start, 0, bounds.size(), 0));
   if (n > 0) {
-    bin_keys_kernel<<<blocks_for(n), kThreads>>>(keys.as<uint64_t>(), pos.as<int64_t>(),
-                                                 static_cast<const int64_t*>(index.data), index.strides[0], n, bins,
-                                                 index_fault());
+    DeviceBuffer keys(device(), size_t(n) * sizeof(uint64_t)), sorted(device(), size_t(n) * sizeof(uint64_t));
+    bin_keys_kernel<<<blocks_for(n), kThreads>>>(keys.as<uint64_t>(), static_cast<const int64_t*>(index.data),
+                                                 index.strides[0], n, bins, index_fault());
     CUDA_CHECK_LAUNCH("bincount (keys)");
+    int end_bit = 1;  // keys are at most `bins`: sort only the bits that can be set
+    while (end_bit < 64 && (uint64_t(1) << end_bit) <= uint64_t(bins)) end_bit++;
     size_t temp_bytes = 0;
-    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys.as<uint64_t>(), keys_sorted.as<uint64_t>(),
-                                               pos.as<int64_t>(), pos_sorted.as<int64_t>(), n));
+    CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, temp_bytes, keys.as<uint64_t>(), sorted.as<uint64_t>(), n, 0,
+                                              end_bit));
     DeviceBuffer temp(device(), temp_bytes);
-    CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.get(), temp_bytes, keys.as<uint64_t>(), keys_sorted.as<uint64_t>(),
-                                               pos.as<int64_t>(), pos_sorted.as<int64_t>(), n));
+    CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp.get(), temp_bytes, keys.as<uint64_t>(), sorted.as<uint64_t>(), n, 0,
+                                              end_bit));
+    bin_runs_kernel<<<blocks_for(n), kThreads>>>(run_start, run_end, sorted.as<uint64_t>(), n);
+    CUDA_CHECK_LAUNCH("bincount (runs)");
   }
-  bin_counts_kernel<<<blocks_for(bins), kThreads>>>(static_cast<int64_t*>(counts.data), keys_sorted.as<uint64_t>(), n,
-                                                    bins);
+  bin_counts_kernel<<<blocks_for(bins), kThreads>>>(static_cast<int64_t*>(counts.data), run_start, run_end, bins);
   CUDA_CHECK_LAUNCH("bincount");
 }
 
