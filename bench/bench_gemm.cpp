@@ -2,7 +2,8 @@
 // HAVE_OPENBLAS) in the same run, and as a fraction of the machine's fp32 peak, which is measured here with
 // a tight FMA loop on every thread. Sizes: squares 256..2048 and the GEMMs of a ViT-Tiny MAE training step
 // (forward, input-gradient and weight-gradient shapes of the encoder and decoder linears, and the batched
-// attention products). Prints medians of 7 timed runs after warm-up; the last lines read
+// attention products); and the grouped GEMM of an expert layer (E = 8, equal and skewed groups) against the plain
+// GEMM of the same total shape. Prints medians of 7 timed runs after warm-up; the last lines read
 // `name: value unit (ratio vs peer)`.
 // Usage: bench_gemm [--quick]   (--quick: 3 timed runs, skips 2048)
 #include <omp.h>
@@ -146,22 +147,31 @@ double time_gflops(const Shape& s, int runs, F fn) {
   return 2.0 * double(s.m) * double(s.n) * double(s.k) * double(s.batch) / median(t) * 1e-9;
 }
 
-Result run_shape(const Shape& s, int runs) {
-  const int64_t lda = s.ta ? s.m : s.k, ldb = s.tb ? s.k : s.n, ldc = s.n;
-  const int64_t sa = s.m * s.k, sb = s.k * s.n, sc = s.m * s.n;
-  std::vector<float> a(size_t(sa * s.batch)), b(size_t(sb * s.batch)), c(size_t(sc * s.batch));
-  uint32_t x = 12345;
-  auto rnd = [&] { return float((x = x * 1664525u + 1013904223u) >> 8) * (1.0f / 16777216.0f) - 0.5f; };
-  for (auto& v : a) v = rnd();
-  for (auto& v : b) v = rnd();
-  for (auto& v : c) v = rnd();
-  eng::CpuBackend backend;
+// Uniform values in [-0.5, 0.5) from a fixed LCG, the same every run.
+void fill_random(std::vector<std::vector<float>*> vs, uint32_t seed) {
+  uint32_t x = seed;
+  for (std::vector<float>* v : vs)
+    for (float& e : *v) e = float((x = x * 1664525u + 1013904223u) >> 8) * (1.0f / 16777216.0f) - 0.5f;
+}
+
+// One f32 row-major GEMM of shape s on a, b, c with packed leading dims (no batch strides).
+eng::GemmArgs gemm_of(const Shape& s, const float* a, const float* b, float* c) {
   eng::GemmArgs g;
   g.dtype = eng::DType::F32;
   g.trans_a = s.ta, g.trans_b = s.tb;
   g.m = s.m, g.n = s.n, g.k = s.k;
-  g.a = a.data(), g.b = b.data(), g.c = c.data();
-  g.lda = lda, g.ldb = ldb, g.ldc = ldc;
+  g.a = a, g.b = b, g.c = c;
+  g.lda = s.ta ? s.m : s.k, g.ldb = s.tb ? s.k : s.n, g.ldc = s.n;
+  return g;
+}
+
+Result run_shape(const Shape& s, int runs) {
+  const int64_t lda = s.ta ? s.m : s.k, ldb = s.tb ? s.k : s.n, ldc = s.n;
+  const int64_t sa = s.m * s.k, sb = s.k * s.n, sc = s.m * s.n;
+  std::vector<float> a(size_t(sa * s.batch)), b(size_t(sb * s.batch)), c(size_t(sc * s.batch));
+  fill_random({&a, &b, &c}, 12345);
+  eng::CpuBackend backend;
+  eng::GemmArgs g = gemm_of(s, a.data(), b.data(), c.data());
   g.stride_a = sa, g.stride_b = sb, g.stride_c = sc;
   g.batch = s.batch;
   Result r{s, 0, 0};
@@ -174,6 +184,67 @@ Result run_shape(const Shape& s, int runs) {
                   c.data() + i * sc, int(ldc));
   });
 #endif
+  return r;
+}
+
+// Grouped GEMM of an expert layer (CpuBackend::grouped_gemm, what grouped_matmul runs) against the plain GEMM of
+// the same total shape in the same run. `s` is the plain problem; sizes split its rows (forward and input gradient,
+// op NT / NN: m) or its inner dim (weight gradient, op TN: k) into consecutive groups, each with its own weight.
+struct GroupedResult {
+  std::string name;
+  double grouped, plain;            // GFLOP/s of the median rounds
+  double grouped_best, plain_best;  // of the fastest rounds: less moved by other load on a shared machine
+};
+
+GroupedResult run_grouped(const std::string& name, const Shape& s, const std::vector<int64_t>& sizes, int runs) {
+  const int64_t E = int64_t(sizes.size());
+  const bool split_k = s.ta;  // dW = dY^T X: the groups split the rows of dY and X, i.e. k
+  // The operand split by rows is shared; the per-group one (the weights, or the weight gradients) is E times larger.
+  const int64_t a_size = s.m * s.k, b_size = split_k ? s.k * s.n : E * s.k * s.n, c_size = split_k ? E * s.m * s.n : s.m * s.n;
+  std::vector<float> a(static_cast<size_t>(a_size)), b(static_cast<size_t>(b_size)), c(static_cast<size_t>(c_size));
+  fill_random({&a, &b}, 4242);
+  eng::CpuBackend backend;
+  const eng::GemmArgs plain = gemm_of(s, a.data(), b.data(), c.data());
+  const int64_t lda = plain.lda, ldb = plain.ldb, ldc = plain.ldc;
+  std::vector<eng::GemmArgs> groups;
+  int64_t at = 0;
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t g_rows = sizes[size_t(e)];
+    eng::GemmArgs g = plain;
+    if (split_k) {  // dW[e] (m x n) = (its rows of dY, stored k x m)^T (its rows of X)
+      g.k = g_rows;
+      g.a = a.data() + at * lda;
+      g.b = b.data() + at * ldb;
+      g.c = c.data() + e * s.m * s.n;
+    } else {  // C[rows] = A[rows] op(W[e])
+      g.m = g_rows;
+      g.a = a.data() + at * lda;
+      g.b = b.data() + e * s.k * s.n;
+      g.c = c.data() + at * ldc;
+    }
+    at += g_rows;
+    if (split_k || g_rows > 0) groups.push_back(g);
+  }
+  GroupedResult r{name, 0, 0, 0, 0};
+  // Alternating plain and grouped rounds, so both see the same machine state; medians of each.
+  std::vector<double> tg, tp;
+  for (int rep = 0; rep < 2; rep++) {  // warm-up
+    backend.gemm(plain);
+    backend.grouped_gemm(groups);
+  }
+  for (int rep = 0; rep < runs; rep++) {
+    double t0 = now_s();
+    backend.gemm(plain);
+    tp.push_back(now_s() - t0);
+    t0 = now_s();
+    backend.grouped_gemm(groups);
+    tg.push_back(now_s() - t0);
+  }
+  const double flops = 2.0 * double(s.m) * double(s.n) * double(s.k);
+  r.plain = flops / median(tp) * 1e-9;
+  r.grouped = flops / median(tg) * 1e-9;
+  r.plain_best = flops / *std::min_element(tp.begin(), tp.end()) * 1e-9;
+  r.grouped_best = flops / *std::min_element(tg.begin(), tg.end()) * 1e-9;
   return r;
 }
 
@@ -236,6 +307,30 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
 
+  // Expert layers (grouped_matmul) on the encoder MLP of mae_tiny_p4_32 at batch 128 (2176 rows, 192 <-> 768) with
+  // E = 8 experts: equal groups, and a skewed split with an empty expert.
+  const std::vector<int64_t> equal(8, 272), skewed = {870, 435, 326, 218, 152, 109, 66, 0};
+  const std::vector<std::pair<std::string, Shape>> expert_shapes = {
+      {"enc_fc1_fwd", {"", false, true, 2176, 768, 192, 1}}, {"enc_fc1_dX", {"", false, false, 2176, 192, 768, 1}},
+      {"enc_fc1_dW", {"", true, false, 768, 192, 2176, 1}},  {"enc_fc2_fwd", {"", false, true, 2176, 192, 768, 1}},
+      {"enc_fc2_dX", {"", false, false, 2176, 768, 192, 1}}, {"enc_fc2_dW", {"", true, false, 192, 768, 2176, 1}},
+  };
+  std::vector<GroupedResult> grouped;
+  std::printf("\n%-28s %5s %5s %5s %4s %10s %10s %8s %10s\n", "grouped (E = 8)", "m", "n", "k", "op", "grouped", "plain",
+              "ratio", "best/best");
+  for (const auto& [name, s] : expert_shapes) {
+    for (int split = 0; split < 2; split++) {
+      // Short problems (a few ms): more rounds than the table above, so the medians hold on a shared machine.
+      const GroupedResult r = run_grouped(name + (split ? "_skewed" : "_equal"), s, split ? skewed : equal, 3 * runs);
+      grouped.push_back(r);
+      const std::string op = std::string(s.ta ? "T" : "N") + (s.tb ? "T" : "N");
+      std::printf("%-28s %5lld %5lld %5lld %4s %10.1f %10.1f %7.2fx %9.2fx\n", r.name.c_str(), (long long)s.m,
+                  (long long)s.n, (long long)s.k, op.c_str(), r.grouped, r.plain, r.grouped / r.plain,
+                  r.grouped_best / r.plain_best);
+      std::fflush(stdout);
+    }
+  }
+
   std::printf("\n");
   std::printf("fp32 peak (%d threads): %.1f GFLOP/s (measured FMA loop)\n", threads, peak);
   for (const auto& r : results) {
@@ -244,5 +339,9 @@ int main(int argc, char** argv) {
     std::printf("sgemm %s: %.1f GFLOP/s (%.2fx openblas, %.0f%% of peak)\n", key.c_str(), r.ours,
                 r.peer > 0 ? r.ours / r.peer : 0.0, peak > 0 ? 100 * r.ours / peak : 0.0);
   }
+  for (const auto& r : grouped)
+    std::printf("grouped_gemm E8 %s: %.1f GFLOP/s (%.2fx the plain GEMM of the same total shape, %.1f GFLOP/s; "
+                "fastest rounds %.2fx)\n",
+                r.name.c_str(), r.grouped, r.grouped / r.plain, r.plain, r.grouped_best / r.plain_best);
   return 0;
 }

@@ -63,3 +63,6 @@ else
   echo "forward features (no grad, $threads threads): $ours_fwd images/s"
   echo "peak memory of the training step: $ours_rss MiB RSS growth (allocator peak $ours_peak MiB)"
 fi
+# The expert-layer GEMM (grouped_matmul's kernel, E = 8) against the plain GEMM of the same total shape, from
+# bench_gemm's run above.
+[ -f "$build/bench-bench_gemm.out" ] && grep '^grouped_gemm' "$build/bench-bench_gemm.out" || true

@@ -52,6 +52,13 @@ void Backend::adamw_update_multi(DType, const std::vector<AdamWTensor>&, const A
 }
 void Backend::global_norm(DType, const std::vector<SumSquaresTensor>&, double*) { not_implemented("global_norm"); }
 
+// ---- routing for expert layers
+void Backend::cumsum(const TensorDesc&, const TensorDesc&, int, bool) { not_implemented("cumsum"); }
+void Backend::one_hot(const TensorDesc&, const TensorDesc&) { not_implemented("one_hot"); }
+void Backend::bincount(const TensorDesc&, const TensorDesc&) { not_implemented("bincount"); }
+void Backend::grouped_gemm(const std::vector<GemmArgs>&) { not_implemented("grouped_gemm"); }
+// ---- end of routing
+
 #ifndef ENGINE_WITH_CUDA
 bool cuda_available() { return false; }
 #endif

@@ -216,6 +216,22 @@ class Backend {
   // order fixed by its size, then the tensors' sums added in list order.
   virtual void global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm);
 
+  // ---- routing for expert layers (engine/ops/routing.cpp) ----
+  // Inclusive prefix sum along `dim` of contiguous src into contiguous dst (src's shape and dtype: f32, f64, i64),
+  // summed sequentially along the dim, so the bits do not depend on threads; `reverse` sums from the end (the
+  // backward of cumsum).
+  virtual void cumsum(const TensorDesc& dst, const TensorDesc& src, int dim, bool reverse);
+  // dst [..., classes] (contiguous, any dtype) = 1 where the last index equals index[...], else 0; index is i64 with
+  // dst's leading shape. An index outside [0, classes) is an error (CPU: before anything is written; CUDA: the
+  // deferred IndexFault, the row stays zero).
+  virtual void one_hot(const TensorDesc& dst, const TensorDesc& index);
+  // counts [bins] (contiguous i64) = how many elements of the 1-D i64 index equal each bin; out of range as one_hot.
+  virtual void bincount(const TensorDesc& counts, const TensorDesc& index);
+  // One GEMM per entry (each with batch 1, all of one dtype; epilogues as gemm()), e.g. the row groups of an expert
+  // layer; a backend may run them as one call. Deterministic like gemm(); on the CPU each entry gives gemm()'s bits.
+  virtual void grouped_gemm(const std::vector<GemmArgs>& groups);
+  // ---- end of routing
+
   // Optional capabilities; callers ask before they use them (the defaults say "no").
   // GEMM epilogues other than None (GemmArgs::epilogue); a backend that says no ignores the fields.
   virtual bool supports_gemm_epilogue(GemmEpilogue e) const { return e == GemmEpilogue::None; }

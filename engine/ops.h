@@ -117,6 +117,22 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim = 0);
 std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim = 0);  // views
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim = 0);      // views
 
+// ---- routing for expert layers (engine/ops/routing.cpp); index tensors are i64 ----
+// Inclusive prefix sum along dim (f32, f64; i64 without gradient, e.g. counts -> offsets), summed in order along
+// the dim: the same bits for any thread count. Backward: the reverse cumsum of the gradient.
+Tensor cumsum(const Tensor& x, int64_t dim);
+// index (i64, any shape) -> index.shape + [num_classes] in `dtype`, 1 at the index; no gradient.
+Tensor one_hot(const Tensor& index, int64_t num_classes, DType dtype = DType::F32);
+// index (i64, 1-D) -> i64 counts [num_bins]; no gradient.
+Tensor bincount(const Tensor& index, int64_t num_bins);
+// The expert layer's GEMM. The rows of x [R, in] come sorted by group: consecutive groups of group_sizes[e] rows
+// (sum R, zeros allowed) are multiplied by their own weight, nn.Linear's way: y_rows(e) = x_rows(e) w[e]^T + b[e],
+// with w [E, out, in] and the optional bias b [E, out]; y is [R, out]. The sizes are on the host because the GEMM
+// calls need them there (cuBLAS's grouped GEMM takes host-side sizes): MoE dispatch reads its counts back once per
+// layer for this. Backward: dx (grouped, w not transposed), dw[e] = dy_e^T x_e, db[e] = column sums of dy_e.
+Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_t>& group_sizes,
+                      const Tensor& b = Tensor());
+
 // ---- helpers for op implementations ----
 struct TensorDesc;
 TensorDesc desc_of(const Tensor& t);  // checks rank <= kMaxDims

@@ -8,6 +8,7 @@
 //   cpu_optim.cpp        adamw_update, adamw_update_multi (math in engine/optim_math.h), global_norm
 //   cpu_index.cpp        index_select, index_add, gather, scatter_add, sort, topk
 //   cpu_random.cpp       random_uniform, random_normal (Philox, engine/rng.h)
+//   cpu_routing.cpp      cumsum, one_hot, bincount, grouped_gemm (expert routing)
 // Parallel loops split work into pieces that do not depend on the thread count, so results are
 // bitwise identical with any OMP_NUM_THREADS.
 #pragma once
@@ -52,6 +53,12 @@ class CpuBackend final : public Backend {
   void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a) override;
   void adamw_update_multi(DType dt, const std::vector<AdamWTensor>& tensors, const AdamWClip& clip) override;
   void global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) override;
+  // ---- routing for expert layers (cpu_routing.cpp)
+  void cumsum(const TensorDesc& dst, const TensorDesc& src, int dim, bool reverse) override;
+  void one_hot(const TensorDesc& dst, const TensorDesc& index) override;
+  void bincount(const TensorDesc& counts, const TensorDesc& index) override;
+  void grouped_gemm(const std::vector<GemmArgs>& groups) override;
+  // ---- end of routing
 };
 
 namespace cpu {

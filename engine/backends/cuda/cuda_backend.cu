@@ -266,6 +266,11 @@ void CudaBackend::raise_index_fault() {
   CUDA_CHECK(cudaMemcpy(&f, dev, sizeof(f), cudaMemcpyDeviceToHost));
   if (!f.flag) return;
   CUDA_CHECK(cudaMemset(dev, 0, sizeof(IndexFault)));
+  if (f.op == kFaultOneHot || f.op == kFaultBincount)  // the CPU's wording (cpu_routing.cpp)
+    ENG_FAIL("{}: index {} out of range for {} {} (found on cuda:{} by a kernel queued before this read-back; that "
+             "element was skipped)",
+             f.op == kFaultOneHot ? "one_hot" : "bincount", f.value, f.size, f.op == kFaultOneHot ? "classes" : "bins",
+             device_);
   const char* op = f.op == kFaultIndexSelect ? "index_select"
                    : f.op == kFaultIndexAdd  ? "index_add"
                    : f.op == kFaultGather    ? "gather"

@@ -12,6 +12,7 @@
 //         cuda_gemm.cu       GEMM through cuBLASLt (cuBLAS as the fallback), epilogues, TF32 / bf16
 //         cuda_attention.cu  fused attention forward / backward (the engine's own kernels)
 //         cuda_attention_cudnn.cu  cuDNN's fused attention for bf16, where it runs (attention_impl.h)
+//         cuda_routing.cu    cumsum, one_hot, bincount, grouped GEMM (cuBLAS grouped batched) for expert layers
 //
 // Determinism: no kernel uses atomics to combine values. Every reduction runs in an order fixed by the shapes
 // alone (never by the number of SMs or by timing), so a run repeats bit for bit on the same GPU model.
@@ -52,7 +53,10 @@ void count_attention_call(bool cudnn, bool forward);
 struct IndexFault {
   int64_t flag, op, dim, value, size;
 };
-enum IndexFaultOp : int64_t { kFaultIndexSelect = 1, kFaultIndexAdd = 2, kFaultGather = 3, kFaultScatterAdd = 4 };
+enum IndexFaultOp : int64_t {
+  kFaultIndexSelect = 1, kFaultIndexAdd = 2, kFaultGather = 3, kFaultScatterAdd = 4,
+  kFaultOneHot = 5, kFaultBincount = 6,  // routing (cuda_routing.cu): the size is the number of classes / bins
+};
 
 __device__ inline void record_index_fault(IndexFault* f, int64_t op, int64_t dim, int64_t value, int64_t size) {
   if (f->flag) return;
@@ -101,6 +105,12 @@ class CudaBackend final : public Backend {
   void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a) override;
   void adamw_update_multi(DType dt, const std::vector<AdamWTensor>& tensors, const AdamWClip& clip) override;
   void global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) override;
+  // ---- routing for expert layers (cuda_routing.cu)
+  void cumsum(const TensorDesc& dst, const TensorDesc& src, int dim, bool reverse) override;
+  void one_hot(const TensorDesc& dst, const TensorDesc& index) override;
+  void bincount(const TensorDesc& counts, const TensorDesc& index) override;
+  void grouped_gemm(const std::vector<GemmArgs>& groups) override;
+  // ---- end of routing
 
   bool supports_gemm_epilogue(GemmEpilogue e) const override;
   bool has_fused_attention(DType dt, int64_t head_dim, int64_t v_dim) const override;

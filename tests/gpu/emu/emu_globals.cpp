@@ -6,5 +6,5 @@ namespace emu {
 Ctx* g_cur = nullptr;
 Launch* g_launch = nullptr;
 uint64_t g_switches = 0;
-int g_gemm_calls_classic = 0, g_gemm_calls_lt = 0;
+int g_gemm_calls_classic = 0, g_gemm_calls_lt = 0, g_gemm_calls_grouped = 0;
 }  // namespace emu

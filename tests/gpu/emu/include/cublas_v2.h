@@ -1,4 +1,5 @@
-// Fake cuBLAS for the CPU emulation build: a naive column-major strided-batched GEMM.
+// Fake cuBLAS for the CPU emulation build: a naive column-major strided-batched GEMM, and the grouped batched GEMM
+// (pointer arrays) on the same naive loop.
 #pragma once
 #include "cuda_runtime.h"
 
@@ -24,7 +25,7 @@ inline const char* cublasGetStatusName(cublasStatus_t) { return "CUBLAS_STATUS_E
 inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = reinterpret_cast<cublasHandle_t>(0x1); return CUBLAS_STATUS_SUCCESS; }
 
 namespace emu {
-extern int g_gemm_calls_classic, g_gemm_calls_lt;
+extern int g_gemm_calls_classic, g_gemm_calls_lt, g_gemm_calls_grouped;
 inline double load(const void* p, cudaDataType_t t, int64_t i) {
   switch (t) {
     case CUDA_R_32F: return double(static_cast<const float*>(p)[i]);
@@ -108,5 +109,33 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation
   emu::g_gemm_calls_classic++;
   emu::naive_gemm(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, al, A, at, lda, sa, B, ldb, sb, be, C, ldc, sc, C, ldc, sc,
                   batch, nullptr, compute == CUBLAS_COMPUTE_32F_FAST_TF32);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// Grouped: group i has group_size[i] problems sharing transposes, sizes, leading dims, alpha[i] and beta[i]; the
+// pointer arrays (device memory on a GPU) hold one entry per problem, groups one after another. The type
+// combinations are those the engine uses and cuBLAS documents: f32 or bf16 operands with COMPUTE_32F.
+inline cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t, const cublasOperation_t ta[], const cublasOperation_t tb[],
+                                                 const int m[], const int n[], const int k[], const void* alpha,
+                                                 const void* const A[], cudaDataType_t at, const int lda[],
+                                                 const void* const B[], cudaDataType_t bt, const int ldb[],
+                                                 const void* beta, void* const C[], cudaDataType_t ct, const int ldc[],
+                                                 int group_count, const int group_size[], cublasComputeType_t compute) {
+  if (at != bt || bt != ct) emu::fail("grouped gemm: mixed types");
+  if (compute != CUBLAS_COMPUTE_32F || (at != CUDA_R_32F && at != CUDA_R_16BF))
+    emu::fail("grouped gemm: only f32 / bf16 operands with CUBLAS_COMPUTE_32F are emulated");
+  if (group_count < 0) emu::fail("grouped gemm: negative group count");
+  emu::g_gemm_calls_grouped++;
+  int64_t problem = 0;
+  for (int i = 0; i < group_count; i++) {
+    if (m[i] < 0 || n[i] < 0 || k[i] < 0 || group_size[i] < 0) emu::fail("grouped gemm: negative size");
+    if (lda[i] < std::max(1, ta[i] == CUBLAS_OP_N ? m[i] : k[i])) emu::fail("grouped gemm: lda too small");
+    if (ldb[i] < std::max(1, tb[i] == CUBLAS_OP_N ? k[i] : n[i])) emu::fail("grouped gemm: ldb too small");
+    if (ldc[i] < std::max(1, m[i])) emu::fail("grouped gemm: ldc too small");
+    const double al = double(static_cast<const float*>(alpha)[i]), be = double(static_cast<const float*>(beta)[i]);
+    for (int j = 0; j < group_size[i]; j++, problem++)
+      emu::naive_gemm(ta[i] == CUBLAS_OP_T, tb[i] == CUBLAS_OP_T, m[i], n[i], k[i], al, A[problem], at, lda[i], 0,
+                      B[problem], ldb[i], 0, be, C[problem], ldc[i], 0, C[problem], ldc[i], 0, 1, nullptr);
+  }
   return CUBLAS_STATUS_SUCCESS;
 }

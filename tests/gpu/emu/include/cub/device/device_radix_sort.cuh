@@ -1,4 +1,5 @@
-// Fake CUB radix sort for the CPU emulation build: a stable sort on the key bits [begin_bit, end_bit).
+// Fake CUB radix sort for the CPU emulation build: a stable sort on the key bits [begin_bit, end_bit), of pairs or of
+// keys alone.
 #pragma once
 #include <numeric>
 #include <type_traits>
@@ -31,6 +32,12 @@ struct DeviceRadixSort {
     std::copy(ks.begin(), ks.end(), kout);
     std::copy(vs.begin(), vs.end(), vout);
     return cudaSuccess;
+  }
+  template <typename K, typename N>
+  static cudaError_t SortKeys(void* temp, size_t& bytes, const K* kin, K* kout, N n, int begin_bit = 0,
+                              int end_bit = int(sizeof(K) * 8), cudaStream_t stream = 0) {
+    std::vector<unsigned char> no_values(static_cast<size_t>(n));  // the pair sort with values nobody reads
+    return SortPairs(temp, bytes, kin, kout, no_values.data(), no_values.data(), n, begin_bit, end_bit, stream);
   }
 };
 }  // namespace cub
