@@ -15,8 +15,8 @@
 #include "engine/io/safetensors.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
-#include "moce/eval.h"
-#include "moce/pretrain.h"
+#include "moce/cmd/commands.h"
+#include "moce/train/pretrain.h"
 
 using namespace eng;
 
