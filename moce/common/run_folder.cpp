@@ -31,19 +31,23 @@ MetricsLog::MetricsLog(const std::string& dir, int64_t done_epochs) : path_(dir 
   const bool resuming = done_epochs >= 0;
   if (resuming) {
     std::ifstream old(path_);
-    std::string line, kept;
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(old, line);) lines.push_back(line);
+    old.close();
+    std::string kept;
     bool dropped = false;
-    while (std::getline(old, line)) {
-      nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("epoch") && j["epoch"].is_number_integer() &&
-          j["epoch"].get<int64_t>() > done_epochs) {
+    for (size_t i = 0; i < lines.size(); i++) {
+      nlohmann::json j = nlohmann::json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
+      const bool later_epoch = j.is_object() && j.contains("epoch") && j["epoch"].is_number_integer() &&
+                               j["epoch"].get<int64_t>() > done_epochs;
+      const bool cut_last_line = j.is_discarded() && i + 1 == lines.size();  // the interruption cut it short
+      if (later_epoch || cut_last_line) {
         dropped = true;
         continue;
       }
       if (j.is_object()) earlier_.push_back(j);
-      kept += line + "\n";
+      kept += lines[i] + "\n";
     }
-    old.close();
     if (dropped) eng::io::write_file_atomic(path_, kept);
   }
   out_.open(path_, resuming ? std::ios::app : std::ios::trunc);

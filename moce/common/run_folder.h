@@ -19,8 +19,9 @@ void write_json_file(const std::string& path, const nlohmann::json& j);
 
 // <dir>/metrics.jsonl: one JSON object per line, appended as training goes and flushed line by line (a log; a crash
 // loses at most the line being written). A new run starts it empty. A resumed run first cuts it back to the lines of
-// the epochs its checkpoint holds: lines of a later epoch belong to the interrupted part, which is run again. The
-// cut file is written atomically, and only when a line is dropped; lines that are not JSON objects are kept.
+// the epochs its checkpoint holds: lines of a later epoch belong to the interrupted part, which is run again, and so
+// does a last line that is not JSON (cut short by the interruption). The cut file is written atomically, and only when
+// a line is dropped; other lines are kept as they are.
 class MetricsLog {
  public:
   // done_epochs < 0: a new run.
