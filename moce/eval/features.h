@@ -42,7 +42,6 @@ FeatureSet extract_features(const FeatureFn& fn, std::shared_ptr<const data::Dat
 FeatureSet extract_features(const model::MaskedAutoencoder& model, std::shared_ptr<const data::Dataset> ds,
                             const ExtractOptions& options = {});
 
-
 // The loader options of every evaluation pass: dataset order, the last batch kept even when short.
 data::LoaderOptions eval_loader_options(int64_t batch_size, int workers);
 

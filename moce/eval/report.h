@@ -34,5 +34,4 @@ struct EvalMaeOptions {
 nlohmann::json evaluate_mae(const model::MaskedAutoencoder& model, std::shared_ptr<const data::Dataset> train,
                             std::shared_ptr<const data::Dataset> test, const EvalMaeOptions& options);
 
-
 }  // namespace moce
