@@ -60,9 +60,9 @@ $(BUILD)/engine/backends/cuda/cuda_random.cu.o: NVCCFLAGS += -fmad=false
 endif
 
 # ---- sources -------------------------------------------------------------------------------------
-LIB_DIRS := engine engine/ops engine/io engine/backends/cpu model moce data
+LIB_DIRS := engine engine/ops engine/io engine/backends/cpu model moce/common moce/eval moce/train moce/cmd data
 LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
-LIB_SRC  := $(filter-out moce/main.cpp,$(LIB_SRC))
+LIB_SRC  := $(filter-out moce/cmd/main.cpp,$(LIB_SRC))
 CU_SRC   := $(if $(filter 1,$(CUDA)),$(wildcard engine/backends/cuda/*.cu))
 LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 TEST_SRC := $(wildcard tests/*.cpp)
@@ -112,7 +112,7 @@ $(LIB): $(LIB_OBJ)
 $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(LIB) $(LDLIBS) -o $@
 
-$(MOCE_BIN): $(BUILD)/moce/main.o $(LIB)
+$(MOCE_BIN): $(BUILD)/moce/cmd/main.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
@@ -153,7 +153,7 @@ bench-gpu: $(BUILD)/bench/bench_gpu $(BUILD)/bench/bench_train_step
 EMU_BUILD := $(BUILD)-emu
 EMU_CXXFLAGS := $(CXXSTD) -O1 -g -fopenmp -fno-math-errno -MMD -MP -DENGINE_WITH_CUDA=1 -Itests/gpu/emu/include -I. $(WARN) \
                 -fsanitize=address,undefined -fno-omit-frame-pointer
-EMU_LIB_SRC := $(filter-out moce/main.cpp,$(foreach d,engine engine/ops engine/io engine/backends/cpu model moce data,$(wildcard $(d)/*.cpp)))
+EMU_LIB_SRC := $(filter-out moce/cmd/main.cpp,$(foreach d,engine engine/ops engine/io engine/backends/cpu model moce/common moce/eval moce/train moce/cmd data,$(wildcard $(d)/*.cpp)))
 EMU_CU_SRC := $(wildcard engine/backends/cuda/*.cu)
 EMU_OBJ := $(EMU_LIB_SRC:%.cpp=$(EMU_BUILD)/%.o) $(GPU_TEST_SRC:%.cpp=$(EMU_BUILD)/%.o) \
            $(EMU_CU_SRC:%.cu=$(EMU_BUILD)/%.emu.o) $(EMU_BUILD)/tests/gpu/emu/emu_globals.o

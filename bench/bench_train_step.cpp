@@ -30,7 +30,7 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "model/mae.h"
-#include "moce/device.h"
+#include "moce/common/device.h"
 #ifdef ENGINE_WITH_CUDA
 #include "engine/backends/cuda/attention_impl.h"
 #endif

@@ -1,4 +1,4 @@
-// test_eval.cpp: the MAE evaluation (moce/eval.h): k-NN on hand-made and random features against an f64
+// test_eval.cpp: the MAE evaluation (moce/eval/): k-NN on hand-made and random features against an f64
 // brute-force reference, the linear probe on separable data, PSNR against textbook values, the
 // reconstruction (norm_pix un-normalisation against an f64 loop, pasting, grey masking), the PNG grid's
 // size, and end-to-end runs on a tiny random-init model: the library call, and `moce eval-mae` on a
@@ -19,7 +19,8 @@
 #include "engine/io/safetensors.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
-#include "moce/eval.h"
+#include "moce/cmd/commands.h"
+#include "moce/eval/report.h"
 #include "tests/test_util.h"
 
 using eng::Tensor;

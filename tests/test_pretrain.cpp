@@ -1,10 +1,11 @@
 // test_pretrain.cpp: the `moce pretrain` command end to end on a small generated image folder:
-// resume continues bit for bit, corrupt images are skipped and counted (or fail under --strict),
+// resume continues bit for bit (and cuts metrics.jsonl back to its checkpoint), corrupt images are skipped and counted (or fail under --strict),
 // bad flags and missing folders give one-line errors, a diverging run stops on the non-finite loss, and
 // `--device cuda` without a GPU (or in a build without CUDA) fails at once with one line naming the flag.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -15,8 +16,8 @@
 #include "engine/io/safetensors.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
-#include "moce/eval.h"
-#include "moce/pretrain.h"
+#include "moce/cmd/commands.h"
+#include "moce/train/pretrain.h"
 
 using namespace eng;
 
@@ -123,6 +124,41 @@ TEST_SUITE("pretrain") {
     CHECK(part == full);
     CHECK(same_tensors(load_safetensors(root + "/full/weights.safetensors").tensors,
                        load_safetensors(root + "/part/weights.safetensors").tensors));
+  }
+
+  TEST_CASE("resume cuts metrics.jsonl back to the checkpoint's epochs: an interrupted epoch's lines go, earlier ones stay") {
+    std::string root = temp_dir("resume-metrics");
+    ::mkdir((root + "/data").c_str(), 0755);
+    make_folder(root + "/data", 8);  // 16 images -> 2 steps of 8 per epoch, one log line each (--log-every 2)
+    auto args = common(root + "/data", root + "/run");
+    args.insert(args.end(), {"--epochs", "2", "--stop-after", "1"});
+    REQUIRE(run(args) == 0);
+    const std::string metrics = root + "/run/metrics.jsonl";
+    auto lines_of = [](const std::string& path) {
+      std::ifstream f(path);
+      std::vector<std::string> v;
+      for (std::string line; std::getline(f, line);) v.push_back(line);
+      return v;
+    };
+    const std::vector<std::string> first_session = lines_of(metrics);
+    REQUIRE(first_session.size() == 2);  // the log line of step 2 and the epoch line
+    // What a session killed during epoch 2 leaves: its log line and a last line cut short.
+    {
+      std::ofstream f(metrics, std::ios::app);
+      f << R"({"epoch": 2, "step": 4, "loss": 99.5})" << "\n" << R"({"epoch": 2, "tra)";
+    }
+    REQUIRE(run({"--resume", root + "/run"}) == 0);
+    const std::vector<std::string> after = lines_of(metrics);
+    REQUIRE(after.size() == 4);
+    CHECK(std::equal(first_session.begin(), first_session.end(), after.begin()));
+    int step4_lines = 0;
+    for (const std::string& line : after) {
+      auto j = nlohmann::json::parse(line);  // every line is JSON again
+      CHECK(j.value("loss", 0.0) != 99.5);
+      step4_lines += j.value("step", 0) == 4;
+    }
+    CHECK(step4_lines == 1);
+    CHECK(epoch_loss_hex(metrics).size() == 2);
   }
 
   TEST_CASE("corrupt images are skipped and counted; --strict fails naming the file") {

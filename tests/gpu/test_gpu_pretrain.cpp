@@ -17,9 +17,10 @@
 #include "data/loader.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/safetensors.h"
-#include "moce/device.h"
-#include "moce/eval.h"
-#include "moce/pretrain.h"
+#include "moce/cmd/commands.h"
+#include "moce/common/batch_feed.h"
+#include "moce/common/dataset.h"
+#include "moce/train/pretrain.h"
 #include "tests/gpu/gpu_test_util.h"
 
 using namespace gputest;

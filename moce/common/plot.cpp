@@ -1,5 +1,5 @@
 // plot.cpp: rasterises a line chart into an RGB buffer and writes it as PNG.
-#include "moce/plot.h"
+#include "moce/common/plot.h"
 
 #include <algorithm>
 #include <cmath>

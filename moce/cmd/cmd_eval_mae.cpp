@@ -1,6 +1,6 @@
 // cmd_eval_mae.cpp: `moce eval-mae`, the evaluation of a pre-trained MAE (or of the same architecture at
 // random initialisation): k-NN and linear-probe top-1 on frozen features, reconstruction PSNR on the test
-// set, and a PNG of reconstructions. Writes <out>/eval.json and <out>/reconstructions.png.
+// set, and a PNG of reconstructions (moce/eval/report.h). Writes <out>/eval.json and <out>/reconstructions.png.
 //
 //   moce eval-mae --checkpoint runs/pretrain/checkpoint-last.safetensors --out runs/eval
 //   moce eval-mae --random-init --config mae_tiny_p4_32 --out runs/eval-random     (the baseline)
@@ -8,9 +8,12 @@
 #include <cstdio>
 
 #include "engine/error.h"
-#include "moce/cli.h"
-#include "moce/device.h"
-#include "moce/eval.h"
+#include "moce/cmd/commands.h"
+#include "moce/common/cli.h"
+#include "moce/common/dataset.h"
+#include "moce/common/device.h"
+#include "moce/eval/report.h"
+#include "moce/train/checkpoint.h"
 
 namespace moce {
 

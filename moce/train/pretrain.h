@@ -1,4 +1,4 @@
-// pretrain.h: MAE pre-training, the `moce pretrain` subcommand and the library function under it.
+// pretrain.h: MAE pre-training, the library function under the `moce pretrain` subcommand (moce/cmd/cmd_pretrain.cpp).
 //
 // One run directory holds: config.json (everything that defines the run), metrics.jsonl (one JSON object
 // per log interval and per epoch), checkpoint-last.safetensors (weights + AdamW state + step + config +
@@ -10,7 +10,7 @@
 // uninterrupted run on the same device, bit for bit.
 //
 // Devices: with --device cuda[:N] the model, its gradients and the AdamW state live on the GPU; batches reach it
-// through pinned host buffers and asynchronous copies that overlap the previous step (moce/device.h); checkpoints
+// through pinned host buffers and asynchronous copies that overlap the previous step (moce/common/batch_feed.h); checkpoints
 // are written from host copies and load onto whichever device the resumed run uses.
 #pragma once
 #include <cstdint>
@@ -50,7 +50,5 @@ struct PretrainResult {
 // eng::Error with one line naming the flag or file; a non-finite loss or gradient prints its line on stderr and
 // returns status 2 (the last good checkpoint is kept).
 PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& session = {});
-
-int cmd_pretrain(int argc, char** argv);
 
 }  // namespace moce

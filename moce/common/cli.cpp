@@ -1,5 +1,5 @@
 // cli.cpp: the flag parser.
-#include "moce/cli.h"
+#include "moce/common/cli.h"
 
 #include <cstdio>
 

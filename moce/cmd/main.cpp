@@ -1,14 +1,13 @@
 // main.cpp: the `moce` command-line program.
 //
-//   moce pretrain ...   MAE pre-training (moce/pretrain.cpp)
-//   moce eval-mae ...   reconstruction PSNR, PNG grid, k-NN and linear-probe accuracy (moce/cmd_eval_mae.cpp)
+//   moce pretrain ...   MAE pre-training (cmd_pretrain.cpp)
+//   moce eval-mae ...   reconstruction PSNR, PNG grid, k-NN and linear-probe accuracy (cmd_eval_mae.cpp)
 // `moce <command> --help` lists every flag with its default. Errors print one line and exit with status 1.
 #include <cstdio>
 #include <cstring>
 #include <exception>
 
-#include "moce/eval.h"
-#include "moce/pretrain.h"
+#include "moce/cmd/commands.h"
 
 namespace {
 

@@ -1,0 +1,11 @@
+// commands.h: the subcommands of the `moce` program, each `int cmd_<name>(argc, argv)` with argv[1] the command's
+// name and its flags from argv[2]; they parse the flags and call the library. Errors throw eng::Error (one line),
+// which main.cpp prints. Tests call them as the binary does.
+#pragma once
+
+namespace moce {
+
+int cmd_pretrain(int argc, char** argv);  // cmd_pretrain.cpp: MAE pre-training (moce/train/pretrain.h)
+int cmd_eval_mae(int argc, char** argv);  // cmd_eval_mae.cpp: evaluation of a pre-trained MAE (moce/eval/report.h)
+
+}  // namespace moce

@@ -1,0 +1,406 @@
+// pretrain.cpp: the MAE pre-training loop (AdamW, cosine schedule with warm-up, gradient accumulation,
+// progress, metrics, checkpoints, exact resume, non-finite detection), on the CPU or on a CUDA GPU.
+//
+// One class, Pretraining, in the order a run goes: setup (the constructor: resume, checks, data, model, optimizer,
+// run folder), the step (queue_step: forward, backward and optimizer queued on the device), settling and logging
+// (settle, log_line: the one read-back of a log window), and the end of an epoch (end_epoch: metrics line, loss
+// curve, checkpoint).
+#include "moce/train/pretrain.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+
+#include "data/loader.h"
+#include "engine/backend.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/safetensors.h"
+#include "engine/nvtx.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/rng.h"
+#include "engine/stream.h"
+#include "model/mae.h"
+#include "moce/common/batch_feed.h"
+#include "moce/common/clock.h"
+#include "moce/common/dataset.h"
+#include "moce/common/device.h"
+#include "moce/common/plot.h"
+#include "moce/common/run_folder.h"
+#include "moce/train/checkpoint.h"
+#include "moce/train/pretrain_config.h"
+
+namespace moce {
+
+namespace {
+
+using eng::Tensor;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::string fmt_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  int64_t t = int64_t(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t % 3600) / 60);
+  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+// TF32 is a process-wide switch of the CUDA backend: on for this run only.
+struct Tf32Scope {
+  explicit Tf32Scope(bool on) { eng::set_cuda_tf32(on); }
+  ~Tf32Scope() { eng::set_cuda_tf32(false); }
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+};
+
+// The step never waits for the device: losses and gradient norms stay there until the next log line (on a GPU; on
+// the CPU reading them is free, so every step is checked at once). A non-finite gradient norm makes the optimizer
+// leave the weights alone (AdamW::step(norm, clip)), and settle() then stops the run before anything is saved,
+// naming the first bad step.
+struct PendingStep {
+  int64_t s = 0;                // step within the epoch
+  std::vector<Tensor> losses;   // one 0-d loss per micro-batch, on the device
+  std::vector<Tensor> indices;  // each micro-batch's dataset indices, for the message
+  Tensor grad_norm;             // 0-d f64, pre-clip, on the device
+};
+
+// The sums of one epoch and of its current log window.
+struct EpochTotals {
+  double epoch_loss = 0, window_loss = 0, gnorm = 0;
+  int64_t window_steps = 0, window_images = 0;
+  Clock::time_point t_window = Clock::now();
+};
+
+class Pretraining {
+ public:
+  Pretraining(const PretrainOptions& options, const PretrainSession& session);
+  PretrainResult run();
+
+ private:
+  void load_resume_checkpoint();
+  eng::DType check_options();
+  void build(eng::DType compute_dtype);
+  void open_run_folder();
+  bool run_epoch(int64_t epoch, EpochTotals& t);
+  PendingStep queue_step(int64_t epoch, int64_t s, EpochTotals& t);
+  bool settle(int64_t epoch, EpochTotals& t);
+  void log_line(int64_t epoch, int64_t s, EpochTotals& t);
+  void end_epoch(int64_t epoch, const EpochTotals& t);
+  std::string last_checkpoint_note() const;
+
+  // Declared in the order the run makes them, so that they go in the reverse order (the feed before its loader, the
+  // TF32 switch last).
+  PretrainOptions o_;
+  const PretrainSession session_;
+  PretrainResult result_;
+  eng::Checkpoint ckpt_;
+  const bool resuming_;
+  std::string ckpt_path_, device_context_;
+  eng::Device device_;
+  std::unique_ptr<Tf32Scope> tf32_;
+  bool profiling_ = false;
+  model::MaeConfig cfg_;
+  std::shared_ptr<const data::Dataset> ds_;
+  std::unique_ptr<data::Loader> loader_;
+  int64_t steps_per_epoch_ = 0;  // micro-batches past the last full step of an epoch are not used
+  std::unique_ptr<BatchFeed> feed_;
+  std::unique_ptr<model::MaskedAutoencoder> mae_;
+  double lr_ = 0;
+  std::unique_ptr<eng::AdamW> opt_;
+  eng::CosineSchedule sched_;
+  std::vector<Tensor> params_;
+  int64_t start_epoch_ = 0, end_epoch_ = 0;
+  json config_json_;
+  Series curve_;  // the loss curve (loss.png) of the whole run, also across resumes
+  std::unique_ptr<MetricsLog> metrics_;
+  Clock::time_point t_run_;
+  int64_t images_this_run_ = 0;
+  std::string last_ckpt_;
+  bool check_every_step_ = false;
+  std::vector<PendingStep> pending_;
+};
+
+// ---------------------------------------------------------------- setup
+
+Pretraining::Pretraining(const PretrainOptions& options, const PretrainSession& session)
+    : o_(options), session_(session), resuming_(!session.resume.empty()) {
+  if (resuming_) load_resume_checkpoint();
+  const eng::DType compute_dtype = check_options();
+  make_run_dir(o_.out);
+  build(compute_dtype);
+  open_run_folder();
+}
+
+void Pretraining::load_resume_checkpoint() {
+  const std::string& dir = session_.resume;
+  ckpt_path_ = dir + "/checkpoint-last.safetensors";
+  ENG_CHECK(file_exists(ckpt_path_), "--resume {}: no checkpoint-last.safetensors there", dir);
+  ckpt_ = eng::load_checkpoint(ckpt_path_);
+  ENG_CHECK(ckpt_.config.contains("run"), "{}: checkpoint has no run configuration", ckpt_path_);
+  o_ = options_from_json(ckpt_.config["run"]);
+  o_.out = dir;
+  if (session_.epochs > 0) o_.epochs = session_.epochs;
+  if (!session_.device.empty())
+    o_.device = session_.device;
+  else
+    device_context_ = fmt::format(" (saved in {}; pass --device to resume elsewhere)", ckpt_path_);
+}
+
+// Every flag, before any data is read or anything is written; the device first, so that a missing GPU is reported
+// before anything else. Returns the compute dtype that --precision names.
+eng::DType Pretraining::check_options() {
+  device_ = device_from_flag(o_.device, device_context_);
+  ENG_CHECK(o_.epochs > 0, "--epochs must be positive, got {}", o_.epochs);
+  ENG_CHECK(o_.batch > 0, "--batch must be positive, got {}", o_.batch);
+  ENG_CHECK(o_.accum > 0, "--accum-iter must be positive, got {}", o_.accum);
+  ENG_CHECK(o_.mask_ratio > 0 && o_.mask_ratio < 1, "--mask-ratio must be in (0, 1), got {}", o_.mask_ratio);
+  ENG_CHECK(o_.save_every > 0 && o_.log_every > 0, "--save-every and --log-every must be positive");
+  eng::DType compute_dtype = eng::DType::F32;
+  try {
+    compute_dtype = model::parse_precision(o_.precision);
+  } catch (const eng::Error& e) {
+    ENG_FAIL("--precision {}: {}", o_.precision, e.what());
+  }
+  ENG_CHECK(compute_dtype == eng::DType::F32 || device_.is_cuda(),
+            "--precision {}: bf16 mixed precision needs --device cuda (the CPU backend has no bf16 arithmetic)", o_.precision);
+  const bool tf32 = o_.precision == "tf32";
+  ENG_CHECK(!tf32 || device_.is_cuda(), "--precision tf32: TF32 tensor-core GEMMs need --device cuda (the CPU computes f32)");
+  tf32_ = std::make_unique<Tf32Scope>(tf32);
+  profiling_ = session_.profile_first >= 0;
+  ENG_CHECK(!profiling_ || device_.is_cuda(), "--profile-steps brackets CUDA work for a GPU profiler; it needs --device cuda");
+  cfg_ = resuming_ ? model::mae_config_from_json(ckpt_.config.at("model")) : model::mae_config(o_.config);
+  cfg_.norm_pix_loss = o_.norm_pix_loss;
+  return compute_dtype;
+}
+
+// Data, model and optimizer; on resume their state from the checkpoint.
+void Pretraining::build(eng::DType compute_dtype) {
+  ds_ = limit_dataset(open_dataset(o_.data, true), o_.limit);
+  data::LoaderOptions lo;
+  lo.batch_size = o_.batch;
+  lo.seed = o_.seed;
+  lo.num_workers = int(o_.workers);
+  lo.strict = o_.strict;
+  loader_ = std::make_unique<data::Loader>(ds_, data::mae_pretrain_pipeline(cfg_.img_size), lo);
+  const int64_t bpe = loader_->batches_per_epoch();
+  ENG_CHECK(bpe >= o_.accum, "{} images give {} batches of {} per epoch, fewer than --accum-iter {}", ds_->size(), bpe,
+            o_.batch, o_.accum);
+  steps_per_epoch_ = bpe / o_.accum;
+  feed_ = std::make_unique<BatchFeed>(*loader_, device_);
+
+  // Initialised on the CPU (the same weights for every device), then moved to the device.
+  mae_ = std::make_unique<model::MaskedAutoencoder>(cfg_, o_.seed);
+  move_to_device(*mae_, device_);
+  mae_->set_compute_dtype(compute_dtype);
+  auto named = mae_->named_parameters();
+  lr_ = o_.base_lr * double(o_.batch * o_.accum) / 256.0;
+  // As MAE (timm add_weight_decay): only 1-D parameters and biases skip weight decay; tokens decay.
+  opt_ = std::make_unique<eng::AdamW>(eng::param_groups_weight_decay(named, o_.weight_decay, {}),
+                                      eng::AdamWOptions{lr_, 0.9, 0.95, 1e-8, o_.weight_decay});
+  sched_ = eng::CosineSchedule{lr_, o_.min_lr, double(o_.warmup_epochs * steps_per_epoch_),
+                               double(o_.epochs * steps_per_epoch_)};
+  for (auto& [n, p] : named) params_.push_back(p);
+
+  if (resuming_) {
+    eng::check_state_matches(mae_->state_dict(), ckpt_.weights, ckpt_path_);
+    mae_->load_state_dict(ckpt_.weights, ckpt_path_);  // copies onto the model's device
+    opt_->load_state_dict(eng::OptimizerState{ckpt_.optimizer_state, ckpt_.optimizer});
+    start_epoch_ = ckpt_.rng.at("next_epoch");
+    ENG_CHECK(start_epoch_ <= o_.epochs, "{}: the run already finished {} epochs; pass a larger --epochs to go on",
+              ckpt_path_, start_epoch_);
+    ckpt_ = eng::Checkpoint();  // its host tensors are on the device now
+  }
+  result_.epochs_done = start_epoch_;
+  end_epoch_ = session_.stop_after > 0 ? std::min(o_.epochs, session_.stop_after) : o_.epochs;
+  last_ckpt_ = resuming_ ? ckpt_path_ : "";
+  check_every_step_ = device_.is_cpu();
+}
+
+// config.json, metrics.jsonl and, on resume, the loss curve up to the checkpoint.
+void Pretraining::open_run_folder() {
+  config_json_ = {{"run", options_to_json(o_)}, {"model", model::config_to_json(cfg_)}};
+  write_json_file(o_.out + "/config.json", config_json_);
+  metrics_ = std::make_unique<MetricsLog>(o_.out, resuming_ ? start_epoch_ : -1);
+  const int64_t done_steps = start_epoch_ * steps_per_epoch_;
+  for (const json& j : metrics_->earlier()) {
+    if (j.contains("loss") && j.contains("step") && j["step"].get<int64_t>() <= done_steps) {
+      curve_.x.push_back(j["step"].get<double>());
+      curve_.y.push_back(j["loss"].get<double>());
+    }
+  }
+}
+
+// ---------------------------------------------------------------- the run
+
+PretrainResult Pretraining::run() {
+  std::printf("pretrain %s: %s, %lld parameters; %s; %lld steps/epoch of %lld x %lld images; lr %.3g; out %s%s\n",
+              cfg_.name.c_str(), device_.str().c_str(), (long long)mae_->num_parameters(), ds_->describe().c_str(),
+              (long long)steps_per_epoch_, (long long)o_.accum, (long long)o_.batch, lr_, o_.out.c_str(),
+              resuming_ ? fmt::format(" (resumed at epoch {})", start_epoch_ + 1).c_str() : "");
+  std::fflush(stdout);
+  t_run_ = Clock::now();
+  for (int64_t epoch = start_epoch_; epoch < end_epoch_; epoch++) {
+    EpochTotals totals;
+    if (!run_epoch(epoch, totals)) {
+      result_.status = 2;
+      return result_;
+    }
+    end_epoch(epoch, totals);
+  }
+  if (end_epoch_ < o_.epochs) {
+    std::printf("stopped after epoch %lld of %lld as asked; continue with: moce pretrain --resume %s\n",
+                (long long)end_epoch_, (long long)o_.epochs, o_.out.c_str());
+    return result_;
+  }
+  eng::save_safetensors(o_.out + "/weights.safetensors", host_copies(mae_->state_dict()),
+                        {{"config", json{{"model", model::config_to_json(cfg_)}}.dump()}, {"format", "moce-weights-v1"}});
+  std::printf("done: weights %s/weights.safetensors, checkpoint %s/checkpoint-last.safetensors, metrics %s/metrics.jsonl, "
+              "loss curve %s/loss.png\n", o_.out.c_str(), o_.out.c_str(), o_.out.c_str(), o_.out.c_str());
+  return result_;
+}
+
+// False when the epoch stopped on a non-finite loss or gradient norm (reported on stderr).
+bool Pretraining::run_epoch(int64_t epoch, EpochTotals& t) {
+  feed_->start_epoch(epoch, steps_per_epoch_ * o_.accum);
+  t.t_window = Clock::now();
+  for (int64_t s = 0; s < steps_per_epoch_; s++) {
+    const int64_t step = epoch * steps_per_epoch_ + s;  // optimizer step, global
+    if (profiling_ && step == session_.profile_first) eng::profiler_start(device_);
+    pending_.push_back(queue_step(epoch, s, t));
+    if (profiling_ && step == session_.profile_last) eng::profiler_stop(device_);
+    const bool log_now = (s + 1) % o_.log_every == 0 || s + 1 == steps_per_epoch_;
+    if ((check_every_step_ || log_now) && !settle(epoch, t)) return false;
+    if (log_now) log_line(epoch, s, t);
+  }
+  return true;
+}
+
+// One optimizer step of o.accum micro-batches, queued on the device; nothing is read back.
+PendingStep Pretraining::queue_step(int64_t epoch, int64_t s, EpochTotals& t) {
+  ENG_NVTX_RANGE("pretrain.step");
+  const int64_t step = epoch * steps_per_epoch_ + s;
+  const int64_t L = cfg_.num_patches();
+  PendingStep ps;
+  ps.s = s;
+  opt_->set_lr(sched_.lr(double(step)));
+  for (int64_t m = 0; m < o_.accum; m++) {
+    data::Batch b;
+    ENG_CHECK(feed_->next(b), "internal: loader ended early in epoch {}", epoch);
+    int64_t micro = step * o_.accum + m;  // keys the mask noise
+    eng::Generator mask_rng(o_.seed, kMaskStream, uint64_t(micro) * uint64_t(o_.batch * L));
+    // Philox uniforms are bitwise the same on every device: the masks do not depend on it.
+    Tensor noise = mask_rng.uniform({b.images.size(0), L}, 0.0, 1.0, eng::DType::F32, device_);
+    model::MaeOutput out;
+    {
+      ENG_NVTX_RANGE("pretrain.forward");
+      out = mae_->forward(b.images, noise, o_.mask_ratio);
+    }
+    // While the GPU runs the forward pass just queued: the next batch into pinned memory, its copy queued.
+    feed_->prefetch();
+    {
+      ENG_NVTX_RANGE("pretrain.backward");
+      (o_.accum > 1 ? eng::mul(out.loss, 1.0 / double(o_.accum)) : out.loss).backward();
+    }
+    ps.losses.push_back(out.loss.detach());
+    ps.indices.push_back(b.indices);
+    t.window_images += b.images.size(0);
+  }
+  {
+    ENG_NVTX_RANGE("pretrain.optimizer");
+    ps.grad_norm = eng::grad_norm_tensor(params_);
+    opt_->step(ps.grad_norm, o_.clip);  // clips on the device when o.clip > 0
+    opt_->zero_grad();
+  }
+  return ps;
+}
+
+std::string Pretraining::last_checkpoint_note() const {
+  return last_ckpt_.empty() ? "no checkpoint was written yet" : "last good checkpoint: " + last_ckpt_;
+}
+
+// Reads the pending steps (the one sync of a log window), checks them in order, adds them up; false after reporting
+// a non-finite loss or gradient norm.
+bool Pretraining::settle(int64_t epoch, EpochTotals& t) {
+  for (PendingStep& ps : pending_) {
+    const int64_t step = epoch * steps_per_epoch_ + ps.s;
+    double step_loss = 0;
+    for (size_t m = 0; m < ps.losses.size(); m++) {
+      const double lv = ps.losses[m].item();
+      if (!std::isfinite(lv)) {
+        data::Batch b;
+        b.indices = ps.indices[m];
+        std::fprintf(stderr, "error: non-finite loss %g at epoch %lld step %lld (micro-batch %lld); images: %s; %s\n", lv,
+                     (long long)epoch + 1, (long long)step + 1, (long long)m, loader_->batch_ids(b).c_str(),
+                     last_checkpoint_note().c_str());
+        return false;
+      }
+      step_loss += lv / double(o_.accum);
+    }
+    t.gnorm = ps.grad_norm.item();
+    if (!std::isfinite(t.gnorm)) {
+      std::fprintf(stderr, "error: non-finite gradient norm at epoch %lld step %lld (loss %g); %s\n", (long long)epoch + 1,
+                   (long long)step + 1, step_loss, last_checkpoint_note().c_str());
+      return false;
+    }
+    result_.step_losses.push_back(step_loss);
+    t.epoch_loss += step_loss;
+    t.window_loss += step_loss;
+    t.window_steps++;
+  }
+  pending_.clear();
+  return true;
+}
+
+// The progress line and the metrics line of the log window that ends with step s; starts the next window.
+void Pretraining::log_line(int64_t epoch, int64_t s, EpochTotals& t) {
+  const int64_t step = epoch * steps_per_epoch_ + s;
+  double dt = seconds_since(t.t_window);
+  images_this_run_ += t.window_images;
+  double ips = double(t.window_images) / std::max(dt, 1e-9);
+  double run_s = seconds_since(t_run_);
+  int64_t steps_left = (o_.epochs - epoch) * steps_per_epoch_ - (s + 1);
+  double eta = double(steps_left * o_.accum * o_.batch) / std::max(double(images_this_run_) / run_s, 1e-9);
+  const double window_mean = t.window_loss / double(t.window_steps);
+  std::printf("epoch %lld/%lld  step %lld/%lld  loss %.4f  lr %.3e  %.1f img/s  ETA %s\n", (long long)epoch + 1,
+              (long long)o_.epochs, (long long)s + 1, (long long)steps_per_epoch_, window_mean, opt_->lr(), ips,
+              fmt_duration(eta).c_str());
+  std::fflush(stdout);
+  metrics_->append(json{{"epoch", epoch + 1}, {"step", step + 1}, {"loss", window_mean}, {"lr", opt_->lr()},
+                        {"grad_norm", t.gnorm}, {"images_per_s", ips}});
+  curve_.x.push_back(double(step + 1));
+  curve_.y.push_back(window_mean);
+  t.window_loss = 0;
+  t.window_steps = 0;
+  t.window_images = 0;
+  t.t_window = Clock::now();
+}
+
+// The epoch's metrics line, the loss curve, and a checkpoint every --save-every epochs and at the end.
+void Pretraining::end_epoch(int64_t epoch, const EpochTotals& t) {
+  double mean_loss = t.epoch_loss / double(steps_per_epoch_);
+  // Full precision so that a resumed run can be compared with an uninterrupted one bit for bit.
+  metrics_->append(json{{"epoch", epoch + 1}, {"train_loss", mean_loss}, {"train_loss_hex", fmt::format("{:a}", mean_loss)},
+                        {"skipped_images", loader_->skipped()}});
+  if (loader_->skipped() > 0) std::printf("%s\n", loader_->skip_summary().c_str());
+  write_line_plot(o_.out + "/loss.png", {curve_});
+  result_.epochs_done = epoch + 1;
+  if ((epoch + 1) % o_.save_every == 0 || epoch + 1 == end_epoch_) {
+    last_ckpt_ = o_.out + "/checkpoint-last.safetensors";
+    save_pretrain_checkpoint(last_ckpt_, *mae_, *opt_, config_json_, o_.seed, epoch + 1);
+    std::printf("epoch %lld done: mean loss %.4f; checkpoint %s\n", (long long)epoch + 1, mean_loss, last_ckpt_.c_str());
+  } else {
+    std::printf("epoch %lld done: mean loss %.4f\n", (long long)epoch + 1, mean_loss);
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& session) {
+  return Pretraining(options, session).run();
+}
+
+}  // namespace moce

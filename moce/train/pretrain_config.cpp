@@ -1,0 +1,42 @@
+// pretrain_config.cpp: PretrainOptions to and from JSON, under the names config.json has always used.
+#include "moce/train/pretrain_config.h"
+
+namespace moce {
+
+using nlohmann::json;
+
+json options_to_json(const PretrainOptions& o) {
+  return {{"data", o.data},          {"config", o.config},       {"epochs", o.epochs},     {"batch", o.batch},
+          {"accum_iter", o.accum},   {"save_every", o.save_every}, {"warmup_epochs", o.warmup_epochs},
+          {"workers", o.workers},    {"limit", o.limit},         {"log_every", o.log_every}, {"base_lr", o.base_lr},
+          {"min_lr", o.min_lr},      {"weight_decay", o.weight_decay}, {"mask_ratio", o.mask_ratio},
+          {"clip_grad", o.clip},     {"seed", o.seed},           {"strict", o.strict},     {"norm_pix_loss", o.norm_pix_loss},
+          {"device", o.device},      {"precision", o.precision}};
+}
+
+PretrainOptions options_from_json(const json& j) {
+  PretrainOptions o;
+  o.data = j.at("data");
+  o.config = j.at("config");
+  o.epochs = j.at("epochs");
+  o.batch = j.at("batch");
+  o.accum = j.at("accum_iter");
+  o.save_every = j.at("save_every");
+  o.warmup_epochs = j.at("warmup_epochs");
+  o.workers = j.at("workers");
+  o.limit = j.at("limit");
+  o.log_every = j.at("log_every");
+  o.base_lr = j.at("base_lr");
+  o.min_lr = j.at("min_lr");
+  o.weight_decay = j.at("weight_decay");
+  o.mask_ratio = j.at("mask_ratio");
+  o.clip = j.at("clip_grad");
+  o.seed = j.at("seed");
+  o.strict = j.at("strict");
+  o.norm_pix_loss = j.at("norm_pix_loss");
+  o.device = j.at("device");
+  o.precision = j.value("precision", "f32");  // runs saved before --precision existed were f32
+  return o;
+}
+
+}  // namespace moce
