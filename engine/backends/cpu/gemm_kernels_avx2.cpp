@@ -5,7 +5,6 @@
 #include <immintrin.h>
 
 #include "engine/backends/cpu/gemm_kernels.h"
-#include "engine/backends/cpu/gemm_kernels_common.h"
 
 #define ENG_AVX2 __attribute__((target("avx2,fma")))
 #define ENG_GEMM_TARGET ENG_AVX2
@@ -79,8 +78,6 @@ ENG_AVX2 void pack_b(bool trans_b, const float* b, int64_t ldb, int64_t cols, in
 
 // Small problems (gemm_small_driver.h): R rows x up to 16 columns per register block, operands read in place.
 struct SmallTiles {
-  static constexpr int kCols = 16;
-  static constexpr bool kDotTail = false;
   template <int R>
   static ENG_AVX2 ENG_GEMM_INLINE void block(int64_t k, int nc, float alpha, const float* a, int64_t a_row,
                                              int64_t a_col, const float* b, int64_t ldb, float beta, float* c,
@@ -108,6 +105,9 @@ struct SmallTiles {
   static ENG_AVX2 ENG_GEMM_INLINE void transpose_b(const float* b, int64_t ldb, int64_t k, int64_t n, float* dst) {
     copy_transposed_b(b, ldb, k, n, dst);
   }
+
+  static constexpr int kCols = 16;
+  static constexpr bool kDotTail = false;
 };
 
 ENG_AVX2 void small_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,

@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "engine/backends/cpu/gemm_kernels.h"
-#include "engine/backends/cpu/gemm_kernels_common.h"
 
 #define ENG_AVX512 __attribute__((target("avx512f")))
 #define ENG_GEMM_TARGET ENG_AVX512
@@ -276,8 +275,6 @@ ENG_AVX512 void pack_b(bool trans_b, const float* b, int64_t ldb, int64_t cols, 
 // Small problems (gemm_small_driver.h): R rows of C x up to 32 columns per register block, B read in place
 // (row-major k x n with leading dimension ldb), A read through its strides. Masked loads clip the columns.
 struct SmallTiles {
-  static constexpr int kCols = 32;
-  static constexpr bool kDotTail = true;
   template <int R>
   static ENG_AVX512 ENG_GEMM_INLINE void block(int64_t k, int nc, float alpha, const float* a, int64_t a_row,
                                               int64_t a_col, const float* b, int64_t ldb, float beta, float* c,
@@ -336,6 +333,9 @@ struct SmallTiles {
       }
     }
   }
+
+  static constexpr int kCols = 32;
+  static constexpr bool kDotTail = true;
 };
 
 ENG_AVX512 void small_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

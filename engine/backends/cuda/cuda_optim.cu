@@ -186,22 +186,27 @@ void CudaBackend::adamw_update_multi(DType dt, const std::vector<AdamWTensor>& t
   }
 }
 
+namespace {
+
+void norm_for_dtype(int device, DType dt, const char* op, const std::vector<SumSquaresTensor>& tensors, double* norm,
+                    double* sums) {
+  switch (dt) {
+    case DType::F32: norm_of<float>(device, tensors, norm, sums); break;
+    case DType::F64: norm_of<double>(device, tensors, norm, sums); break;
+    default: ENG_FAIL("{}: dtype {} not supported on cuda (f32, f64)", op, dtype_name(dt));
+  }
+}
+
+}  // namespace
+
 void CudaBackend::global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) {
   OpScope scope(*this, "cuda.global_norm");
-  switch (dt) {
-    case DType::F32: norm_of<float>(device(), tensors, norm, nullptr); break;
-    case DType::F64: norm_of<double>(device(), tensors, norm, nullptr); break;
-    default: ENG_FAIL("global_norm: dtype {} not supported on cuda (f32, f64)", dtype_name(dt));
-  }
+  norm_for_dtype(device(), dt, "global_norm", tensors, norm, nullptr);
 }
 
 void CudaBackend::sum_squares(DType dt, const std::vector<SumSquaresTensor>& tensors, double* sums) {
   OpScope scope(*this, "cuda.sum_squares");
-  switch (dt) {
-    case DType::F32: norm_of<float>(device(), tensors, nullptr, sums); break;
-    case DType::F64: norm_of<double>(device(), tensors, nullptr, sums); break;
-    default: ENG_FAIL("sum_squares: dtype {} not supported on cuda (f32, f64)", dtype_name(dt));
-  }
+  norm_for_dtype(device(), dt, "sum_squares", tensors, nullptr, sums);
 }
 
 void CudaBackend::adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a) {
