@@ -13,7 +13,11 @@ CUDA_HOME ?= /usr/local/cuda
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ( [ -x $(CUDA_HOME)/bin/nvcc ] && echo $(CUDA_HOME)/bin/nvcc ))
 
 # ---- what this machine has -------------------------------------------------------------------
-have_header = $(shell printf '\#include <$(1)>\n' | $(CXX) -std=c++17 -E -x c++ - $(2) >/dev/null 2>&1 && echo 1)
+# 1 when `#include <$(1)>` preprocesses (extra flags $(2)), else empty. The '#' comes from a variable: written as
+# \# inside the function, GNU make 4.3 passes the backslash on, and "\#include" is no directive, so every header
+# passed.
+hash := \#
+have_header = $(shell printf '$(hash)include <$(1)>\n' | $(CXX) -std=c++17 -E -x c++ - $(2) >/dev/null 2>&1 && echo 1)
 HAVE_FMT     := $(call have_header,fmt/format.h)
 HAVE_DOCTEST := $(call have_header,doctest/doctest.h)
 HAVE_JSON    := $(call have_header,nlohmann/json.hpp)
@@ -60,9 +64,13 @@ $(BUILD)/engine/backends/cuda/cuda_random.cu.o: NVCCFLAGS += -fmad=false
 endif
 
 # ---- sources -------------------------------------------------------------------------------------
-LIB_DIRS := engine engine/ops engine/io engine/backends/cpu model moce/common moce/eval moce/train moce/cmd data
-LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
-LIB_SRC  := $(filter-out moce/cmd/main.cpp,$(LIB_SRC))
+# The library: every .cpp under these folders, subfolders included, except the CUDA backend (its .cu files are
+# CU_SRC) and the program's main (any main.cpp under moce/). The emulator build uses the same list.
+LIB_DIRS := engine model moce data
+LIB_SRC  := $(sort $(shell find $(LIB_DIRS) -name '*.cpp' -not -path 'engine/backends/cuda/*' \
+                             -not \( -path 'moce/*' -name main.cpp \)))
+# The program's main: moce/cmd/main.cpp, or moce/main.cpp where the tree still has it there.
+MOCE_MAIN := $(firstword $(wildcard moce/cmd/main.cpp moce/main.cpp))
 CU_SRC   := $(if $(filter 1,$(CUDA)),$(wildcard engine/backends/cuda/*.cu))
 LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 TEST_SRC := $(wildcard tests/*.cpp)
@@ -112,7 +120,7 @@ $(LIB): $(LIB_OBJ)
 $(TEST_BIN): $(TEST_OBJ) $(LIB)
 	$(CXX) $(LDFLAGS) $(TEST_OBJ) $(LIB) $(LDLIBS) -o $@
 
-$(MOCE_BIN): $(BUILD)/moce/cmd/main.o $(LIB)
+$(MOCE_BIN): $(MOCE_MAIN:%.cpp=$(BUILD)/%.o) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CXX) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
@@ -153,7 +161,7 @@ bench-gpu: $(BUILD)/bench/bench_gpu $(BUILD)/bench/bench_train_step
 EMU_BUILD := $(BUILD)-emu
 EMU_CXXFLAGS := $(CXXSTD) -O1 -g -fopenmp -fno-math-errno -MMD -MP -DENGINE_WITH_CUDA=1 -Itests/gpu/emu/include -I. $(WARN) \
                 -fsanitize=address,undefined -fno-omit-frame-pointer
-EMU_LIB_SRC := $(filter-out moce/cmd/main.cpp,$(foreach d,engine engine/ops engine/io engine/backends/cpu model moce/common moce/eval moce/train moce/cmd data,$(wildcard $(d)/*.cpp)))
+EMU_LIB_SRC := $(LIB_SRC)
 EMU_CU_SRC := $(wildcard engine/backends/cuda/*.cu)
 EMU_OBJ := $(EMU_LIB_SRC:%.cpp=$(EMU_BUILD)/%.o) $(GPU_TEST_SRC:%.cpp=$(EMU_BUILD)/%.o) \
            $(EMU_CU_SRC:%.cu=$(EMU_BUILD)/%.emu.o) $(EMU_BUILD)/tests/gpu/emu/emu_globals.o
@@ -194,4 +202,4 @@ profile:
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(EMU_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(GPU_TEST_OBJ:.o=.d) $(EMU_OBJ:.o=.d) $(MOCE_MAIN:%.cpp=$(BUILD)/%.d)

@@ -2,15 +2,14 @@
 // STB_IMAGE_IMPLEMENTATION and STB_IMAGE_WRITE_IMPLEMENTATION of the project.
 #include "data/image.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+
+#include "engine/io/atomic_file.h"
 
 // stb is third-party code: keep its warnings out of ours, and compile only the formats we read.
 #pragma GCC diagnostic push
@@ -144,28 +143,6 @@ void append_bytes(void* ctx, void* d, int n) {
   out->insert(out->end(), static_cast<uint8_t*>(d), static_cast<uint8_t*>(d) + n);
 }
 
-// Writes `bytes` to a temporary file beside `path`, flushes it to disk, then renames it over `path`.
-void write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes) {
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter++);
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  ENG_CHECK(f != nullptr, "{}: cannot create temporary file {} ({})", path, tmp, std::strerror(errno));
-  bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  written = std::fflush(f) == 0 && written;
-  written = ::fsync(::fileno(f)) == 0 && written;
-  int saved_errno = errno;
-  written = std::fclose(f) == 0 && written;
-  if (!written) {
-    std::remove(tmp.c_str());
-    ENG_FAIL("{}: writing {} bytes failed ({})", path, bytes.size(), std::strerror(saved_errno ? saved_errno : errno));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    saved_errno = errno;
-    std::remove(tmp.c_str());
-    ENG_FAIL("{}: cannot rename the temporary file into place ({})", path, std::strerror(saved_errno));
-  }
-}
-
 }  // namespace
 
 void write_png(const std::string& path, const Image& image) {
@@ -174,7 +151,7 @@ void write_png(const std::string& path, const Image& image) {
   int ok = stbi_write_png_to_func(append_bytes, &encoded, int(image.width), int(image.height), 3, image.pixels.data(),
                                   int(image.width * 3));
   ENG_CHECK(ok != 0 && !encoded.empty(), "{}: PNG encoding failed", path);
-  write_file_atomically(path, encoded);
+  eng::io::write_file_atomic(path, encoded.data(), encoded.size());
 }
 
 void write_png(const std::string& path, const eng::Tensor& chw) { write_png(path, tensor_to_image(chw, path)); }

@@ -1,5 +1,7 @@
 // backend.h: the small, typed interface every device implements. A backend sees raw strided
 // descriptors, never Tensors or autograd. Methods a device has not implemented throw a clear error.
+// The methods are listed once, in backend_methods.inc; a backend class declares them all with
+// backend_overrides.inc. To add a method: one line in backend_methods.inc plus each backend's definition.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -153,7 +155,7 @@ struct AdamWTensor {
 };
 
 // Gradient clipping decided where the gradients live, with no host round trip. grad_norm: null (no clipping), or
-// the backend's own f64 scalar holding the global gradient norm (sum_squares_multi's sqrt). With it, when
+// the backend's own f64 scalar holding the global gradient norm (global_norm's result). With it, when
 // max_norm > 0 and coef = max_norm / (norm + 1e-6) is < 1, every gradient element is multiplied by coef rounded to
 // the element type before the update (clip_grad_norm's rule and rounding, so the bits match clip + step), and a
 // non-finite norm leaves every parameter and moment as it was (the caller reports it).
@@ -162,7 +164,7 @@ struct AdamWClip {
   double max_norm = 0;
 };
 
-// A contiguous tensor for sum_squares_multi.
+// A contiguous tensor for global_norm and sum_squares.
 struct SumSquaresTensor {
   const void* data = nullptr;
   int64_t n = 0;
@@ -173,79 +175,16 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
 
-  // memory movement
-  virtual void copy(const TensorDesc& dst, const TensorDesc& src);  // same device, strided, converts dtype
-  virtual void fill(const TensorDesc& dst, double value);
-  // elementwise; inputs already broadcast to dst's shape (stride 0 on broadcast dims)
-  virtual void unary(UnaryOp op, const TensorDesc& dst, const TensorDesc& src, UnaryParams p);
-  virtual void binary(BinaryOp op, const TensorDesc& dst, const TensorDesc& a, const TensorDesc& b);
-  virtual void where(const TensorDesc& dst, const TensorDesc& cond, const TensorDesc& a, const TensorDesc& b);
-  // reductions: dst has src's rank with reduced dims of size 1. Fixed summation order (deterministic).
-  virtual void reduce(ReduceOp op, const TensorDesc& dst, const TensorDesc& src);
-  // max (or min) along `dim`: values and i64 indices have src's rank with dim of size 1; first index wins ties.
-  virtual void arg_reduce(bool is_max, const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim);
-  // GEMM (contiguous row-major operands described by leading dims)
-  virtual void gemm(const GemmArgs& g);
-  // softmax / log_softmax over the last dim of contiguous [rows, cols]: y = softmax(scale * x)
-  virtual void softmax_forward(DType dt, void* y, const void* x, int64_t rows, int64_t cols, double scale, bool log);
-  virtual void softmax_backward(DType dt, void* dx, const void* y, const void* dy, int64_t rows, int64_t cols, double scale, bool log);
-  // layer norm over the last dim of contiguous [rows, cols]; mean/rstd are [rows] (f32 for f32 and bf16 x, f64 for f64 x).
-  // w, b may be null (no affine). dw/db are written (not accumulated); they may be null.
-  virtual void layer_norm_forward(DType dt, void* y, void* mean, void* rstd, const void* x, const void* w, const void* b,
-                                  int64_t rows, int64_t cols, double eps);
-  virtual void layer_norm_backward(DType dt, void* dx, void* dw, void* db, const void* dy, const void* x, const void* mean,
-                                   const void* rstd, const void* w, int64_t rows, int64_t cols);
-  // indexing; index tensors are i64
-  virtual void index_select(const TensorDesc& dst, const TensorDesc& src, int dim, const TensorDesc& index);
-  virtual void index_add(const TensorDesc& dst, int dim, const TensorDesc& index, const TensorDesc& src);  // dst += at index
-  virtual void gather(const TensorDesc& dst, const TensorDesc& src, int dim, const TensorDesc& index);
-  virtual void scatter_add(const TensorDesc& dst, int dim, const TensorDesc& index, const TensorDesc& src);  // dst += at index
-  // sort along dim (stable); values may be null (only indices wanted)
-  virtual void sort(const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim, bool descending);
-  virtual void topk(const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int64_t k, int dim, bool largest);
-  // random numbers: Philox4x32 keyed by (seed, stream); element i uses counter (offset + i)
-  virtual void random_uniform(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double lo, double hi);
-  virtual void random_normal(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double mean, double std);
-  // fused AdamW on contiguous tensors of the same numel (param, grad, m, v all of one float dtype)
-  virtual void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a);
-  // AdamW over many tensors of one dtype at once (a GPU launches a few kernels instead of one per tensor), with
-  // optional clipping by a norm that stays on the device (AdamWClip). Per element the math of adamw_update.
-  virtual void adamw_update_multi(DType dt, const std::vector<AdamWTensor>& tensors, const AdamWClip& clip);
-  // sqrt of the sum of the squares of every element of the tensors (f32 or f64, one dtype), accumulated in f64,
-  // written to *norm: the backend's own memory (a device f64 scalar on a GPU). Deterministic: per tensor in an
-  // order fixed by its size, then the tensors' sums added in list order.
-  virtual void global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm);
-
-  // ---- routing for expert layers (engine/ops/routing.cpp) ----
-  // Inclusive prefix sum along `dim` of contiguous src into contiguous dst (src's shape and dtype: f32, f64, i64),
-  // summed sequentially along the dim, so the bits do not depend on threads; `reverse` sums from the end (the
-  // backward of cumsum).
-  virtual void cumsum(const TensorDesc& dst, const TensorDesc& src, int dim, bool reverse);
-  // dst [..., classes] (contiguous, any dtype) = 1 where the last index equals index[...], else 0; index is i64 with
-  // dst's leading shape. An index outside [0, classes) is an error (CPU: before anything is written; CUDA: the
-  // deferred IndexFault, the row stays zero).
-  virtual void one_hot(const TensorDesc& dst, const TensorDesc& index);
-  // counts [bins] (contiguous i64) = how many elements of the 1-D i64 index equal each bin; out of range as one_hot.
-  virtual void bincount(const TensorDesc& counts, const TensorDesc& index);
-  // One GEMM per entry (each with batch 1, all of one dtype; epilogues as gemm()), e.g. the row groups of an expert
-  // layer; a backend may run them as one call. Deterministic like gemm(); on the CPU each entry gives gemm()'s bits.
-  virtual void grouped_gemm(const std::vector<GemmArgs>& groups);
-  // ---- end of routing
-
-  // Optional capabilities; callers ask before they use them (the defaults say "no").
-  // GEMM epilogues other than None (GemmArgs::epilogue); a backend that says no ignores the fields.
-  virtual bool supports_gemm_epilogue(GemmEpilogue e) const { return e == GemmEpilogue::None; }
-  // Fused attention (AttentionArgs) for this dtype and these head sizes.
-  virtual bool has_fused_attention(DType /*dt*/, int64_t /*head_dim*/, int64_t /*v_dim*/) const { return false; }
-  virtual void attention_forward(const AttentionArgs&) { not_implemented("attention_forward"); }
-  virtual void attention_backward(const AttentionArgs&) { not_implemented("attention_backward"); }
-  // Whether attention_forward/backward read AttentionArgs' strides (default: no, operands must be contiguous).
-  virtual bool supports_strided_attention() const { return false; }
+  // One virtual method per line of backend_methods.inc (each documented there).
+#define ENG_BACKEND_OP(name, params) virtual void name params;
+#define ENG_BACKEND_QUERY(name, params, answer) virtual bool name params const;
+#include "engine/backend_methods.inc"
 
  protected:
   [[noreturn]] void not_implemented(const char* op) const;
 };
 
+// Backend lookup (engine/backend_registry.cpp).
 Backend& backend_for(Device d);
 // True when this build has the CUDA backend and a GPU is visible.
 bool cuda_available();

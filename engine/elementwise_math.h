@@ -5,12 +5,7 @@
 
 #include "engine/backend.h"
 #include "engine/fast_math_f32.h"
-
-#ifdef __CUDACC__
-#define ENG_HOST_DEVICE __host__ __device__
-#else
-#define ENG_HOST_DEVICE
-#endif
+#include "engine/host_device.h"
 
 namespace eng {
 

@@ -18,15 +18,11 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define ENG_FM_HD __host__ __device__
-#else
-#define ENG_FM_HD
-#endif
+#include "engine/host_device.h"
 
 namespace eng {
 
-ENG_FM_HD inline int32_t f32_to_bits(float f) {
+ENG_HOST_DEVICE inline int32_t f32_to_bits(float f) {
 #ifdef __CUDA_ARCH__
   return __float_as_int(f);
 #else
@@ -36,7 +32,7 @@ ENG_FM_HD inline int32_t f32_to_bits(float f) {
 #endif
 }
 
-ENG_FM_HD inline float f32_from_bits(int32_t i) {
+ENG_HOST_DEVICE inline float f32_from_bits(int32_t i) {
 #ifdef __CUDA_ARCH__
   return __int_as_float(i);
 #else
@@ -48,7 +44,7 @@ ENG_FM_HD inline float f32_from_bits(int32_t i) {
 
 // a * b + c rounded once: the hardware fma where the target has one (AVX-512, AVX2+FMA clones, CUDA), libm's
 // correctly rounded fmaf elsewhere, so every target gets the same bits.
-ENG_FM_HD inline float fma_f32(float a, float b, float c) {
+ENG_HOST_DEVICE inline float fma_f32(float a, float b, float c) {
 #ifdef __CUDA_ARCH__
   return __fmaf_rn(a, b, c);
 #else
@@ -62,7 +58,7 @@ ENG_FM_HD inline float fma_f32(float a, float b, float c) {
 // exp(r) by a degree-6 polynomial, 2^n built in the exponent field. +inf and NaN come back as themselves.
 // (Float selects like `x < lo ? lo : x` can stop GCC from vectorising under -ftrapping-math, hence the integer
 // clamp and the bit mask.)
-ENG_FM_HD inline float exp_sum_f32(float hi, float lo) {
+ENG_HOST_DEVICE inline float exp_sum_f32(float hi, float lo) {
   const float x = hi + lo;
   const float round_magic = 12582912.0f;
   const float nm = x * 1.44269504088896341f + round_magic;
@@ -87,7 +83,7 @@ ENG_FM_HD inline float exp_sum_f32(float hi, float lo) {
 }
 
 // exp for f32 (exp_sum_f32 with nothing small to add): within 1 ulp for -87 <= x <= 88.
-ENG_FM_HD inline float exp_f32(float x) {
+ENG_HOST_DEVICE inline float exp_f32(float x) {
   const float round_magic = 12582912.0f;
   const float nm = x * 1.44269504088896341f + round_magic;
   int32_t ni = f32_to_bits(nm) - f32_to_bits(round_magic);
@@ -111,7 +107,7 @@ ENG_FM_HD inline float exp_f32(float x) {
 
 // exp(-x^2 / 2), the unnormalised standard normal density. x^2 is carried exactly as a float pair
 // (x x + fma(x, x, -x x)), so the tail keeps full relative accuracy.
-ENG_FM_HD inline float gauss_f32(float x) {
+ENG_HOST_DEVICE inline float gauss_f32(float x) {
   const float xx = x * x;
   return exp_sum_f32(-0.5f * xx, xx < INFINITY ? -0.5f * fma_f32(x, x, -xx) : 0.0f);
 }
@@ -119,7 +115,7 @@ ENG_FM_HD inline float gauss_f32(float x) {
 // The standard normal CDF Phi(x) = erfc(-x / sqrt2) / 2, from erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2),
 // z = |x| / sqrt2 >= 0, and Phi = 1 - erfc(z) / 2 for x >= 0. One exp, one division, one degree-9 polynomial and
 // no branch; erfc keeps its relative accuracy in the tail, so Phi does too for negative x.
-ENG_FM_HD inline float normal_cdf_f32(float x) {
+ENG_HOST_DEVICE inline float normal_cdf_f32(float x) {
   const float ax = f32_from_bits(f32_to_bits(x) & 0x7fffffff);
   const float xx = x * x;  // z^2 = x^2 / 2 = (xx + xx_lo) / 2 exactly
   const float xx_lo = xx < INFINITY ? fma_f32(x, x, -xx) : 0.0f;  // inf - inf would be NaN
@@ -139,13 +135,12 @@ ENG_FM_HD inline float normal_cdf_f32(float x) {
 }
 
 // GELU with the exact erf form: x Phi(x).
-ENG_FM_HD inline float gelu_f32(float x) { return x * normal_cdf_f32(x); }
+ENG_HOST_DEVICE inline float gelu_f32(float x) { return x * normal_cdf_f32(x); }
 
 // d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
-ENG_FM_HD inline float gelu_grad_f32(float x) {
+ENG_HOST_DEVICE inline float gelu_grad_f32(float x) {
   return fma_f32(x, gauss_f32(x) * 0.39894228040143267794f, normal_cdf_f32(x));
 }
 
 }  // namespace eng
 
-#undef ENG_FM_HD

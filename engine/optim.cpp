@@ -7,7 +7,6 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
-#include "engine/backends/cpu/cpu_backend.h"
 #include "engine/ops.h"
 
 namespace eng {
@@ -414,23 +413,20 @@ double CosineSchedule::lr(double step) const {
 
 // ------------------------------------------------------------------------------ gradient norm
 
-static double sum_squares(const Tensor& g_in) {
-  if (g_in.device().is_cpu()) {
-    Tensor g = g_in.contiguous();
-    if (g.dtype() != DType::F32 && g.dtype() != DType::F64) g = g.to(DType::F32);
-    return cpu::sum_squares(g.dtype(), g.raw_data(), g.numel());
-  }
-  // Other devices: their own (deterministic) reduction in the gradient's dtype.
-  return sum(mul(g_in, g_in)).item();
-}
-
+// Each gradient's f64 sum of squares by its device's backend (f32 and f64 as they are, bf16 widened to f32, which is
+// exact): the per-tensor sums global_norm adds, so the CPU's norm below is global_norm's, bit for bit.
 static std::vector<double> per_param_sum_squares(const std::vector<Tensor>& params) {
   NoGradGuard no_grad;
   std::vector<double> sums(params.size(), 0.0);
   for (size_t k = 0; k < params.size(); k++) {
     ENG_CHECK(params[k].defined(), "grad norm: parameter {} is undefined", k);
     Tensor g = params[k].grad();
-    if (g.defined()) sums[k] = sum_squares(g);
+    if (!g.defined()) continue;
+    if (g.dtype() != DType::F32 && g.dtype() != DType::F64) g = g.to(DType::F32);
+    g = g.contiguous();
+    Tensor sum = Tensor::empty({}, DType::F64, g.device());
+    backend_for(g.device()).sum_squares(g.dtype(), {{g.raw_data(), g.numel()}}, static_cast<double*>(sum.raw_data()));
+    sums[k] = sum.item();
   }
   return sums;
 }
@@ -454,19 +450,10 @@ void scale_grads(const std::vector<Tensor>& params, double factor) {
   for (const Tensor& p : params) {
     Tensor g = p.defined() ? p.grad() : Tensor();
     if (!g.defined()) continue;
-    if (g.device().is_cpu() && g.is_contiguous() && (g.dtype() == DType::F32 || g.dtype() == DType::F64)) {
-      // In the gradient's dtype, as PyTorch's grad.mul_(coef): coef is rounded to the dtype first.
-      int64_t n = g.numel();
-      if (g.dtype() == DType::F32) {
-        float* x = g.data<float>();
-        float c = float(factor);
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (int64_t i = 0; i < n; i++) x[i] *= c;
-      } else {
-        double* x = g.data<double>();
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (int64_t i = 0; i < n; i++) x[i] *= factor;
-      }
+    if (g.is_contiguous() && (g.dtype() == DType::F32 || g.dtype() == DType::F64)) {
+      // In place, in the gradient's dtype, as PyTorch's grad.mul_(coef): coef is rounded to the dtype first.
+      const TensorDesc d = desc_of(g);
+      backend_for(g.device()).unary(UnaryOp::MulScalar, d, d, {factor, 0});
     } else {
       g.copy_(mul(g, factor));
     }

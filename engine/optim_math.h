@@ -16,14 +16,7 @@
 #include <cstdint>
 
 #include "engine/backend.h"
-
-#ifndef ENG_HOST_DEVICE
-#ifdef __CUDACC__
-#define ENG_HOST_DEVICE __host__ __device__
-#else
-#define ENG_HOST_DEVICE
-#endif
-#endif
+#include "engine/host_device.h"
 
 namespace eng {
 

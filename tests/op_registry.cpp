@@ -137,6 +137,42 @@ HostArray map_unary(const HostArray& a, const std::function<double(double)>& f) 
   return o;
 }
 
+HostArray attention_ref(const HostArray& q, const HostArray& k, const HostArray& v, double scale) {
+  int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), D = q.size(3), Tk = k.size(2), Dv = v.size(3);
+  if (scale <= 0) scale = 1.0 / std::sqrt(double(D));
+  HostArray out = make_host({B, H, Tq, Dv});
+  std::vector<double> p(static_cast<size_t>(Tk));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < Tq; i++) {
+        double mx = -INFINITY, s = 0;
+        for (int64_t j = 0; j < Tk; j++) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; d++) dot += q.at({b, h, i, d}) * k.at({b, h, j, d});
+          p[size_t(j)] = dot * scale;
+          mx = std::max(mx, p[size_t(j)]);
+        }
+        for (auto& x : p) s += (x = std::exp(x - mx));
+        for (int64_t d = 0; d < Dv; d++) {
+          double acc = 0;
+          for (int64_t j = 0; j < Tk; j++) acc += p[size_t(j)] / s * v.at({b, h, j, d});
+          out.at({b, h, i, d}) = acc;
+        }
+      }
+  return out;
+}
+
+std::vector<HostArray> split_qkv_host(const HostArray& qkv, int64_t H) {
+  int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (3 * H);
+  std::vector<HostArray> out(3, make_host({B, H, T, D}));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t s = 0; s < 3; s++)
+        for (int64_t h = 0; h < H; h++)
+          for (int64_t d = 0; d < D; d++) out[size_t(s)].at({b, h, t, d}) = qkv.at({b, t, (s * H + h) * D + d});
+  return out;
+}
+
 std::vector<HostArray> case_inputs(const OpCase& c) {
   Rng rng(hash_name(c.name));
   std::vector<HostArray> hs;

@@ -74,6 +74,11 @@ HostArray make_host(const Shape& shape, double fill = 0.0);
 // Reference for a broadcasting binary op.
 HostArray broadcast_binary(const HostArray& a, const HostArray& b, const std::function<double(double, double)>& f);
 HostArray map_unary(const HostArray& a, const std::function<double(double)>& f);
+// Naive f64 attention softmax(scale * q k^T) v of row-major q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv];
+// scale <= 0 means 1 / sqrt(D).
+HostArray attention_ref(const HostArray& q, const HostArray& k, const HostArray& v, double scale);
+// The q, k, v [B, H, T, D] of a packed projection qkv [B, T, 3 * H * D] (q, k, v x heads x D per token).
+std::vector<HostArray> split_qkv_host(const HostArray& qkv, int64_t H);
 
 // The inputs of a case, generated from its specs from a seed made of its name: the same on every run and device
 // (the GPU suite feeds the CPU and CUDA the very inputs the CPU modes use).

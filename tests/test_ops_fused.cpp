@@ -52,53 +52,14 @@ HostArray linear_ref(const HostArray& x, const HostArray& w, const HostArray* b,
 
 // Attention of one packed projection qkv [B, T, 3 * H * D] (q, k, v x heads x D per token) -> [B, T, H * D].
 HostArray attention_qkv_ref(const HostArray& qkv, int64_t H, double scale) {
-  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (3 * H);
-  if (scale <= 0) scale = 1.0 / std::sqrt(double(D));
-  auto at = [&](int64_t b, int64_t t, int64_t s, int64_t h, int64_t d) { return qkv.at({b, t, (s * H + h) * D + d}); };
+  const std::vector<HostArray> heads = split_qkv_host(qkv, H);
+  const HostArray o = attention_ref(heads[0], heads[1], heads[2], scale);  // [B, H, T, D]
+  const int64_t B = o.size(0), T = o.size(2), D = o.size(3);
   HostArray out = make_host({B, T, H * D});
-  std::vector<double> p(static_cast<size_t>(T));
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++)
-      for (int64_t i = 0; i < T; i++) {
-        double mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < T; j++) {
-          double dot = 0;
-          for (int64_t d = 0; d < D; d++) dot += at(b, i, 0, h, d) * at(b, j, 1, h, d);
-          p[size_t(j)] = dot * scale;
-          mx = std::max(mx, p[size_t(j)]);
-        }
-        for (auto& x : p) sum += (x = std::exp(x - mx));
-        for (int64_t d = 0; d < D; d++) {
-          double acc = 0;
-          for (int64_t j = 0; j < T; j++) acc += p[size_t(j)] / sum * at(b, j, 2, h, d);
-          out.at({b, i, h * D + d}) = acc;
-        }
-      }
-  return out;
-}
-
-// q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv].
-HostArray attention_ref(const HostArray& q, const HostArray& k, const HostArray& v, double scale) {
-  const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), D = q.size(3), Tk = k.size(2), Dv = v.size(3);
-  HostArray out = make_host({B, H, Tq, Dv});
-  std::vector<double> p(static_cast<size_t>(Tk));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < H; h++)
-      for (int64_t i = 0; i < Tq; i++) {
-        double mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < Tk; j++) {
-          double dot = 0;
-          for (int64_t d = 0; d < D; d++) dot += q.at({b, h, i, d}) * k.at({b, h, j, d});
-          p[size_t(j)] = dot * scale;
-          mx = std::max(mx, p[size_t(j)]);
-        }
-        for (auto& x : p) sum += (x = std::exp(x - mx));
-        for (int64_t d = 0; d < Dv; d++) {
-          double acc = 0;
-          for (int64_t j = 0; j < Tk; j++) acc += p[size_t(j)] / sum * v.at({b, h, j, d});
-          out.at({b, h, i, d}) = acc;
-        }
-      }
+      for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < D; d++) out.at({b, t, h * D + d}) = o.at({b, h, t, d});
   return out;
 }
 

@@ -94,48 +94,12 @@ HostArray mse_ref(const HostArray& a, const HostArray& b) {
   return HostArray{{}, {s / double(a.v.size())}};
 }
 
-// q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv], all row-major.
-HostArray attention_ref(const HostArray& q, const HostArray& k, const HostArray& v, double scale) {
-  int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), D = q.size(3), Tk = k.size(2), Dv = v.size(3);
-  if (scale <= 0) scale = 1.0 / std::sqrt(double(D));
-  HostArray out = make_host({B, H, Tq, Dv});
-  std::vector<double> p(static_cast<size_t>(Tk));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < H; h++)
-      for (int64_t i = 0; i < Tq; i++) {
-        double mx = -INFINITY, s = 0;
-        for (int64_t j = 0; j < Tk; j++) {
-          double dot = 0;
-          for (int64_t d = 0; d < D; d++) dot += q.at({b, h, i, d}) * k.at({b, h, j, d});
-          p[size_t(j)] = dot * scale;
-          mx = std::max(mx, p[size_t(j)]);
-        }
-        for (auto& x : p) s += (x = std::exp(x - mx));
-        for (int64_t d = 0; d < Dv; d++) {
-          double acc = 0;
-          for (int64_t j = 0; j < Tk; j++) acc += p[size_t(j)] / s * v.at({b, h, j, d});
-          out.at({b, h, i, d}) = acc;
-        }
-      }
-  return out;
-}
-
 // Splits a fused projection qkv [B, T, 3 * H * D] into its (non-contiguous) q, k, v views [B, H, T, D],
-// as a ViT attention block does. Works on Tensors and (for the reference) on HostArrays.
+// as a ViT attention block does (split_qkv_host in op_registry.h does the same for the reference).
 std::vector<Tensor> split_qkv(const Tensor& qkv, int64_t H) {
   int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (3 * H);
   Tensor p = qkv.reshape({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // [3, B, H, T, D]
   return {p.select(0, 0), p.select(0, 1), p.select(0, 2)};
-}
-std::vector<HostArray> split_qkv_host(const HostArray& qkv, int64_t H) {
-  int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (3 * H);
-  std::vector<HostArray> out(3, make_host({B, H, T, D}));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t t = 0; t < T; t++)
-      for (int64_t s = 0; s < 3; s++)
-        for (int64_t h = 0; h < H; h++)
-          for (int64_t d = 0; d < D; d++) out[size_t(s)].at({b, h, t, d}) = qkv.at({b, t, (s * H + h) * D + d});
-  return out;
 }
 
 using Ts = std::vector<Tensor>;

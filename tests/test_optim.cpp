@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/rng.h"
@@ -366,6 +367,36 @@ TEST_SUITE("optim") {
     d.set_grad(grad_for(d, 9, 0));
     CHECK_THROWS_WITH_AS(eng::grad_norm_tensor({ps[0], d}), doctest::Contains("parameter 1 has an f64 gradient"),
                          eng::Error);
+  }
+
+  TEST_CASE("backend sum_squares: each tensor's f64 sum of squares, the terms global_norm adds") {
+    Generator gen(21);
+    // Sizes around the CPU's 4096-element blocks and 8 lanes, and an empty tensor.
+    for (DType dt : {DType::F32, DType::F64}) {
+      std::vector<Tensor> ts;
+      for (int64_t n : {int64_t(0), int64_t(1), int64_t(7), int64_t(4095), int64_t(4096), int64_t(12289)})
+        ts.push_back(gen.normal({n}, 0.0, 1.0, dt));
+      std::vector<eng::SumSquaresTensor> list;
+      for (const Tensor& t : ts) list.push_back({t.raw_data(), t.numel()});
+      eng::Backend& cpu = eng::backend_for(eng::Device::cpu());
+      std::vector<double> sums(ts.size(), -1.0);
+      cpu.sum_squares(dt, list, sums.data());
+      double total = 0, norm = 0;
+      for (size_t k = 0; k < ts.size(); k++) {
+        double ref = 0;
+        for (double v : ts[k].to_vector<double>()) ref += v * v;
+        CHECK(sums[k] == doctest::Approx(ref).epsilon(1e-13));
+        total += sums[k];
+      }
+      CHECK(sums[0] == 0.0);
+      cpu.global_norm(dt, list, &norm);
+      const double from_sums = std::sqrt(total);
+      CHECK(std::memcmp(&from_sums, &norm, sizeof(double)) == 0);
+    }
+    Tensor i = Tensor::zeros({3}, DType::I64);
+    std::vector<double> one(1);
+    CHECK_THROWS_WITH_AS(eng::backend_for(eng::Device::cpu()).sum_squares(DType::I64, {{i.raw_data(), 3}}, one.data()),
+                         doctest::Contains("dtype i64 not supported"), eng::Error);
   }
 
   TEST_CASE("AdamW step with a grad-norm tensor is bitwise clip_grad_norm + step; a non-finite norm changes nothing") {

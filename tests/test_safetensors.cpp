@@ -17,28 +17,17 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/io/safetensors.h"
+#include "tests/test_util.h"
 
 using eng::DType;
 using eng::Shape;
 using eng::Tensor;
 namespace fs = std::filesystem;
+using testutil::atomic_temporary_left;
+using testutil::error_of;
+using testutil::TempDir;
 
 namespace {
-
-// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("moce_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::vector<uint8_t> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -132,15 +121,6 @@ void expect_refused(const std::vector<uint8_t>& image, const std::vector<std::st
   }
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const eng::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // One valid entry's JSON text.
 std::string entry(const std::string& name, const std::string& dtype, const std::string& shape, uint64_t b,
                   uint64_t e) {
@@ -156,7 +136,7 @@ TEST_CASE("round trip of every dtype, bitwise, with metadata, empty and 0-d tens
   auto tensors = reference_tensors();
   const std::string path = dir.file("ref.safetensors");
   eng::save_safetensors(path, tensors, kReferenceMetadata);
-  CHECK_FALSE(fs::exists(path + ".tmp"));
+  CHECK_FALSE(atomic_temporary_left(path));
 
   for (int via_file = 0; via_file < 2; via_file++) {
     std::vector<uint8_t> image = read_bytes(path);
@@ -375,7 +355,7 @@ TEST_CASE("writing refuses bad input and leaves no file behind") {
   CHECK(fs::is_empty(dir.path));
 }
 
-TEST_CASE("atomic write: an existing file survives a failed write, no .tmp stays behind") {
+TEST_CASE("atomic write: an existing file survives a failed write, no temporary file stays behind") {
   TempDir dir("st_atomic");
   const std::string path = dir.file("model.safetensors");
   std::map<std::string, Tensor> old_tensors = {{"w", Tensor::full({4}, 1.0)}};
@@ -383,7 +363,7 @@ TEST_CASE("atomic write: an existing file survives a failed write, no .tmp stays
   const auto old_bytes = read_bytes(path);
   auto still_old = [&] {
     CHECK(read_bytes(path) == old_bytes);
-    CHECK_FALSE(fs::exists(path + ".tmp"));
+    CHECK_FALSE(atomic_temporary_left(path));
   };
 
   SUBCASE("a tensor that cannot be written") {
@@ -392,11 +372,14 @@ TEST_CASE("atomic write: an existing file survives a failed write, no .tmp stays
     still_old();
   }
   SUBCASE("the temporary file cannot be created") {
-    fs::create_directory(path + ".tmp");  // something else sits where the temporary file goes
-    std::string msg = error_of([&] { eng::save_safetensors(path, {{"w", Tensor::full({4}, 2.0)}}); });
-    CHECK(msg.find(path + ": cannot create the temporary file") == 0);
-    CHECK(read_bytes(path) == old_bytes);
-    fs::remove(path + ".tmp");
+    // The old file under a name that leaves no room for the temporary file's longer one.
+    const std::string tight = testutil::name_without_room_for_temporary(dir, ".safetensors");
+    fs::copy_file(path, tight);
+    std::string msg = error_of([&] { eng::save_safetensors(tight, {{"w", Tensor::full({4}, 2.0)}}); });
+    CHECK(msg.find(tight + ": cannot create the temporary file") == 0);
+    CHECK(read_bytes(tight) == old_bytes);
+    CHECK_FALSE(atomic_temporary_left(tight));
+    fs::remove(tight);
   }
   SUBCASE("the disk fills up in the middle of the data") {
     // RLIMIT_FSIZE makes write() fail with EFBIG past 64 KiB (SIGXFSZ ignored meanwhile), as a full disk would.
@@ -420,7 +403,7 @@ TEST_CASE("atomic write: an existing file survives a failed write, no .tmp stays
   }
   SUBCASE("a successful write replaces the file and cleans up") {
     eng::save_safetensors(path, {{"w", Tensor::full({4}, 2.0)}}, {{"version", "new"}});
-    CHECK_FALSE(fs::exists(path + ".tmp"));
+    CHECK_FALSE(atomic_temporary_left(path));
     auto f = eng::load_safetensors(path);
     CHECK(f.metadata.at("version") == "new");
     CHECK(f.tensors.at("w").to_vector<float>() == std::vector<float>(4, 2.0f));

@@ -43,4 +43,20 @@ inline std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
+// Whether an atomic write of `path` left its temporary file ("<path>.tmp.*", engine/io/atomic_file.h) in the folder.
+inline bool atomic_temporary_left(const std::string& path) {
+  const std::filesystem::path target(path);
+  const std::string prefix = target.filename().string() + ".tmp";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(target.parent_path(), ec))
+    if (e.path().filename().string().rfind(prefix, 0) == 0) return true;
+  return false;
+}
+
+// A path in dir whose file name (250 bytes, ending in suffix) can exist, but leaves no room for the temporary file of
+// an atomic write beside it ("<name>.tmp.<pid>.<n>" passes the 255-byte limit), so such a write cannot even start.
+inline std::string name_without_room_for_temporary(const TempDir& dir, const std::string& suffix) {
+  return dir.file(std::string(250 - suffix.size(), 'n') + suffix);
+}
+
 }  // namespace testutil

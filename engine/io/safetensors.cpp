@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"  // kMaxDims
+#include "engine/io/atomic_file.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.cpp copies tensor bytes as they are: it assumes a little-endian host"
@@ -297,51 +298,14 @@ Prepared prepare(const std::map<std::string, Tensor>& tensors, const std::map<st
   return p;
 }
 
-void write_all(int fd, const void* data, size_t n, const std::string& file) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    ENG_CHECK(w > 0, "{}: write failed: {}", file, w < 0 ? std::strerror(errno) : "no progress");
-    p += w;
-    n -= size_t(w);
-  }
-}
-
-// Writes to <path>.tmp, fsyncs, renames over <path>; on any failure the temporary file is removed and
-// whatever was at <path> before is left as it was.
+// Through io::AtomicFile: on any failure the temporary file is removed and whatever was at <path> before is left
+// as it was; the errors name <path> and the step that failed.
 void write_atomically(const std::string& path, const Prepared& p) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  ENG_CHECK(fd >= 0, "{}: cannot create the temporary file {}: {}", path, tmp, std::strerror(errno));
-  try {
-    write_all(fd, p.header.data(), p.header.size(), tmp);
-    for (const Tensor& t : p.data)
-      if (t.nbytes() > 0) write_all(fd, t.raw_data(), t.nbytes(), tmp);
-    ENG_CHECK(::fsync(fd) == 0, "{}: fsync failed: {}", tmp, std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    ENG_FAIL("{}: close failed: {}", tmp, std::strerror(err));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    ENG_FAIL("{}: cannot rename {} over it: {}", path, tmp, std::strerror(err));
-  }
-  // Make the rename itself durable. Best effort: some file systems refuse fsync on a directory.
-  size_t slash = path.find_last_of('/');
-  std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  io::AtomicFile file(path);
+  file.write(p.header.data(), p.header.size());
+  for (const Tensor& t : p.data)
+    if (t.nbytes() > 0) file.write(t.raw_data(), t.nbytes());
+  file.commit();
 }
 
 // ---- reading a file ----

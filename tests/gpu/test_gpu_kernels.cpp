@@ -15,6 +15,7 @@
 //                     |C - C64| <= 2^-8 |C64_ij| + (k+2) 2^-23 (|A||B|)_ij.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 
 #include "engine/optim.h"
@@ -587,6 +588,28 @@ TEST_SUITE("gpu kernels") {
       // clip_grad_norm, which scales the gradients in place as on the cpu.
       set_grads(4);
       CHECK(std::fabs(eng::grad_norm(gp) - eng::grad_norm(cp)) <= 1e-14 * eng::grad_norm(cp));
+      {
+        // The per-tensor sums (sum_squares) are the terms of the device's norm: added in list order on the host
+        // they give its bits; each agrees with the cpu's to f64 rounding.
+        std::vector<eng::SumSquaresTensor> clist, glist;
+        for (size_t k = 0; k < cp.size(); k++) {
+          clist.push_back({cp[k].grad().raw_data(), cp[k].grad().numel()});
+          glist.push_back({gp[k].grad().raw_data(), gp[k].grad().numel()});
+        }
+        Tensor csums = Tensor::zeros({int64_t(cp.size())}, DType::F64, cpu());
+        Tensor gsums = Tensor::zeros({int64_t(gp.size())}, DType::F64, cuda());
+        cpu_backend().sum_squares(dt, clist, static_cast<double*>(csums.raw_data()));
+        gpu_backend().sum_squares(dt, glist, static_cast<double*>(gsums.raw_data()));
+        const std::vector<double> cs = csums.to_vector<double>(), gs = on(gsums, cpu()).to_vector<double>();
+        double total = 0;
+        for (size_t k = 0; k < gs.size(); k++) {
+          CAPTURE(k);
+          REQUIRE(std::fabs(gs[k] - cs[k]) <= 1e-14 * cs[k]);
+          total += gs[k];
+        }
+        const double from_sums = std::sqrt(total), norm = eng::grad_norm_tensor(gp).item();
+        CHECK(std::memcmp(&from_sums, &norm, sizeof(double)) == 0);
+      }
       const double cpu_norm = eng::clip_grad_norm(cp, limit), gpu_norm = eng::clip_grad_norm(gp, limit);
       CHECK(std::fabs(gpu_norm - cpu_norm) <= 1e-14 * cpu_norm);
       for (size_t k = 0; k < cp.size(); k++) REQUIRE(rel_err(gp[k].grad(), cp[k].grad()) <= tol);

@@ -1,6 +1,7 @@
 // cpu_optim.cpp: the CPU kernels of the fused AdamW update (per-element math in engine/optim_math.h), its
-// multi-tensor form with clipping, and the gradient norm. The update is elementwise over fixed blocks and the
-// norm sums fixed blocks in order, so neither depends on the thread count.
+// multi-tensor form with clipping, and the gradient norm (global_norm) with its per-tensor sums (sum_squares). The
+// update is elementwise over fixed blocks and the norm sums fixed blocks in order, so neither depends on the
+// thread count.
 #include <cmath>
 #include <vector>
 
@@ -107,17 +108,26 @@ void CpuBackend::adamw_update_multi(DType dt, const std::vector<AdamWTensor>& te
   }
 }
 
-double cpu::sum_squares(DType dt, const void* data, int64_t n) {
+namespace {
+
+double sum_squares_of(DType dt, const SumSquaresTensor& t) {
+  ENG_CHECK(t.n >= 0, "sum of squares: negative element count {}", t.n);
   switch (dt) {
-    case DType::F32: return sum_squares_blocks(static_cast<const float*>(data), n);
-    case DType::F64: return sum_squares_blocks(static_cast<const double*>(data), n);
+    case DType::F32: return sum_squares_blocks(static_cast<const float*>(t.data), t.n);
+    case DType::F64: return sum_squares_blocks(static_cast<const double*>(t.data), t.n);
     default: ENG_FAIL("sum of squares: dtype {} not supported on the CPU (f32, f64)", dtype_name(dt));
   }
 }
 
+}  // namespace
+
+void CpuBackend::sum_squares(DType dt, const std::vector<SumSquaresTensor>& tensors, double* sums) {
+  for (size_t k = 0; k < tensors.size(); k++) sums[k] = sum_squares_of(dt, tensors[k]);
+}
+
 void CpuBackend::global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) {
   double total = 0;
-  for (const SumSquaresTensor& t : tensors) total += cpu::sum_squares(dt, t.data, t.n);
+  for (const SumSquaresTensor& t : tensors) total += sum_squares_of(dt, t);
   *norm = std::sqrt(total);
 }
 

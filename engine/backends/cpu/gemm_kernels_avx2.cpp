@@ -4,12 +4,11 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#include <vector>
-
 #include "engine/backends/cpu/gemm_kernels.h"
-#include "engine/backends/cpu/gemm_kernels_common.h"
 
 #define ENG_AVX2 __attribute__((target("avx2,fma")))
+#define ENG_GEMM_TARGET ENG_AVX2
+#include "engine/backends/cpu/gemm_small_driver.h"
 
 namespace eng::gemm {
 namespace {
@@ -77,50 +76,43 @@ ENG_AVX2 void pack_b(bool trans_b, const float* b, int64_t ldb, int64_t cols, in
   pack_b_panels<kNR>(trans_b, b, ldb, cols, kc, dst);
 }
 
-// Small problems: R rows x up to 16 columns per register block, operands read in place.
-template <int R>
-ENG_AVX2 ENG_GEMM_INLINE void small_block(int64_t k, int nc, float alpha, const float* a, int64_t a_row,
-                                          int64_t a_col, const float* b, int64_t ldb, float beta, float* c,
-                                          int64_t ldc) {
-  const __m256i m0 = lane_mask(nc >= 8 ? 8 : nc), m1 = lane_mask(nc >= 16 ? 8 : nc > 8 ? nc - 8 : 0);
-  __m256 acc0[R], acc1[R];
-  for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
-  for (int64_t p = 0; p < k; p++) {
-    __m256 b0, b1;
-    if (nc == 16) {
-      b0 = _mm256_loadu_ps(b + p * ldb);
-      b1 = _mm256_loadu_ps(b + p * ldb + 8);
-    } else {
-      b0 = _mm256_maskload_ps(b + p * ldb, m0);
-      b1 = _mm256_maskload_ps(b + p * ldb + 8, m1);
+// Small problems (gemm_small_driver.h): R rows x up to 16 columns per register block, operands read in place.
+struct SmallTiles {
+  template <int R>
+  static ENG_AVX2 ENG_GEMM_INLINE void block(int64_t k, int nc, float alpha, const float* a, int64_t a_row,
+                                             int64_t a_col, const float* b, int64_t ldb, float beta, float* c,
+                                             int64_t ldc) {
+    const __m256i m0 = lane_mask(nc >= 8 ? 8 : nc), m1 = lane_mask(nc >= 16 ? 8 : nc > 8 ? nc - 8 : 0);
+    __m256 acc0[R], acc1[R];
+    for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < k; p++) {
+      __m256 b0, b1;
+      if (nc == 16) {
+        b0 = _mm256_loadu_ps(b + p * ldb);
+        b1 = _mm256_loadu_ps(b + p * ldb + 8);
+      } else {
+        b0 = _mm256_maskload_ps(b + p * ldb, m0);
+        b1 = _mm256_maskload_ps(b + p * ldb + 8, m1);
+      }
+      for (int r = 0; r < R; r++) {
+        const __m256 ar = _mm256_set1_ps(a[r * a_row + p * a_col]);
+        acc0[r] = _mm256_fmadd_ps(ar, b0, acc0[r]);
+        acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
+      }
     }
-    for (int r = 0; r < R; r++) {
-      const __m256 ar = _mm256_set1_ps(a[r * a_row + p * a_col]);
-      acc0[r] = _mm256_fmadd_ps(ar, b0, acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
-    }
+    for (int r = 0; r < R; r++) store_row(c + r * ldc, acc0[r], acc1[r], alpha, beta, nc);
   }
-  for (int r = 0; r < R; r++) store_row(c + r * ldc, acc0[r], acc1[r], alpha, beta, nc);
-}
+  static ENG_AVX2 ENG_GEMM_INLINE void transpose_b(const float* b, int64_t ldb, int64_t k, int64_t n, float* dst) {
+    copy_transposed_b(b, ldb, k, n, dst);
+  }
+
+  static constexpr int kCols = 16;
+  static constexpr bool kDotTail = false;
+};
 
 ENG_AVX2 void small_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  static thread_local std::vector<float> b_copy;
-  if (trans_b) {
-    b_copy.resize(size_t(k * n));
-    copy_transposed_b(b, ldb, k, n, b_copy.data());
-    b = b_copy.data();
-    ldb = n;
-  }
-  const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
-  for (int64_t j = 0; j < n; j += 16) {
-    const int nc = int(n - j < 16 ? n - j : 16);
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4)
-      small_block<4>(k, nc, alpha, a + i * a_row, a_row, a_col, b + j, ldb, beta, c + i * ldc + j, ldc);
-    for (; i < m; i++)
-      small_block<1>(k, nc, alpha, a + i * a_row, a_row, a_col, b + j, ldb, beta, c + i * ldc + j, ldc);
-  }
+  small_sgemm_driver<SmallTiles>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 }  // namespace

@@ -12,9 +12,10 @@
 #include <vector>
 
 #include "engine/backends/cpu/gemm_kernels.h"
-#include "engine/backends/cpu/gemm_kernels_common.h"
 
 #define ENG_AVX512 __attribute__((target("avx512f")))
+#define ENG_GEMM_TARGET ENG_AVX512
+#include "engine/backends/cpu/gemm_small_driver.h"
 
 namespace eng::gemm {
 namespace {
@@ -271,92 +272,76 @@ ENG_AVX512 void pack_b(bool trans_b, const float* b, int64_t ldb, int64_t cols, 
   }
 }
 
-// Small problems: R rows of C x up to 32 columns per register block, B read in place (row-major k x n with
-// leading dimension ldb), A read through its strides. Masked loads clip the columns.
-template <int R>
-ENG_AVX512 ENG_GEMM_INLINE void small_block(int64_t k, int nc, float alpha, const float* a, int64_t a_row,
-                                            int64_t a_col, const float* b, int64_t ldb, float beta, float* c,
-                                            int64_t ldc) {
-  const __mmask16 m0 = nc >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nc) - 1);
-  const __mmask16 m1 = nc >= 32 ? __mmask16(0xFFFF) : nc <= 16 ? __mmask16(0) : __mmask16((1u << (nc - 16)) - 1);
-  __m512 acc0[R], acc1[R];
-  for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < k; p++) {
-    const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + p * ldb), b1 = _mm512_maskz_loadu_ps(m1, b + p * ldb + 16);
-    for (int r = 0; r < R; r++) {
-      const __m512 ar = _mm512_set1_ps(a[r * a_row + p * a_col]);
-      acc0[r] = _mm512_fmadd_ps(ar, b0, acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(ar, b1, acc1[r]);
-    }
-  }
-  const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
-  for (int r = 0; r < R; r++) store_row_masked(c + r * ldc, acc0[r], acc1[r], valpha, vbeta, beta != 0.0f, m0, m1);
-}
-
-// op(B) = B^T (B stored n x k) written out as a contiguous k x n matrix, 16 x 16 blocks at a time.
-ENG_AVX512 void copy_transposed_b_avx512(const float* b, int64_t ldb, int64_t k, int64_t n, float* dst) {
-  for (int64_t j0 = 0; j0 < n; j0 += 16) {
-    const int jn = int(n - j0 < 16 ? n - j0 : 16);
-    const __mmask16 mask_j = jn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << jn) - 1);
-    for (int64_t p0 = 0; p0 < k; p0 += 16) {
-      const int pn = int(k - p0 < 16 ? k - p0 : 16);
-      const __mmask16 mask_p = pn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << pn) - 1);
-      __m512 row[16], col[16];
-      for (int j = 0; j < 16; j++)
-        row[j] = j < jn ? _mm512_maskz_loadu_ps(mask_p, b + (j0 + j) * ldb + p0) : _mm512_setzero_ps();
-      transpose16(row, col, false);
-      for (int c = 0; c < pn; c++) _mm512_mask_storeu_ps(dst + (p0 + c) * n + j0, mask_j, col[c]);
-    }
-  }
-}
-
-// C[i][j] = alpha * (row i of A . row j of the stored B) + beta * C[i][j] for the last few columns of a problem
-// with B transposed (stored n x k, so a column of op(B) is contiguous): one vector dot product over k per element.
-ENG_AVX512 void small_tail_columns(int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a, int64_t lda,
-                                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  for (int64_t j = j0; j < j1; j++) {
-    const float* bj = b + j * ldb;
-    for (int64_t i = 0; i < m; i++) {
-      const float* ai = a + i * lda;
-      __m512 acc = _mm512_setzero_ps();
-      int64_t p = 0;
-      for (; p + 16 <= k; p += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(ai + p), _mm512_loadu_ps(bj + p), acc);
-      if (p < k) {
-        const __mmask16 mk = __mmask16((1u << (k - p)) - 1);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, ai + p), _mm512_maskz_loadu_ps(mk, bj + p), acc);
+// Small problems (gemm_small_driver.h): R rows of C x up to 32 columns per register block, B read in place
+// (row-major k x n with leading dimension ldb), A read through its strides. Masked loads clip the columns.
+struct SmallTiles {
+  template <int R>
+  static ENG_AVX512 ENG_GEMM_INLINE void block(int64_t k, int nc, float alpha, const float* a, int64_t a_row,
+                                              int64_t a_col, const float* b, int64_t ldb, float beta, float* c,
+                                              int64_t ldc) {
+    const __mmask16 m0 = nc >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nc) - 1);
+    const __mmask16 m1 = nc >= 32 ? __mmask16(0xFFFF) : nc <= 16 ? __mmask16(0) : __mmask16((1u << (nc - 16)) - 1);
+    __m512 acc0[R], acc1[R];
+    for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < k; p++) {
+      const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + p * ldb), b1 = _mm512_maskz_loadu_ps(m1, b + p * ldb + 16);
+      for (int r = 0; r < R; r++) {
+        const __m512 ar = _mm512_set1_ps(a[r * a_row + p * a_col]);
+        acc0[r] = _mm512_fmadd_ps(ar, b0, acc0[r]);
+        acc1[r] = _mm512_fmadd_ps(ar, b1, acc1[r]);
       }
-      const float v = alpha * _mm512_reduce_add_ps(acc);
-      c[i * ldc + j] = beta == 0.0f ? v : v + beta * c[i * ldc + j];
+    }
+    const __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);
+    for (int r = 0; r < R; r++) store_row_masked(c + r * ldc, acc0[r], acc1[r], valpha, vbeta, beta != 0.0f, m0, m1);
+  }
+
+  // op(B) = B^T (B stored n x k) written out as a contiguous k x n matrix, 16 x 16 blocks at a time.
+  static ENG_AVX512 void transpose_b(const float* b, int64_t ldb, int64_t k, int64_t n, float* dst) {
+    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+      const int jn = int(n - j0 < 16 ? n - j0 : 16);
+      const __mmask16 mask_j = jn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << jn) - 1);
+      for (int64_t p0 = 0; p0 < k; p0 += 16) {
+        const int pn = int(k - p0 < 16 ? k - p0 : 16);
+        const __mmask16 mask_p = pn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << pn) - 1);
+        __m512 row[16], col[16];
+        for (int j = 0; j < 16; j++)
+          row[j] = j < jn ? _mm512_maskz_loadu_ps(mask_p, b + (j0 + j) * ldb + p0) : _mm512_setzero_ps();
+        transpose16(row, col, false);
+        for (int c = 0; c < pn; c++) _mm512_mask_storeu_ps(dst + (p0 + c) * n + j0, mask_j, col[c]);
+      }
     }
   }
-}
+
+  // C[i][j] = alpha * (row i of A . row j of the stored B) + beta * C[i][j] for the last few columns of a problem
+  // with B transposed (stored n x k, so a column of op(B) is contiguous): one vector dot product over k per element.
+  static ENG_AVX512 void dot_tail_columns(int64_t m, int64_t j0, int64_t j1, int64_t k, float alpha, const float* a,
+                                          int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                                          int64_t ldc) {
+    for (int64_t j = j0; j < j1; j++) {
+      const float* bj = b + j * ldb;
+      for (int64_t i = 0; i < m; i++) {
+        const float* ai = a + i * lda;
+        __m512 acc = _mm512_setzero_ps();
+        int64_t p = 0;
+        for (; p + 16 <= k; p += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(ai + p), _mm512_loadu_ps(bj + p), acc);
+        if (p < k) {
+          const __mmask16 mk = __mmask16((1u << (k - p)) - 1);
+          acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, ai + p), _mm512_maskz_loadu_ps(mk, bj + p), acc);
+        }
+        const float v = alpha * _mm512_reduce_add_ps(acc);
+        c[i * ldc + j] = beta == 0.0f ? v : v + beta * c[i * ldc + j];
+      }
+    }
+  }
+
+  static constexpr int kCols = 32;
+  static constexpr bool kDotTail = true;
+};
 
 ENG_AVX512 void small_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                             const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                             int64_t ldc) {
-  // A last block of 1..4 columns would cost a whole 32-column block (attention scores of 65 tokens: 64 + 1); with
-  // B stored transposed and A row-major those columns are dot products instead.
-  int64_t n_main = n;
-  if (trans_b && !trans_a && n > 32 && n % 32 != 0 && n % 32 <= 4) {
-    n_main = n - n % 32;
-    small_tail_columns(m, n_main, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-  static thread_local std::vector<float> b_copy;
-  if (trans_b) {
-    b_copy.resize(size_t(k * n_main));
-    copy_transposed_b_avx512(b, ldb, k, n_main, b_copy.data());
-    b = b_copy.data();
-    ldb = n_main;
-  }
-  const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
-  for (int64_t j = 0; j < n_main; j += 32) {
-    const int nc = int(n_main - j < 32 ? n_main - j : 32);
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4)
-      small_block<4>(k, nc, alpha, a + i * a_row, a_row, a_col, b + j, ldb, beta, c + i * ldc + j, ldc);
-    for (; i < m; i++)
-      small_block<1>(k, nc, alpha, a + i * a_row, a_row, a_col, b + j, ldb, beta, c + i * ldc + j, ldc);
-  }
+  small_sgemm_driver<SmallTiles>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// cuda_backend.cu: the CUDA backend's plumbing: the caching device allocator, one backend per GPU,
+// cuda_backend.cu: the CUDA backend's plumbing: the device memory under the caching allocator, one backend per GPU,
 // host<->device copies, cuda_available() and the backend's optional capabilities; and the streams, events, pinned
 // host buffers and asynchronous copies of cuda_stream.h. The kernels live by family in the other cuda_*.cu files
 // (see cuda_common.cuh for the list).
@@ -13,6 +13,7 @@
 
 #include "engine/backends/cuda/cuda_common.cuh"
 #include "engine/backends/cuda/cuda_stream.h"
+#include "engine/caching_allocator.h"
 
 namespace eng {
 namespace cuda {
@@ -20,73 +21,29 @@ namespace {
 
 // ---------------------------------------------------------------- allocator
 
-// Freed blocks are kept by rounded size and handed out again, so the steady state of a training step makes no
-// cudaMalloc/cudaFree calls (both synchronise the device). On an allocation failure the cache is released
-// and the allocation tried once more.
-class CachingCudaAllocator final : public Allocator {
- public:
-  explicit CachingCudaAllocator(int device) : device_(device) {}
-  void* allocate(size_t nbytes) override {
-    const size_t n = round(nbytes);
-    std::lock_guard<std::mutex> lock(mu_);
-    st_.requests++;
+// cudaMalloc/cudaFree on one device, for the caching allocator (engine/caching_allocator.h).
+struct CudaMemory {
+  int device;
+  cudaError_t last_error = cudaSuccess;  // of the last failed cudaMalloc, for the out-of-memory message
+  size_t round(size_t nbytes) const { return (std::max<size_t>(nbytes, 1) + 511) & ~size_t(511); }
+  void* try_allocate(size_t n) {
+    CUDA_CHECK(cudaSetDevice(device));
     void* p = nullptr;
-    auto it = free_.find(n);
-    if (it != free_.end() && !it->second.empty()) {
-      p = it->second.back();
-      it->second.pop_back();
-      st_.cached_bytes -= n;
-    } else {
-      CUDA_CHECK(cudaSetDevice(device_));
-      if (cudaMalloc(&p, n) != cudaSuccess) {
-        (void)cudaGetLastError();  // clear the sticky-free allocation error before retrying
-        release_locked();
-        cudaError_t e = cudaMalloc(&p, n);
-        if (e != cudaSuccess)
-          ENG_FAIL("CUDA out of memory on cuda:{}: cannot allocate {} bytes ({} bytes in use, peak {}); hint: {}",
-                   device_, n, st_.in_use_bytes, st_.peak_bytes, cuda_hint(e));
-      }
-      st_.system_allocs++;
-    }
-    st_.in_use_bytes += n;
-    st_.peak_bytes = std::max(st_.peak_bytes, st_.in_use_bytes);
-    return p;
+    last_error = cudaMalloc(&p, n);
+    if (last_error == cudaSuccess) return p;
+    (void)cudaGetLastError();  // clear the sticky-free allocation error before retrying
+    return nullptr;
   }
-  void deallocate(void* p, size_t nbytes) override {
-    if (!p) return;
-    const size_t n = round(nbytes);
-    std::lock_guard<std::mutex> lock(mu_);
-    free_[n].push_back(p);
-    st_.in_use_bytes -= n;
-    st_.cached_bytes += n;
+  void release(void* p) {
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaFree(p));
   }
-  AllocatorStats stats() const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return st_;
+  [[noreturn]] void out_of_memory(size_t n, const AllocatorStats& st) {
+    ENG_FAIL("CUDA out of memory on cuda:{}: cannot allocate {} bytes ({} bytes in use, peak {}); hint: {}", device, n,
+             st.in_use_bytes, st.peak_bytes, cuda_hint(last_error));
   }
-  void reset_peak() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    st_.peak_bytes = st_.in_use_bytes;
-  }
-  void empty_cache() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    release_locked();
-  }
-
- private:
-  static size_t round(size_t nbytes) { return (std::max<size_t>(nbytes, 1) + 511) & ~size_t(511); }
-  void release_locked() {
-    CUDA_CHECK(cudaSetDevice(device_));
-    for (auto& kv : free_)
-      for (void* p : kv.second) CUDA_CHECK(cudaFree(p));
-    free_.clear();
-    st_.cached_bytes = 0;
-  }
-  int device_;
-  mutable std::mutex mu_;
-  std::map<size_t, std::vector<void*>> free_;
-  AllocatorStats st_;
 };
+using CachingCudaAllocator = CachingAllocator<CudaMemory>;
 
 int device_count_checked(int device) {
   int n = 0;
@@ -230,7 +187,7 @@ Allocator& cuda_allocator(int device) {
   auto& a = (*all)[device];
   if (!a) {
     cuda::device_count_checked(device);
-    a = new cuda::CachingCudaAllocator(device);
+    a = new cuda::CachingCudaAllocator(cuda::CudaMemory{device});
   }
   return *a;
 }

@@ -8,7 +8,8 @@
 //         cuda_nn.cu         softmax / log_softmax, layer norm (forward and backward)
 //         cuda_index.cu      index_select, index_add, gather, scatter_add, sort, topk
 //         cuda_random.cu     random_uniform, random_normal (Philox, engine/rng.h)
-//         cuda_optim.cu      fused AdamW, one tensor or many per launch (engine/optim_math.h); global_norm
+//         cuda_optim.cu      fused AdamW, one tensor or many per launch (engine/optim_math.h); global_norm,
+//                            sum_squares
 //         cuda_gemm.cu       GEMM through cuBLASLt (cuBLAS as the fallback), epilogues, TF32 / bf16
 //         cuda_attention.cu  fused attention forward / backward (the engine's own kernels)
 //         cuda_attention_cudnn.cu  cuDNN's fused attention for bf16, where it runs (attention_impl.h)
@@ -76,47 +77,7 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   int device() const { return device_; }
 
-  void copy(const TensorDesc& dst, const TensorDesc& src) override;
-  void fill(const TensorDesc& dst, double value) override;
-  void unary(UnaryOp op, const TensorDesc& dst, const TensorDesc& src, UnaryParams p) override;
-  void binary(BinaryOp op, const TensorDesc& dst, const TensorDesc& a, const TensorDesc& b) override;
-  void where(const TensorDesc& dst, const TensorDesc& cond, const TensorDesc& a, const TensorDesc& b) override;
-  void reduce(ReduceOp op, const TensorDesc& dst, const TensorDesc& src) override;
-  void arg_reduce(bool is_max, const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim) override;
-  void gemm(const GemmArgs& g) override;
-  void softmax_forward(DType dt, void* y, const void* x, int64_t rows, int64_t cols, double scale, bool log) override;
-  void softmax_backward(DType dt, void* dx, const void* y, const void* dy, int64_t rows, int64_t cols, double scale,
-                        bool log) override;
-  void layer_norm_forward(DType dt, void* y, void* mean, void* rstd, const void* x, const void* w, const void* b,
-                          int64_t rows, int64_t cols, double eps) override;
-  void layer_norm_backward(DType dt, void* dx, void* dw, void* db, const void* dy, const void* x, const void* mean,
-                           const void* rstd, const void* w, int64_t rows, int64_t cols) override;
-  void index_select(const TensorDesc& dst, const TensorDesc& src, int dim, const TensorDesc& index) override;
-  void index_add(const TensorDesc& dst, int dim, const TensorDesc& index, const TensorDesc& src) override;
-  void gather(const TensorDesc& dst, const TensorDesc& src, int dim, const TensorDesc& index) override;
-  void scatter_add(const TensorDesc& dst, int dim, const TensorDesc& index, const TensorDesc& src) override;
-  void sort(const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int dim, bool descending) override;
-  void topk(const TensorDesc& values, const TensorDesc& indices, const TensorDesc& src, int64_t k, int dim,
-            bool largest) override;
-  void random_uniform(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double lo,
-                      double hi) override;
-  void random_normal(const TensorDesc& dst, uint64_t seed, uint64_t stream, uint64_t offset, double mean,
-                     double std) override;
-  void adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a) override;
-  void adamw_update_multi(DType dt, const std::vector<AdamWTensor>& tensors, const AdamWClip& clip) override;
-  void global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) override;
-  // ---- routing for expert layers (cuda_routing.cu)
-  void cumsum(const TensorDesc& dst, const TensorDesc& src, int dim, bool reverse) override;
-  void one_hot(const TensorDesc& dst, const TensorDesc& index) override;
-  void bincount(const TensorDesc& counts, const TensorDesc& index) override;
-  void grouped_gemm(const std::vector<GemmArgs>& groups) override;
-  // ---- end of routing
-
-  bool supports_gemm_epilogue(GemmEpilogue e) const override;
-  bool has_fused_attention(DType dt, int64_t head_dim, int64_t v_dim) const override;
-  bool supports_strided_attention() const override;
-  void attention_forward(const AttentionArgs& a) override;
-  void attention_backward(const AttentionArgs& a) override;
+#include "engine/backend_overrides.inc"  // every Backend method (engine/backend_methods.inc)
 
   // cuDNN's fused attention for a bf16 call when attention_impl() allows it and cuDNN has a plan that passed its
   // first-call check; false means the caller runs the engine's own kernel (cuda_attention_cudnn.cu).

@@ -1,6 +1,6 @@
 // cuda_optim.cu: the fused AdamW update on the GPU, one tensor (adamw_update) or many per launch
 // (adamw_update_multi, with clipping by a norm that stays on the device), and the global gradient norm
-// (global_norm). One thread per element runs adamw_element (engine/optim_math.h), the function the CPU loop
+// (global_norm; its per-tensor sums: sum_squares). One thread per element runs adamw_element (engine/optim_math.h), the function the CPU loop
 // runs, with the scalars computed once on the host by the same adamw_scalars. Compiled with -fmad=false (see the Makefile) so no multiply-add is fused; with IEEE
 // sqrt and division (nvcc's defaults) f64 updates are bitwise the CPU's, and so are the f32 moments. The f32
 // parameter can differ in its last bit: on the host, ::sqrt(float) resolves to the C library's double sqrt, so the
@@ -138,14 +138,18 @@ __global__ void norm_total_kernel(const double* __restrict__ per_tensor, int64_t
   *norm = sqrt(total);
 }
 
-template <typename T> void global_norm_of(int device, const std::vector<SumSquaresTensor>& list, double* norm) {
+// Passes 1 and 2 write each tensor's sum to `sums` when given (sum_squares), else to a temporary; pass 3 runs when
+// `norm` is given (global_norm).
+template <typename T>
+void norm_of(int device, const std::vector<SumSquaresTensor>& list, double* norm, double* sums) {
   int64_t chunks = 0;
   for (const SumSquaresTensor& s : list) {
     ENG_CHECK(s.n >= 0, "global_norm: negative element count {}", s.n);
     chunks += (s.n + kNormChunk - 1) / kNormChunk;
   }
   DeviceBuffer partial(device, size_t(std::max<int64_t>(chunks, 1)) * sizeof(double));
-  DeviceBuffer per_tensor(device, std::max<size_t>(list.size(), 1) * sizeof(double));
+  DeviceBuffer per_tensor_buffer(device, sums ? 0 : std::max<size_t>(list.size(), 1) * sizeof(double));
+  double* per_tensor = sums ? sums : per_tensor_buffer.as<double>();
   int64_t next_chunk = 0;
   for (size_t first = 0; first < list.size(); first += kNormPerLaunch) {
     const size_t count = std::min(list.size() - first, size_t(kNormPerLaunch));
@@ -163,10 +167,11 @@ template <typename T> void global_norm_of(int device, const std::vector<SumSquar
     ENG_CHECK(max_chunks <= INT32_MAX, "global_norm: a tensor of {} chunks is too large", max_chunks);
     norm_chunks_kernel<T><<<dim3(unsigned(max_chunks), unsigned(count)), kThreads>>>(t, partial.as<double>());
     CUDA_CHECK_LAUNCH("global_norm (chunks)");
-    norm_tensors_kernel<<<unsigned(count), kThreads>>>(t, partial.as<double>(), per_tensor.as<double>());
+    norm_tensors_kernel<<<unsigned(count), kThreads>>>(t, partial.as<double>(), per_tensor);
     CUDA_CHECK_LAUNCH("global_norm (tensors)");
   }
-  norm_total_kernel<<<1, 32>>>(per_tensor.as<double>(), int64_t(list.size()), norm);
+  if (!norm) return;
+  norm_total_kernel<<<1, 32>>>(per_tensor, int64_t(list.size()), norm);
   CUDA_CHECK_LAUNCH("global_norm (total)");
 }
 
@@ -181,13 +186,27 @@ void CudaBackend::adamw_update_multi(DType dt, const std::vector<AdamWTensor>& t
   }
 }
 
+namespace {
+
+void norm_for_dtype(int device, DType dt, const char* op, const std::vector<SumSquaresTensor>& tensors, double* norm,
+                    double* sums) {
+  switch (dt) {
+    case DType::F32: norm_of<float>(device, tensors, norm, sums); break;
+    case DType::F64: norm_of<double>(device, tensors, norm, sums); break;
+    default: ENG_FAIL("{}: dtype {} not supported on cuda (f32, f64)", op, dtype_name(dt));
+  }
+}
+
+}  // namespace
+
 void CudaBackend::global_norm(DType dt, const std::vector<SumSquaresTensor>& tensors, double* norm) {
   OpScope scope(*this, "cuda.global_norm");
-  switch (dt) {
-    case DType::F32: global_norm_of<float>(device(), tensors, norm); break;
-    case DType::F64: global_norm_of<double>(device(), tensors, norm); break;
-    default: ENG_FAIL("global_norm: dtype {} not supported on cuda (f32, f64)", dtype_name(dt));
-  }
+  norm_for_dtype(device(), dt, "global_norm", tensors, norm, nullptr);
+}
+
+void CudaBackend::sum_squares(DType dt, const std::vector<SumSquaresTensor>& tensors, double* sums) {
+  OpScope scope(*this, "cuda.sum_squares");
+  norm_for_dtype(device(), dt, "sum_squares", tensors, nullptr, sums);
 }
 
 void CudaBackend::adamw_update(DType dt, void* param, const void* grad, void* m, void* v, int64_t n, const AdamWArgs& a) {

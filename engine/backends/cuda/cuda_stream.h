@@ -1,5 +1,5 @@
 // cuda_stream.h: CUDA streams, events, pinned (page-locked) host memory and asynchronous host-to-device copies,
-// as RAII types for code outside the backend (the training loop's input pipeline, moce/batch_feed.cpp).
+// as RAII types for code outside the backend (the training loop's input pipeline, moce's BatchFeed).
 //
 // Plain C++ with no CUDA header, so g++-compiled code can use it; the definitions are in cuda_backend.cu, so it
 // links only in a CUDA build (ENGINE_WITH_CUDA). Handles are kept as void* (cudaStream_t / cudaEvent_t).
