@@ -97,7 +97,7 @@ run: $(MOCE_BIN)
 
 all: $(LIB) $(TEST_BIN) $(MOCE_BIN)
 
-DEB_PKGS := build-essential libfmt-dev doctest-dev nlohmann-json3-dev libstb-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist
+DEB_PKGS := build-essential python3 libfmt-dev doctest-dev nlohmann-json3-dev libstb-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "[deps] installing:" $$missing; \
@@ -130,6 +130,7 @@ $(BUILD)/bench/%: bench/%.cpp $(LIB)
 
 # TEST_ARGS passes doctest options, e.g. make test TEST_ARGS='-ts=ops*'
 test: $(TEST_BIN)
+	python3 tests/check_layout.py
 	$(TEST_BIN) $(TEST_ARGS)
 
 bench: $(BENCH_BIN)
