@@ -77,12 +77,16 @@ TEST_SUITE("cluster") {
       std::vector<double> ref = swav_reference<double>(sv, B, M, 0.05, iters);
       std::vector<float> q32 = sinkhorn_batch(scores, 0.05, iters).to_vector<float>();
       std::vector<double> q64 = sinkhorn_batch(scores.to(eng::DType::F64), 0.05, iters).to_vector<double>();
-      double err32 = 0, err64 = 0;
+      std::vector<float> fused(size_t(B * M));
+      REQUIRE(sinkhorn_batch_cpu(scores.contiguous().data<float>(), B, M, 0.05, iters, fused.data()));
+      double err32 = 0, err64 = 0, err_fused = 0;
       for (size_t i = 0; i < ref.size(); i++) {
         err32 = std::max(err32, std::abs(double(q32[i]) - ref[i]) / (std::abs(ref[i]) + 1e-3));
         err64 = std::max(err64, std::abs(q64[i] - ref[i]) / (std::abs(ref[i]) + 1e-3));
+        err_fused = std::max(err_fused, std::abs(double(fused[i]) - ref[i]) / (std::abs(ref[i]) + 1e-3));
       }
       CHECK_MESSAGE(err64 < 1e-11, "iterations " << iters);
+      CHECK_MESSAGE(err_fused < 1e-5, "fused CPU path, iterations " << iters);
       CHECK_MESSAGE(err32 < (iters > 10 ? 1e-4 : 2e-5), "iterations " << iters);  // f32 rounding adds up over iterations
       if (iters >= 1) {  // each image's row sums to one; with many iterations each cluster gets B / M
         for (int64_t i = 0; i < B; i++) {
@@ -150,6 +154,44 @@ TEST_SUITE("cluster") {
     Tensor p = eng::softmax(eng::matmul(f, c.t()) * (1.0 / tau), 1);
     std::vector<double> expect = (eng::matmul((p - q).t(), f) * (1.0 / (tau * double(B)))).to_vector<double>();
     for (size_t k = 0; k < g.size(); k++) CHECK(g[k] == doctest::Approx(expect[k]).epsilon(1e-10));
+  }
+
+  TEST_CASE("the fused CPU step matches the engine-op step: Sinkhorn, loss, gradient, and a short training") {
+    const int64_t B = 300, M = 24, d = 16;  // B > kSinkhornChunk: several chunks of partial sums
+    eng::Generator gen(17);
+    Tensor f = eng::l2_normalize(gen.normal({B, d}), 1);
+    Tensor c = eng::l2_normalize(gen.normal({M, d}), 1);
+    Tensor scores = eng::matmul(f, c.t()).contiguous();
+    Tensor q = sinkhorn_batch(scores, 0.05, 3);
+    std::vector<float> qf(size_t(B * M)), g(size_t(B * M));
+    REQUIRE(sinkhorn_batch_cpu(scores.data<float>(), B, M, 0.05, 3, qf.data()));
+    std::vector<float> qv = q.to_vector<float>();
+    for (size_t i = 0; i < qv.size(); i++) CHECK(std::abs(qf[i] - qv[i]) <= 1e-5 * (1 + std::abs(qv[i])));
+    Tensor sv = scores.clone();
+    sv.requires_grad_(true);
+    Tensor loss = centroid_loss_from_scores(sv, q, 0.1);
+    loss.backward();
+    const double lf = centroid_loss_grad_cpu(scores.data<float>(), q.contiguous().data<float>(), B, M, 0.1, g.data());
+    CHECK(lf == doctest::Approx(loss.item()).epsilon(1e-5));
+    std::vector<float> ge = sv.grad().to_vector<float>();
+    for (size_t i = 0; i < ge.size(); i++) CHECK(std::abs(g[i] - ge[i]) <= 1e-6);
+    // Tiny eps: the scaling form reports the underflow instead of dividing by zero (training then uses the log form).
+    CHECK_FALSE(sinkhorn_batch_cpu(scores.data<float>(), B, M, 1e-4, 3, qf.data()));
+    std::vector<int64_t> labels;
+    FeatureBank bank = bank_from_tensor(planted_bank(1000, 8, 16, 0.2, 3, labels));
+    ClusterConfig cfg;
+    cfg.clusters = 8;
+    cfg.batch = 200;
+    cfg.epochs = 2;
+    cfg.lr = 0.01;
+    cfg.init = "kmeans++";
+    std::vector<float> fast = train_centroids(bank, cfg).centroids.to_vector<float>();
+    cfg.cpu_fast_path = false;
+    CentroidResult slow = train_centroids(bank, cfg);
+    std::vector<float> sl = slow.centroids.to_vector<float>();
+    double worst = 0;
+    for (size_t i = 0; i < sl.size(); i++) worst = std::max(worst, double(std::abs(fast[i] - sl[i])));
+    CHECK(worst < 1e-4);
   }
 
   TEST_CASE("the whole-bank balanced assignment matches a dense f64 SeLa reference") {
@@ -295,6 +337,11 @@ TEST_SUITE("cluster") {
     CHECK(std::get<3>(one) == std::get<3>(two));
     CHECK(std::get<0>(two) == std::get<0>(again));
     CHECK(std::get<1>(two) == std::get<1>(again));
+    cfg.cpu_fast_path = false;  // the engine-op path (the one CUDA runs) too
+    auto ops1 = run(1), ops2 = run(2);
+    CHECK(std::get<0>(ops1) == std::get<0>(ops2));
+    CHECK(std::get<1>(ops1) == std::get<1>(ops2));
+    cfg.cpu_fast_path = true;
     cfg.seed = 99;  // and the seed matters (the comparison above can fail)
     CHECK(std::get<0>(run(2)) != std::get<0>(one));
   }

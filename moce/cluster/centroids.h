@@ -16,6 +16,7 @@
 #include "engine/optim.h"
 #include "engine/rng.h"
 #include "moce/cluster/bank.h"
+#include "moce/cluster/fused_cpu.h"
 #include "moce/cluster/sinkhorn.h"
 
 namespace moce::cluster {
@@ -32,6 +33,7 @@ struct ClusterConfig {
   std::string init = "random"; // "random" (Philox unit vectors) or "kmeans++" (from the bank)
   int64_t kmeanspp_sample = 16384;  // k-means++ runs on a seeded sample of this many rows (all when smaller)
   uint64_t seed = 0;
+  bool cpu_fast_path = true;   // on the CPU, the fused passes of fused_cpu.h instead of the engine-op chain (same math)
   // Final balanced assignment (assign.h).
   double assign_eps = 0.05;
   double assign_tolerance = 1e-3;  // largest relative error of a cluster's soft mass against n / M
@@ -146,7 +148,8 @@ using EpochCallback = std::function<void(const EpochStats&)>;
 // one smaller); per batch, scores A = F C^T; Q = sinkhorn_batch(A) with C fixed; one SGD step on C for
 // centroid_loss with Q fixed; rows of C renormalised. SGD is eng::SGD, torch.optim.SGD's semantics (L2 weight decay
 // added to the gradient before momentum: g += wd * C; buf = 0.9 buf + g; C -= lr * buf). The bank is read on the
-// CPU and each batch sent to `device`, where the GEMMs, the Sinkhorn and the step run.
+// CPU and each batch sent to `device`, where the GEMMs, the Sinkhorn and the step run; on the CPU (cpu_fast_path) the
+// Sinkhorn and the loss gradient are the fused passes of fused_cpu.h and the gradient for C is one GEMM G^T F.
 inline CentroidResult train_centroids(const FeatureBank& bank, const ClusterConfig& cfg,
                                       eng::Device device = eng::Device::cpu(), const EpochCallback& on_epoch = {}) {
   check_bank_for_clusters(bank, cfg.clusters);
@@ -169,6 +172,22 @@ inline CentroidResult train_centroids(const FeatureBank& bank, const ClusterConf
     for (int64_t start = 0; start < bank.n; start += cfg.batch) {
       const int64_t count = std::min(cfg.batch, bank.n - start);
       eng::Tensor f = bank.rows_f32(perm.data() + start, count).to(device);
+      if (device.is_cpu() && cfg.cpu_fast_path) {
+        eng::NoGradGuard ng;
+        eng::Tensor scores = eng::matmul(f, c.detach().t()).contiguous();
+        eng::Tensor q = eng::Tensor::empty({count, cfg.clusters});
+        if (!sinkhorn_batch_cpu(scores.data<float>(), count, cfg.clusters, cfg.eps, cfg.sinkhorn_iterations,
+                                q.data<float>()))
+          q = sinkhorn_batch(scores, cfg.eps, cfg.sinkhorn_iterations).contiguous();
+        eng::Tensor g = eng::Tensor::empty({count, cfg.clusters});
+        const double loss = centroid_loss_grad_cpu(scores.data<float>(), q.data<float>(), count, cfg.clusters, cfg.tau,
+                                                   g.data<float>());
+        c.set_grad(eng::matmul(g.t(), f));
+        opt.step();
+        c.copy_(eng::l2_normalize(c.detach(), 1));
+        losses.push_back(eng::Tensor::scalar(loss, eng::DType::F64));
+        continue;
+      }
       eng::Tensor scores = eng::matmul(f, c.t());
       eng::Tensor q = sinkhorn_batch(scores.detach(), cfg.eps, cfg.sinkhorn_iterations);
       eng::Tensor loss = centroid_loss_from_scores(scores, q, cfg.tau);
