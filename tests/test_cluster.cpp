@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "engine/rng.h"
 #include "moce/cluster/assign.h"
 #include "moce/cluster/centroids.h"
+#include "moce/cluster/io.h"
 #include "moce/cluster/sinkhorn.h"
 #include "moce/cluster/stats.h"
 #include "tests/test_util.h"
@@ -369,5 +371,89 @@ TEST_SUITE("cluster") {
     CHECK(error_of([&] { bad.check(); }) == "feature bank: the feature of c.png (row 2) is not finite");
     cfg.init = "kmeans";
     CHECK(error_of([&] { train_centroids(bank, cfg); }) == "--init must be random or kmeans++, got 'kmeans'");
+  }
+
+  TEST_CASE("feature bank files: f32 and bf16 round trips, read in place, readable as plain safetensors") {
+    testutil::TempDir tmp("cluster_bank");
+    std::vector<int64_t> labels;
+    Tensor feats = planted_bank(50, 5, 12, 0.3, 2, labels);
+    std::vector<int64_t> index;
+    std::vector<std::string> paths;
+    for (int64_t i = 0; i < 50; i++) index.push_back(1000 + 3 * i), paths.push_back("class" + std::to_string(i % 5) + "/img " + std::to_string(i) + ".png");
+    for (eng::DType dt : {eng::DType::F32, eng::DType::BF16}) {
+      FeatureBank bank = bank_from_tensor(feats.to(dt), index, paths);
+      bank.checkpoint_identity = "mae.safetensors sha256:abc";
+      bank.pool = "cls";
+      const std::string file = tmp.file(std::string("bank_") + eng::dtype_name(dt) + ".safetensors");
+      write_bank(file, bank);
+      eng::SafetensorsFile plain = eng::load_safetensors(file);  // the engine's own validating reader
+      CHECK(plain.metadata["format"] == "moce-feature-bank");
+      CHECK(plain.metadata["checkpoint"] == "mae.safetensors sha256:abc");
+      CHECK(plain.tensors["image_index"].to_vector<int64_t>() == index);
+      CHECK(plain.tensors["features"].dtype() == dt);
+      CHECK(plain.tensors["features"].to(eng::DType::F32).to_vector<float>() == feats.to(dt).to(eng::DType::F32).to_vector<float>());
+      for (bool in_place : {true, false}) {
+        FeatureBank back = read_bank(file, in_place);
+        CHECK(back.n == 50);
+        CHECK(back.d == 12);
+        CHECK(back.dtype == dt);
+        CHECK(back.image_index == index);
+        CHECK(back.paths == paths);
+        CHECK(back.pool == "cls");
+        CHECK(back.checkpoint_identity == bank.checkpoint_identity);
+        CHECK(back.block_f32(0, 50).to_vector<float>() == bank.block_f32(0, 50).to_vector<float>());
+        CHECK(back.row_name(4) == paths[4]);
+      }
+    }
+    using testutil::error_of;
+    CHECK(error_of([&] { read_bank(tmp.file("missing.safetensors")); }).rfind(tmp.file("missing.safetensors") + ": cannot open the feature bank", 0) == 0);
+    const std::string other = tmp.file("weights.safetensors");
+    eng::save_safetensors(other, {{"w", Tensor::zeros({2, 2})}});
+    CHECK(error_of([&] { read_bank(other); }) == other + ": not a feature bank (no metadata format = moce-feature-bank)");
+  }
+
+  TEST_CASE("outputs: centroids, assignments and clusters.json, and the lookups of the next stages") {
+    testutil::TempDir tmp("cluster_out");
+    std::vector<int64_t> labels;
+    Tensor feats = planted_bank(400, 4, 8, 0.1, 5, labels);
+    std::vector<int64_t> index;
+    for (int64_t i = 0; i < 400; i++) index.push_back(7 * i);
+    FeatureBank bank = bank_from_tensor(feats, index);
+    bank.checkpoint_identity = "ckpt-id";
+    ClusterConfig cfg;
+    cfg.clusters = 4;
+    cfg.batch = 100;
+    cfg.lr = 0.01;
+    cfg.init = "kmeans++";
+    ClusterRun run = run_clustering(bank, cfg);
+    write_cluster_outputs(tmp.path.string(), bank, cfg, run, &labels);
+    CentroidsFile cf = read_centroids(tmp.file("centroids.safetensors"));
+    CHECK(cf.centroids.to_vector<float>() == run.centroids.centroids.to_vector<float>());
+    CHECK(cf.checkpoint_identity == "ckpt-id");
+    CHECK(cf.config["clusters"] == 4);
+    CHECK(cf.config["weight_decay"] == 0.9);
+    ClusterLookup lookup(tmp.file("assignments.safetensors"));
+    CHECK(lookup.clusters() == 4);
+    CHECK(lookup.size() == 400);
+    for (int64_t i = 0; i < 400; i += 37) CHECK(lookup.cluster_of_image(7 * i) == run.assignment.balanced[size_t(i)]);
+    CHECK(testutil::error_of([&] { lookup.cluster_of_image(3); }) ==
+          tmp.file("assignments.safetensors") + ": image 3 is not in the clustered bank");
+    // A new feature's cluster is the argmax against C: the bank's own rows give the plain argmax back.
+    std::vector<int32_t> again = clusters_of_features(feats, cf.centroids);
+    CHECK(again == run.assignment.plain);
+    std::vector<float> row0 = feats.slice(0, 0, 1).contiguous().to_vector<float>();
+    CHECK(cluster_of_feature(row0, cf.centroids) == run.assignment.plain[0]);
+    std::ifstream js(tmp.file("clusters.json"));
+    nlohmann::json j = nlohmann::json::parse(js);
+    CHECK(j["images"] == 400);
+    CHECK(j["balanced"]["sizes"].size() == 4);
+    CHECK(j["balanced"]["min"] == 100);
+    CHECK(j["balanced"]["max"] == 100);
+    CHECK(j["balanced"]["num_empty"] == 0);
+    CHECK(j["balanced"]["nmi"].get<double>() == doctest::Approx(1.0));
+    CHECK(j["balanced"]["purity"].get<double>() == doctest::Approx(1.0));
+    CHECK(j["plain_argmax"].contains("size_entropy_nats"));
+    CHECK(j["epochs"].size() == 10);
+    CHECK(j["final_sinkhorn"]["converged"] == true);
   }
 }
