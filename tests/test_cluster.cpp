@@ -13,6 +13,7 @@
 #include "engine/rng.h"
 #include "moce/cluster/assign.h"
 #include "moce/cluster/centroids.h"
+#include "moce/cluster/extract.h"
 #include "moce/cluster/io.h"
 #include "moce/cluster/sinkhorn.h"
 #include "moce/cluster/stats.h"
@@ -455,5 +456,55 @@ TEST_SUITE("cluster") {
     CHECK(j["plain_argmax"].contains("size_entropy_nats"));
     CHECK(j["epochs"].size() == 10);
     CHECK(j["final_sinkhorn"]["converged"] == true);
+  }
+
+  TEST_CASE("feature extraction: L2-normalised encoder features per image, both pools, bf16, a non-finite one named") {
+    model::MaeConfig mc = model::mae_config("mae_test_tiny");
+    model::MaskedAutoencoder mae(mc, 3);
+    const int64_t n = 13;
+    eng::Generator gen(9);
+    Tensor imgs = gen.uniform({n, 3, mc.img_size, mc.img_size});
+    auto ds = std::make_shared<data::TensorDataset>(imgs, Tensor::zeros({n}, eng::DType::I64), std::vector<std::string>{"a"},
+                                                    "imgs");
+    ExtractOptions opt;
+    opt.batch_size = 5;  // a partial last batch
+    opt.workers = 0;
+    opt.checkpoint_identity = "tiny";
+    std::vector<std::string> lines;
+    opt.progress = [&](const std::string& l) { lines.push_back(l); };
+    opt.progress_every = 1;
+    FeatureBank bank = extract_bank(mae, ds, data::Pipeline(), opt);
+    REQUIRE(bank.n == n);
+    CHECK(bank.d == mc.embed_dim);
+    CHECK(bank.paths[4] == "imgs[4]");
+    CHECK(bank.image_index[12] == 12);
+    CHECK(bank.checkpoint_identity == "tiny");
+    CHECK(lines.size() == 4);
+    CHECK(lines.back().rfind("features: 13/13 images", 0) == 0);
+    Tensor expect;
+    {
+      eng::NoGradGuard ng;
+      expect = eng::l2_normalize(mae.features(imgs), 1);
+    }
+    std::vector<float> got = bank.block_f32(0, n).to_vector<float>(), want = expect.to_vector<float>();
+    for (size_t i = 0; i < want.size(); i++) CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-5));
+    opt.pool = "cls";
+    opt.dtype = eng::DType::BF16;
+    opt.progress = {};
+    FeatureBank cls = extract_bank(mae, ds, data::Pipeline(), opt);
+    CHECK(cls.dtype == eng::DType::BF16);
+    {
+      eng::NoGradGuard ng;
+      expect = eng::l2_normalize(mae.encode_all(imgs).select(1, 0), 1).contiguous();
+    }
+    got = cls.block_f32(0, n).to_vector<float>();
+    want = expect.to_vector<float>();
+    for (size_t i = 0; i < want.size(); i++) CHECK(std::abs(got[i] - want[i]) <= 4e-3 * std::abs(want[i]) + 1e-6);
+    std::vector<float> v = imgs.to_vector<float>();
+    v[size_t(7 * 3 * mc.img_size * mc.img_size + 5)] = std::nanf("");
+    auto bad = std::make_shared<data::TensorDataset>(Tensor::from_vector(v, imgs.shape()), Tensor::zeros({n}, eng::DType::I64),
+                                                     std::vector<std::string>{"a"}, "imgs");
+    CHECK(testutil::error_of([&] { extract_bank(mae, bad, data::Pipeline(), opt); }) ==
+          "feature extraction: the feature of imgs[7] (image 7) is not finite");
   }
 }
