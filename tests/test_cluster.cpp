@@ -159,6 +159,19 @@ TEST_SUITE("cluster") {
     for (size_t k = 0; k < g.size(); k++) CHECK(g[k] == doctest::Approx(expect[k]).epsilon(1e-10));
   }
 
+  TEST_CASE("the fused step's exp is within 2 ulp of the f64 exp on [-87, 0] and 0 below") {
+    double worst = 0;
+    for (int64_t k = 0; k <= 2000000; k++) {
+      const float x = float(-87.0 * double(k) / 2000000.0);
+      const double want = std::exp(double(x));
+      worst = std::max(worst, std::abs(double(exp_nonpositive_f32(x)) - want) / want);
+    }
+    CHECK(worst < 2.4e-7);  // 2 ulp of f32
+    CHECK(exp_nonpositive_f32(0.0f) == 1.0f);
+    CHECK(exp_nonpositive_f32(-88.0f) == 0.0f);
+    CHECK(exp_nonpositive_f32(-1e30f) == 0.0f);
+  }
+
   TEST_CASE("the fused CPU step matches the engine-op step: Sinkhorn, loss, gradient, and a short training") {
     const int64_t B = 300, M = 24, d = 16;  // B > kSinkhornChunk: several chunks of partial sums
     eng::Generator gen(17);

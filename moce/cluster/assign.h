@@ -60,8 +60,7 @@ inline Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& ce
     const int64_t count = std::min(opt.block, n - start);
     eng::Tensor a = eng::matmul(bank.block_f32(start, count), ct);
     const float* ap = a.data<float>();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < count; i++) {
+    parallel_for(0, count, 64, [&](int64_t i) {
       const float* row = ap + i * M;
       int64_t best = 0;
       for (int64_t j = 1; j < M; j++)
@@ -71,15 +70,14 @@ inline Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& ce
       for (int64_t j = 0; j < M; j++) k[j] = std::exp(row[j] * inv_eps - mx);
       out.plain[size_t(start + i)] = int32_t(best);
       out.row_max[size_t(start + i)] = mx;
-    }
+    });
   }
   const int64_t chunks = (n + kAssignChunk - 1) / kAssignChunk;
   std::vector<double> partial(size_t(chunks) * size_t(M));
   std::vector<double> r(static_cast<size_t>(n)), c(static_cast<size_t>(M), 1.0), mass(static_cast<size_t>(M));
   const double row_target = 1.0 / double(n), col_target = 1.0 / double(M);
   for (int it = 0; it < opt.max_iterations; it++) {
-#pragma omp parallel for schedule(static)
-    for (int64_t ch = 0; ch < chunks; ch++) {
+    parallel_for(0, chunks, 1, [&](int64_t ch) {
       double* part = partial.data() + size_t(ch) * size_t(M);
       std::fill(part, part + M, 0.0);
       const int64_t end = std::min(n, (ch + 1) * kAssignChunk);
@@ -91,7 +89,7 @@ inline Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& ce
         r[size_t(i)] = ri;
         for (int64_t j = 0; j < M; j++) part[j] += ri * double(k[j]);
       }
-    }
+    });
     std::fill(mass.begin(), mass.end(), 0.0);
     for (int64_t ch = 0; ch < chunks; ch++)
       for (int64_t j = 0; j < M; j++) mass[size_t(j)] += partial[size_t(ch) * size_t(M) + size_t(j)];
@@ -110,8 +108,7 @@ inline Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& ce
       break;
     }
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
+  parallel_for(0, n, 64, [&](int64_t i) {
     const float* k = kmat.data() + size_t(i) * size_t(M);
     int64_t best = 0;
     double best_v = double(k[0]) * c[0];
@@ -120,7 +117,7 @@ inline Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& ce
       if (v > best_v) { best_v = v; best = j; }
     }
     out.balanced[size_t(i)] = int32_t(best);
-  }
+  });
   out.row_scale = std::move(r);
   out.col_scale = std::move(c);
   return out;

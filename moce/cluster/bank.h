@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -10,6 +11,7 @@
 
 #include "engine/error.h"
 #include "engine/tensor.h"
+#include "moce/cluster/parallel.h"
 
 namespace moce::cluster {
 
@@ -21,9 +23,8 @@ inline void bf16_to_f32_row(const uint16_t* src, float* dst, int64_t count) {
 }
 inline void bf16_to_f32(const uint16_t* src, float* dst, int64_t count) {
   constexpr int64_t kChunk = 1 << 16;
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < (count + kChunk - 1) / kChunk; c++)
-    bf16_to_f32_row(src + c * kChunk, dst + c * kChunk, std::min(kChunk, count - c * kChunk));
+  parallel_for(0, (count + kChunk - 1) / kChunk, 1, [&](int64_t c) {
+    bf16_to_f32_row(src + c * kChunk, dst + c * kChunk, std::min(kChunk, count - c * kChunk)); });
 }
 
 struct FeatureBank {
@@ -61,8 +62,7 @@ struct FeatureBank {
       bf16_to_f32(static_cast<const uint16_t*>(data) + start * d, o, total);
     } else {
       const float* src = static_cast<const float*>(data) + start * d;
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < total; i++) o[i] = src[i];
+      std::memcpy(o, src, size_t(total) * sizeof(float));
     }
     return out;
   }
@@ -70,8 +70,7 @@ struct FeatureBank {
   eng::Tensor rows_f32(const int64_t* rows, int64_t count) const {
     eng::Tensor out = eng::Tensor::empty({count, d});
     float* o = out.data<float>();
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < count; r++) {
+    parallel_for(0, count, 64, [&](int64_t r) {
       const int64_t row = rows[r];
       if (dtype == eng::DType::BF16) {
         bf16_to_f32_row(static_cast<const uint16_t*>(data) + row * d, o + r * d, d);
@@ -79,7 +78,7 @@ struct FeatureBank {
         const float* src = static_cast<const float*>(data) + row * d;
         for (int64_t j = 0; j < d; j++) o[r * d + j] = src[j];
       }
-    }
+    });
     return out;
   }
   // Throws naming the first row that is not finite, and on an empty bank; the bank's own checks, run before clustering.
@@ -91,10 +90,10 @@ struct FeatureBank {
               image_index.size(), n);
     ENG_CHECK(paths.empty() || int64_t(paths.size()) == n, "feature bank: {} paths for {} rows", paths.size(), n);
     std::vector<uint8_t> bad(size_t(n), 0);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; r++)
+    parallel_for(0, n, 64, [&](int64_t r) {
       for (int64_t j = 0; j < d; j++)
         if (!std::isfinite(value(r, j))) { bad[size_t(r)] = 1; break; }
+    });
     for (int64_t r = 0; r < n; r++)
       ENG_CHECK(!bad[size_t(r)], "feature bank{}: the feature of {} (row {}) is not finite", source.empty() ? "" : " " + source,
                 row_name(r), r);

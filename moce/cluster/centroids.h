@@ -93,12 +93,11 @@ inline eng::Tensor init_kmeanspp(const FeatureBank& bank, int64_t clusters, uint
   for (int64_t k = 0; k < clusters; k++) {
     std::copy(p + pick * d, p + (pick + 1) * d, c + k * d);
     const float* ck = c + k * d;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < s; i++) {
+    parallel_for(0, s, 64, [&](int64_t i) {
       double dot = 0;
       for (int64_t j = 0; j < d; j++) dot += double(p[i * d + j]) * double(ck[j]);
       dist[size_t(i)] = std::min(dist[size_t(i)], std::max(0.0, 2.0 - 2.0 * dot));
-    }
+    });
     if (k + 1 == clusters) break;
     double total = 0;
     for (double v : dist) total += v;

@@ -6,18 +6,42 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
-#include "engine/fast_math_f32.h"
+#include "moce/cluster/parallel.h"
 
 namespace moce::cluster {
 
 constexpr int64_t kSinkhornChunk = 256;  // rows per partial column sum
 
+// exp(x) for x <= 0 in f32 with plain multiplies and adds (no fma, no libm call, so it vectorises on baseline x86-64,
+// where eng::exp_f32's fmaf is a library call): x = n ln2 + r with n rounded by the 1.5 * 2^23 trick and ln2 split
+// in two (Cody-Waite), exp(r) by its degree-7 Taylor polynomial on |r| <= ln2 / 2 (truncation below 1e-8 relative),
+// times 2^n built from the exponent bits; 0 below -87 (the true value is under 1.7e-38). Inputs above 0 are not for it.
+inline float exp_nonpositive_f32(float x_in) {
+  const float x = std::max(x_in, -87.0f);
+  const float t = x * 1.44269504f + 12582912.0f;
+  const float n = t - 12582912.0f;
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t e = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, 4);
+  return x_in < -87.0f ? 0.0f : p * scale;
+}
+
 // Q [B, M] = SwAV's distributed_sinkhorn of scores S [B, M] (both row-major f32), as Q_ij = B K_ij a_i b_j with
 // K_ij = exp((S_ij - max_j S_ij) / eps) in (0, 1] (so no exp overflows) and f64 scaling vectors: a from the total
 // normalisation, then per iteration b_j = 1 / (M sum_i K_ij a_i) (columns) and a_i = 1 / (B sum_j K_ij b_j) (rows).
-// Column sums are taken by one thread per column block in row order, so the result is the same for any thread count.
+// Column sums are added per fixed chunk of rows, chunks in order, so the result is the same for any thread count.
 // Returns false when a column's mass underflows to zero (eps far below the score range): the caller then uses the
 // log-domain sinkhorn_batch, which has no such limit.
 inline bool sinkhorn_batch_cpu(const float* s, int64_t B, int64_t M, double eps, int iterations, float* q) {
@@ -25,19 +49,20 @@ inline bool sinkhorn_batch_cpu(const float* s, int64_t B, int64_t M, double eps,
   std::vector<double> a(static_cast<size_t>(B)), b(static_cast<size_t>(M), 1.0), rowmax(static_cast<size_t>(B));
   std::vector<double> rowk(static_cast<size_t>(B));
   const float inv_eps = float(1.0 / eps);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < B; i++) {
+  parallel_for(0, B, 64, [&](int64_t i) {
     const float* si = s + i * M;
     float mx = si[0];
     for (int64_t j = 1; j < M; j++) mx = std::max(mx, si[j]);
     float* ki = k.data() + i * M;
-    double sum = 0;
-#pragma omp simd
-    for (int64_t j = 0; j < M; j++) ki[j] = eng::exp_f32((si[j] - mx) * inv_eps);
-    for (int64_t j = 0; j < M; j++) sum += ki[j];
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < M; j++) {
+      ki[j] = exp_nonpositive_f32((si[j] - mx) * inv_eps);
+      sum += ki[j];
+    }
     rowmax[size_t(i)] = double(mx) / eps;
     rowk[size_t(i)] = sum;
-  }
+  });
   // Total normalisation: a_i = exp(rowmax_i - g) / sum_i' exp(rowmax_i' - g) rowk_i', g the largest rowmax.
   const double g = *std::max_element(rowmax.begin(), rowmax.end());
   double total = 0;
@@ -58,8 +83,7 @@ inline bool sinkhorn_batch_cpu(const float* s, int64_t B, int64_t M, double eps,
     return true;
   };
   if (iterations > 0) {
-#pragma omp parallel for schedule(static)
-    for (int64_t ch = 0; ch < chunks; ch++) {
+    parallel_for(0, chunks, 1, [&](int64_t ch) {
       double* pc = part.data() + ch * M;
       std::fill(pc, pc + M, 0.0);
       for (int64_t i = ch * kSinkhornChunk; i < std::min(B, (ch + 1) * kSinkhornChunk); i++) {
@@ -67,19 +91,19 @@ inline bool sinkhorn_batch_cpu(const float* s, int64_t B, int64_t M, double eps,
         const double ai = a[size_t(i)];
         for (int64_t j = 0; j < M; j++) pc[j] += double(ki[j]) * ai;
       }
-    }
+    });
     if (!column_step()) return false;
   }
   for (int it = 0; it < std::max(iterations, 1); it++) {
     const bool last = it + 1 >= iterations;
-#pragma omp parallel for schedule(static)
-    for (int64_t ch = 0; ch < chunks; ch++) {
+    parallel_for(0, chunks, 1, [&](int64_t ch) {
       double* pc = part.data() + ch * M;
       if (!last) std::fill(pc, pc + M, 0.0);
       for (int64_t i = ch * kSinkhornChunk; i < std::min(B, (ch + 1) * kSinkhornChunk); i++) {
         const float* ki = k.data() + i * M;
         if (iterations > 0) {
           double sum = 0;
+#pragma omp simd reduction(+ : sum)
           for (int64_t j = 0; j < M; j++) sum += double(ki[j]) * b[size_t(j)];
           a[size_t(i)] = 1.0 / (double(B) * sum);
         }
@@ -91,7 +115,7 @@ inline bool sinkhorn_batch_cpu(const float* s, int64_t B, int64_t M, double eps,
           for (int64_t j = 0; j < M; j++) q[i * M + j] = float(double(ki[j]) * scale * b[size_t(j)]);
         }
       }
-    }
+    });
     if (!last && !column_step()) return false;
   }
   return true;
@@ -104,27 +128,28 @@ inline double centroid_loss_grad_cpu(const float* s, const float* q, int64_t B, 
   std::vector<double> row_loss(static_cast<size_t>(B));
   const float inv_tau = float(1.0 / tau);
   const float scale = float(1.0 / (tau * double(B)));
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < B; i++) {
+  parallel_for(0, B, 64, [&](int64_t i) {
     const float* si = s + i * M;
     const float* qi = q + i * M;
     float* gi = grad + i * M;
     float mx = si[0];
     for (int64_t j = 1; j < M; j++) mx = std::max(mx, si[j]);
-#pragma omp simd
-    for (int64_t j = 0; j < M; j++) gi[j] = eng::exp_f32((si[j] - mx) * inv_tau);
-    double sum = 0;
-    for (int64_t j = 0; j < M; j++) sum += gi[j];
-    const double lse = std::log(sum);
-    const float inv_sum = float(1.0 / sum);
-    double loss = 0;
+    float sum = 0, qdot = 0, qsum = 0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < M; j++) {
-      const double logp = double((si[j] - mx) * inv_tau) - lse;
-      loss -= double(qi[j]) * logp;
+      gi[j] = exp_nonpositive_f32((si[j] - mx) * inv_tau);
+      sum += gi[j];
+    }
+    const float inv_sum = 1.0f / sum;
+    // loss_i = -sum_j q_ij ((s_ij - mx) / tau - log sum) = log(sum) sum_j q_ij - sum_j q_ij (s_ij - mx) / tau
+#pragma omp simd reduction(+ : qdot, qsum)
+    for (int64_t j = 0; j < M; j++) {
+      qdot += qi[j] * ((si[j] - mx) * inv_tau);
+      qsum += qi[j];
       gi[j] = (gi[j] * inv_sum - qi[j]) * scale;
     }
-    row_loss[size_t(i)] = loss;
-  }
+    row_loss[size_t(i)] = std::log(double(sum)) * double(qsum) - double(qdot);
+  });
   double total = 0;
   for (double v : row_loss) total += v;
   return total / double(B);
