@@ -3,7 +3,8 @@
 // the balanced assignment of the whole bank. Prints the seconds, the GEMM work's GFLOP/s against a GEMM peak measured
 // in the same run (the engine's matmul on the step's own shape), the peak memory, and the recovery of the planted
 // groups (NMI) as a sanity check.
-// Usage: bench_cluster [--quick] [--n N] [--epochs E]   (--quick: n = 65536, 2 epochs, for make bench)
+// Usage: bench_cluster [--quick] [--n N] [--epochs E] [--lr LR] [--weight-decay WD] [--init random|kmeans++]
+//   (--quick: n = 65536, 2 epochs, for make bench; the SGD values default to ClusterConfig's, the paper's)
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -76,12 +77,16 @@ double gemm_peak_gflops(int64_t rows, int64_t k, int64_t m) {
 int main(int argc, char** argv) {
   int64_t n = 1281167, epochs = 10;
   const int64_t d = 768, M = 256;
+  ClusterConfig cfg;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--quick")) n = 65536, epochs = 2;
     else if (!std::strcmp(argv[i], "--n") && i + 1 < argc) n = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--epochs") && i + 1 < argc) epochs = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--lr") && i + 1 < argc) cfg.lr = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--weight-decay") && i + 1 < argc) cfg.weight_decay = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--init") && i + 1 < argc) cfg.init = argv[++i];
     else {
-      std::fprintf(stderr, "usage: bench_cluster [--quick] [--n N] [--epochs E]\n");
+      std::fprintf(stderr, "usage: bench_cluster [--quick] [--n N] [--epochs E] [--lr LR] [--weight-decay WD] [--init random|kmeans++]\n");
       return 2;
     }
   }
@@ -92,9 +97,10 @@ int main(int argc, char** argv) {
   Tensor feats = synthetic_bank(n, d, M, 0.03, labels);
   FeatureBank bank = bank_from_tensor(feats);
   std::printf("synthetic bank made in %.1f s (%.2f GB)\n", now() - t0, double(feats.nbytes()) / 1e9);
-  ClusterConfig cfg;
   cfg.clusters = M;
   cfg.epochs = epochs;
+  std::printf("SGD: lr %g, momentum %g, weight decay %g; init %s\n", cfg.lr, cfg.momentum, cfg.weight_decay,
+              cfg.init.c_str());
   const double peak = gemm_peak_gflops(cfg.batch, d, M);
   std::printf("GEMM peak (engine matmul, %lld x %lld x %lld, best of 7): %.1f GFLOP/s\n", (long long)cfg.batch,
               (long long)d, (long long)M, peak);
