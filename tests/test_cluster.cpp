@@ -419,6 +419,11 @@ TEST_SUITE("cluster") {
         CHECK(back.row_name(4) == paths[4]);
       }
     }
+    // The checkpoint identity: name, size and CRC-32 (zlib's check value for "123456789" is cbf43926).
+    {
+      std::ofstream(tmp.file("ckpt.bin"), std::ios::binary) << "123456789";
+      CHECK(file_identity(tmp.file("ckpt.bin")) == "ckpt.bin bytes=9 crc32=cbf43926");
+    }
     using testutil::error_of;
     CHECK(error_of([&] { read_bank(tmp.file("missing.safetensors")); }).rfind(tmp.file("missing.safetensors") + ": cannot open the feature bank", 0) == 0);
     const std::string other = tmp.file("weights.safetensors");
@@ -494,6 +499,7 @@ TEST_SUITE("cluster") {
     CHECK(bank.checkpoint_identity == "tiny");
     CHECK(lines.size() == 4);
     CHECK(lines.back().rfind("features: 13/13 images", 0) == 0);
+    CHECK(bank_labels(bank, *ds) == std::vector<int64_t>(size_t(n), 0));
     Tensor expect;
     {
       eng::NoGradGuard ng;

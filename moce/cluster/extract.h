@@ -117,4 +117,16 @@ inline FeatureBank extract_bank(const model::MaskedAutoencoder& model, std::shar
   return bank;
 }
 
+// The data set's label of every bank row (for purity and NMI in clusters.json).
+inline std::vector<int64_t> bank_labels(const FeatureBank& bank, const data::Dataset& ds) {
+  std::vector<int64_t> labels;
+  labels.reserve(bank.image_index.size());
+  for (int64_t img : bank.image_index) {
+    ENG_CHECK(img >= 0 && img < ds.size(), "feature bank{}: image {} is not in {}",
+              bank.source.empty() ? "" : " " + bank.source, img, ds.describe());
+    labels.push_back(ds.label(img));
+  }
+  return labels;
+}
+
 }  // namespace moce::cluster

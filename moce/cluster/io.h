@@ -20,6 +20,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include "engine/io/atomic_file.h"
 #include "engine/io/safetensors.h"
@@ -28,6 +29,24 @@
 #include "moce/cluster/stats.h"
 
 namespace moce::cluster {
+
+// The identity of a checkpoint file, stored with the features and centroids it made: "<file name> bytes=<size>
+// crc32=<8 hex digits>" (zlib's CRC-32 of the whole file, read in 1 MiB pieces).
+inline std::string file_identity(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  ENG_CHECK(in.good(), "{}: cannot open the file to identify it", path);
+  std::vector<char> buf(size_t(1) << 20);
+  uLong crc = crc32(0L, Z_NULL, 0);
+  uint64_t total = 0;
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    const std::streamsize got = in.gcount();
+    if (got <= 0) break;
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), uInt(got));
+    total += uint64_t(got);
+  }
+  return fmt::format("{} bytes={} crc32={:08x}", std::filesystem::path(path).filename().string(), total, uint32_t(crc));
+}
 
 inline std::string bank_paths_file(const std::string& bank_path) { return bank_path + ".paths"; }
 
