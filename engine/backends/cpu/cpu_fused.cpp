@@ -8,12 +8,7 @@
 #include "engine/backends/cpu/cpu_fused.h"
 
 #include "engine/fast_math_f32.h"
-
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-#define ENG_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
-#else
-#define ENG_CLONES
-#endif
+#include "engine/backends/cpu/cpu_clones.h"
 
 namespace eng::cpu {
 
