@@ -192,8 +192,10 @@ Result run_shape(const Shape& s, int runs) {
 // op NT / NN: m) or its inner dim (weight gradient, op TN: k) into consecutive groups, each with its own weight.
 struct GroupedResult {
   std::string name;
-  double grouped, plain;            // GFLOP/s of the median rounds
-  double grouped_best, plain_best;  // of the fastest rounds: less moved by other load on a shared machine
+  double grouped, plain;  // GFLOP/s of the median samples
+  // Per-pair ratios grouped/plain speed (each pair: one grouped and one plain sample back to back, the order
+  // alternating), their median and quartiles: a burst of other load moves both sides of a pair alike.
+  double ratio_median, ratio_p25, ratio_p75;
 };
 
 GroupedResult run_grouped(const std::string& name, const Shape& s, const std::vector<int64_t>& sizes, int runs) {
@@ -225,26 +227,43 @@ GroupedResult run_grouped(const std::string& name, const Shape& s, const std::ve
     at += g_rows;
     if (split_k || g_rows > 0) groups.push_back(g);
   }
-  GroupedResult r{name, 0, 0, 0, 0};
-  // Alternating plain and grouped rounds, so both see the same machine state; medians of each.
-  std::vector<double> tg, tp;
+  GroupedResult r{name, 0, 0, 0, 0, 0};
   for (int rep = 0; rep < 2; rep++) {  // warm-up
     backend.gemm(plain);
     backend.grouped_gemm(groups);
   }
+  // One sample repeats the call until about 20 ms have passed (a single call is a few ms: too short for the timer
+  // and the scheduler of a shared machine).
+  double t0 = now_s();
+  int reps = 0;
+  while (now_s() - t0 < 0.02) backend.gemm(plain), reps++;
+  reps = std::max(reps, 1);
+  const auto sample = [&](bool grouped_call) {
+    const double t = now_s();
+    for (int i = 0; i < reps; i++) grouped_call ? backend.grouped_gemm(groups) : backend.gemm(plain);
+    return (now_s() - t) / reps;
+  };
+  std::vector<double> tg, tp, ratios;
   for (int rep = 0; rep < runs; rep++) {
-    double t0 = now_s();
-    backend.gemm(plain);
-    tp.push_back(now_s() - t0);
-    t0 = now_s();
-    backend.grouped_gemm(groups);
-    tg.push_back(now_s() - t0);
+    double g, p;
+    if (rep % 2 == 0) {
+      p = sample(false);
+      g = sample(true);
+    } else {
+      g = sample(true);
+      p = sample(false);
+    }
+    tg.push_back(g);
+    tp.push_back(p);
+    ratios.push_back(p / g);
   }
   const double flops = 2.0 * double(s.m) * double(s.n) * double(s.k);
   r.plain = flops / median(tp) * 1e-9;
   r.grouped = flops / median(tg) * 1e-9;
-  r.plain_best = flops / *std::min_element(tp.begin(), tp.end()) * 1e-9;
-  r.grouped_best = flops / *std::min_element(tg.begin(), tg.end()) * 1e-9;
+  std::sort(ratios.begin(), ratios.end());
+  r.ratio_median = median(ratios);
+  r.ratio_p25 = ratios[size_t((ratios.size() - 1) / 4)];
+  r.ratio_p75 = ratios[size_t(3 * (ratios.size() - 1) / 4)];
   return r;
 }
 
@@ -316,17 +335,16 @@ int main(int argc, char** argv) {
       {"enc_fc2_dX", {"", false, false, 2176, 768, 192, 1}}, {"enc_fc2_dW", {"", true, false, 192, 768, 2176, 1}},
   };
   std::vector<GroupedResult> grouped;
-  std::printf("\n%-28s %5s %5s %5s %4s %10s %10s %8s %10s\n", "grouped (E = 8)", "m", "n", "k", "op", "grouped", "plain",
-              "ratio", "best/best");
+  std::printf("\n%-28s %5s %5s %5s %4s %10s %10s %8s %14s\n", "grouped (E = 8)", "m", "n", "k", "op", "grouped", "plain",
+              "ratio", "quartiles");
   for (const auto& [name, s] : expert_shapes) {
     for (int split = 0; split < 2; split++) {
-      // Short problems (a few ms): more rounds than the table above, so the medians hold on a shared machine.
       const GroupedResult r = run_grouped(name + (split ? "_skewed" : "_equal"), s, split ? skewed : equal, 3 * runs);
       grouped.push_back(r);
       const std::string op = std::string(s.ta ? "T" : "N") + (s.tb ? "T" : "N");
-      std::printf("%-28s %5lld %5lld %5lld %4s %10.1f %10.1f %7.2fx %9.2fx\n", r.name.c_str(), (long long)s.m,
-                  (long long)s.n, (long long)s.k, op.c_str(), r.grouped, r.plain, r.grouped / r.plain,
-                  r.grouped_best / r.plain_best);
+      std::printf("%-28s %5lld %5lld %5lld %4s %10.1f %10.1f %7.2fx   %.2f-%.2fx\n", r.name.c_str(), (long long)s.m,
+                  (long long)s.n, (long long)s.k, op.c_str(), r.grouped, r.plain, r.ratio_median, r.ratio_p25,
+                  r.ratio_p75);
       std::fflush(stdout);
     }
   }
@@ -340,8 +358,8 @@ int main(int argc, char** argv) {
                 r.peer > 0 ? r.ours / r.peer : 0.0, peak > 0 ? 100 * r.ours / peak : 0.0);
   }
   for (const auto& r : grouped)
-    std::printf("grouped_gemm E8 %s: %.1f GFLOP/s (%.2fx the plain GEMM of the same total shape, %.1f GFLOP/s; "
-                "fastest rounds %.2fx)\n",
-                r.name.c_str(), r.grouped, r.grouped / r.plain, r.plain, r.grouped_best / r.plain_best);
+    std::printf("grouped_gemm E8 %s: %.1f GFLOP/s (%.2fx the plain GEMM of the same total shape, median of per-pair "
+                "ratios, quartiles %.2f-%.2fx; plain %.1f GFLOP/s)\n",
+                r.name.c_str(), r.grouped, r.ratio_median, r.ratio_p25, r.ratio_p75, r.plain);
   return 0;
 }

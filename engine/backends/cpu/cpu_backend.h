@@ -12,6 +12,7 @@
 // Parallel loops split work into pieces that do not depend on the thread count, so results are
 // bitwise identical with any OMP_NUM_THREADS.
 #pragma once
+#include <vector>
 #include "engine/backend.h"
 
 namespace eng {
@@ -41,6 +42,23 @@ struct SgemmEpilogue {
 void cpu_sgemm_fused(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                      int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
                      const SgemmEpilogue* ep);
+// The epilogue of a GemmArgs (bias, GELU, GELU gradient) for its batch item whose C starts at c.
+SgemmEpilogue sgemm_epilogue_for(const GemmArgs& g, const float* c);
+// One problem of cpu_sgemm_grouped: its own rows of op(A), its own op(B) and C, and its epilogue (may be null).
+struct SgemmProblem {
+  int64_t m;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float* c;
+  int64_t ldc;
+  const SgemmEpilogue* ep;
+};
+// Problems that share the transposes, n, k, alpha and beta (the experts of grouped_gemm), each computed with the bits
+// cpu_sgemm_fused gives it alone, threaded together: the pool waits of one GEMM for all of them.
+void cpu_sgemm_grouped(bool trans_a, bool trans_b, int64_t n, int64_t k, float alpha, float beta,
+                       const std::vector<SgemmProblem>& problems);
 // Name of the SGEMM micro-kernel chosen at run time ("avx512", "avx2", "generic").
 const char* cpu_sgemm_kernel_name();
 

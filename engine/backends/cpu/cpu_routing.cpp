@@ -5,10 +5,11 @@
 //              runs it (bitwise equal for any thread count, and equal to the CUDA kernel's order).
 // one_hot, bincount  every index is checked before anything is written; integer results, so the order of the
 //              writes cannot change a bit.
-// grouped_gemm one packed GEMM (cpu_gemm.cpp) per group: each keeps the driver's threading, packing and its
-//              thread-count independent bits. Groups too small for threads (the long tail of a skewed split) run
-//              side by side as pieces of one pool job instead, one thread each; a GEMM's bits do not depend on the
-//              thread that runs it, so neither do these.
+// grouped_gemm groups that share n and k (an expert layer's forward and input gradient: its rows split by expert)
+//              run in one call of the packed driver (cpu_sgemm_grouped): all experts' weights packed in one pool
+//              job per k block, all their row pieces in the next, each element with the bits of its own GEMM.
+//              Others (the weight gradient splits k) run one packed GEMM per group, threaded inside; groups too
+//              small for threads run side by side, one thread each. No bit depends on the thread count.
 #include <cstring>
 #include <vector>
 
@@ -122,11 +123,39 @@ void CpuBackend::bincount(const TensorDesc& counts, const TensorDesc& index) {
 }
 
 void CpuBackend::grouped_gemm(const std::vector<GemmArgs>& groups) {
-  std::vector<const GemmArgs*> small;
   for (const GemmArgs& g : groups) {
     ENG_CHECK(g.batch == 1, "cpu grouped_gemm: every group is one GEMM (batch 1), got batch {}", g.batch);
     ENG_CHECK(g.dtype == groups[0].dtype, "cpu grouped_gemm: groups of dtypes {} and {}", dtype_name(groups[0].dtype),
               dtype_name(g.dtype));
+  }
+  if (groups.empty()) return;
+  // f32 groups that share the transposes, n, k, alpha and beta (the row groups of an expert layer's forward and
+  // input gradient) are threaded together by the packed driver, each with the bits of its own GEMM.
+  const GemmArgs& g0 = groups[0];
+  bool together = g0.dtype == DType::F32;
+  for (const GemmArgs& g : groups)
+    together = together && g.trans_a == g0.trans_a && g.trans_b == g0.trans_b && g.n == g0.n && g.k == g0.k &&
+               g.alpha == g0.alpha && g.beta == g0.beta;
+  if (together) {
+    for (const GemmArgs& g : groups) {
+      if (g.epilogue == GemmEpilogue::Bias) ENG_CHECK(g.bias, "cpu grouped_gemm: Bias epilogue without a bias");
+      if (g.epilogue == GemmEpilogue::GeluGrad) ENG_CHECK(g.pre_gelu, "cpu grouped_gemm: GeluGrad epilogue without pre_gelu");
+    }
+    std::vector<SgemmEpilogue> epilogues(groups.size());
+    std::vector<SgemmProblem> problems;
+    for (size_t i = 0; i < groups.size(); i++) {
+      const GemmArgs& g = groups[i];
+      epilogues[i] = sgemm_epilogue_for(g, static_cast<const float*>(g.c));
+      problems.push_back({g.m, static_cast<const float*>(g.a), g.lda, static_cast<const float*>(g.b), g.ldb,
+                          static_cast<float*>(g.c), g.ldc, g.epilogue == GemmEpilogue::None ? nullptr : &epilogues[i]});
+    }
+    cpu_sgemm_grouped(g0.trans_a, g0.trans_b, g0.n, g0.k, float(g0.alpha), float(g0.beta), problems);
+    return;
+  }
+  // Otherwise (the weight gradient splits k; f64): one GEMM per group, threaded inside; groups too small for threads
+  // run side by side.
+  std::vector<const GemmArgs*> small;
+  for (const GemmArgs& g : groups) {
     if (g.m * g.n * g.k < kSerialGroupWork)
       small.push_back(&g);
     else
