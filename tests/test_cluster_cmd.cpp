@@ -14,6 +14,7 @@
 
 #include "data/idx.h"
 #include "data/image.h"
+#include "engine/backend.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/safetensors.h"
 #include "engine/rng.h"
@@ -294,6 +295,7 @@ TEST_CASE("moce cluster: bad input gives one line naming the file or flag, and a
   expect(base({"--init", "farthest"}), {"--init must be random or kmeans++", "farthest"});
   expect(base({"--bank-dtype", "f16"}), {"--bank-dtype must be f32 or bf16", "f16"});
   expect(base({"--sinkhorn-iters", "0"}), {"--sinkhorn-iters"});
+  if (!eng::cuda_available()) expect(base({"--force", "--device", "cuda"}), {"--device cuda"});
   // The folder holds this run: only --bank may reuse it; another config is refused.
   expect(base({}), {"--out " + a, "already holds this cluster run", "--bank"});
   expect(base({"--seed", "5"}), {"--out " + a, "another config", "--force"});
