@@ -12,16 +12,43 @@ namespace moce {
 
 namespace {
 
-// 3x5 glyphs for tick labels: rows top to bottom, 3 bits each (MSB = left).
+// The 3x5 pixel font: rows top to bottom, 3 bits each (MSB = left); lower case is drawn as upper case, except
+// 'e', the small exponent sign of tick labels.
 int glyph(char c, int row) {
-  static const char* chars = "0123456789.-e+";
+  static const char* chars = "0123456789.-e+ABCDEFGHIJKLMNOPQRSTUVWXYZ:=%/(),_#";
   static const int rows[][5] = {
       {7, 5, 5, 5, 7}, {2, 6, 2, 2, 7}, {7, 1, 7, 4, 7}, {7, 1, 7, 1, 7}, {5, 5, 7, 1, 1}, {7, 4, 7, 1, 7},
       {7, 4, 7, 5, 7}, {7, 1, 1, 1, 1}, {7, 5, 7, 5, 7}, {7, 5, 7, 1, 7}, {0, 0, 0, 0, 2}, {0, 0, 7, 0, 0},
-      {0, 7, 5, 6, 7}, {0, 2, 7, 2, 0}};
+      {0, 7, 5, 6, 7}, {0, 2, 7, 2, 0},
+      {2, 5, 7, 5, 5}, {6, 5, 6, 5, 6}, {3, 4, 4, 4, 3}, {6, 5, 5, 5, 6}, {7, 4, 6, 4, 7}, {7, 4, 6, 4, 4},
+      {3, 4, 5, 5, 3}, {5, 5, 7, 5, 5}, {7, 2, 2, 2, 7}, {1, 1, 1, 5, 2}, {5, 5, 6, 5, 5}, {4, 4, 4, 4, 7},
+      {5, 7, 7, 5, 5}, {6, 5, 5, 5, 5}, {2, 5, 5, 5, 2}, {6, 5, 6, 4, 4}, {2, 5, 5, 6, 3}, {6, 5, 6, 5, 5},
+      {3, 4, 2, 1, 6}, {7, 2, 2, 2, 2}, {5, 5, 5, 5, 7}, {5, 5, 5, 5, 2}, {5, 5, 7, 7, 5}, {5, 5, 2, 5, 5},
+      {5, 5, 2, 2, 2}, {7, 1, 2, 4, 7},
+      {0, 2, 0, 2, 0}, {0, 7, 0, 7, 0}, {5, 1, 2, 4, 5}, {1, 1, 2, 4, 4}, {1, 2, 2, 2, 1}, {4, 2, 2, 2, 4},
+      {0, 0, 0, 2, 4}, {0, 0, 0, 0, 7}, {5, 7, 5, 7, 5}};
+  if (c != 'e' && c >= 'a' && c <= 'z') c = char(c - 'a' + 'A');
   for (int i = 0; chars[i]; i++)
     if (chars[i] == c) return rows[i][row];
   return 0;
+}
+
+// Sets the pixels of `s` in the font, each font pixel a scale x scale block, clipped to w x h.
+void rasterise_text(uint8_t* px, int w, int h, int x, int y, const std::string& s, int scale, uint8_t r, uint8_t g,
+                    uint8_t b) {
+  for (char c : s) {
+    for (int row = 0; row < 5; row++)
+      for (int col = 0; col < 3; col++)
+        if (glyph(c, row) & (4 >> col))
+          for (int a = 0; a < scale; a++)
+            for (int bb = 0; bb < scale; bb++) {
+              const int px_x = x + col * scale + a, px_y = y + row * scale + bb;
+              if (px_x < 0 || px_y < 0 || px_x >= w || px_y >= h) continue;
+              uint8_t* p = px + (size_t(px_y) * size_t(w) + size_t(px_x)) * 3;
+              p[0] = r, p[1] = g, p[2] = b;
+            }
+    x += 4 * scale;
+  }
 }
 
 struct Canvas {
@@ -42,17 +69,20 @@ struct Canvas {
         for (int dy = 0; dy < thick; dy++) set(x + dx, y + dy, r, g, b);
     }
   }
-  void text(int x, int y, const std::string& s, int scale = 2) {
-    for (char c : s) {
-      for (int row = 0; row < 5; row++)
-        for (int col = 0; col < 3; col++)
-          if (glyph(c, row) & (4 >> col))
-            for (int a = 0; a < scale; a++)
-              for (int b = 0; b < scale; b++) set(x + col * scale + a, y + row * scale + b, 60, 60, 60);
-      x += 4 * scale;
-    }
-  }
+  void text(int x, int y, const std::string& s, int scale = 2) { rasterise_text(px.data(), w, h, x, y, s, scale, 60, 60, 60); }
 };
+
+}  // namespace
+
+void draw_text(data::Image& image, int x, int y, const std::string& text, int scale, uint8_t r, uint8_t g, uint8_t b) {
+  ENG_CHECK(int64_t(image.pixels.size()) == image.width * image.height * 3, "draw_text: the image has {} bytes for {}x{}",
+            image.pixels.size(), image.width, image.height);
+  rasterise_text(image.pixels.data(), int(image.width), int(image.height), x, y, text, scale, r, g, b);
+}
+
+int text_width(const std::string& text, int scale) { return int(text.size()) * 4 * scale; }
+
+namespace {
 
 std::string tick_label(double v) {
   char buf[32];

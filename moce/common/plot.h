@@ -1,8 +1,11 @@
 // plot.h: a line chart written as PNG (loss curves), with no plotting library: axes, grid, tick labels in a
-// built-in 3x5 pixel font, one or more series.
+// built-in 3x5 pixel font, one or more series; and that font for titles on other pictures.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#include "data/image.h"
 
 namespace moce {
 
@@ -13,5 +16,11 @@ struct Series {
 
 // Writes a width x height PNG (atomically, through data::write_png). Non-finite points are skipped.
 void write_line_plot(const std::string& path, const std::vector<Series>& series, int width = 640, int height = 400);
+
+// Draws `text` into an RGB image in the built-in 3x5 pixel font (digits, A-Z with lower case drawn as upper case,
+// . - + : = % / ( ) , _ #; anything else is a blank), each font pixel a scale x scale block, 4 * scale pixels a
+// character, 5 * scale tall; clipped at the edges.
+void draw_text(data::Image& image, int x, int y, const std::string& text, int scale, uint8_t r, uint8_t g, uint8_t b);
+int text_width(const std::string& text, int scale);
 
 }  // namespace moce
