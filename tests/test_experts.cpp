@@ -9,6 +9,9 @@
 #include <cstring>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
+#include "engine/io/safetensors.h"
 #include "model/layers.h"
 #include "moce/experts/losses.h"
 #include "moce/experts/moe_mlp.h"
@@ -20,6 +23,7 @@ using namespace moce::experts;
 using eng::DType;
 using eng::Tensor;
 using testutil::error_of;
+using testutil::max_rel;
 
 namespace {
 
@@ -452,5 +456,57 @@ TEST_SUITE("experts") {
     CHECK(has(error_of([&] { expert_dispatch_combine(x, idx, Tensor::ones({5, 2}), w, 0); }), "combine_weights must be"));
     w.fc2_weight = Tensor::zeros({2, 3, 4});
     CHECK(has(error_of([&] { expert_dispatch_combine(x, idx, Tensor::ones({5, 1}), w, 0); }), "fc2_weight must be [2, 4, 3]"));
+  }
+
+  TEST_CASE("golden fixture: a tiny MoCE and a tiny TokenMoE layer match PyTorch (outputs, losses, every gradient)") {
+    const char* path = "tests/fixtures/moe_tiny.safetensors";
+    eng::SafetensorsFile f = eng::load_safetensors(path);
+    auto at = [&](const std::string& name) {
+      auto it = f.tensors.find(name);
+      REQUIRE_MESSAGE(it != f.tensors.end(), path << " lacks " << name);
+      return it->second;
+    };
+    const auto cfg = nlohmann::json::parse(f.metadata.at("config"));
+    const int64_t n = cfg.at("num_experts"), d = cfg.at("dim"), h = cfg.at("hidden");
+    for (const std::string layer_name : {"moce", "token"}) {
+      CAPTURE(layer_name);
+      const bool moce = layer_name == "moce";
+      eng::Generator g(0);
+      model::Mlp dense(g, d, h);
+      MoeOptions o = options(moce ? GateKind::Moce : GateKind::Token, n, 1, cfg.at("cluster_dim"));
+      o.capacity_factor = cfg.at("capacity_factor");
+      MoeMlp layer(dense, o);
+      std::map<std::string, Tensor> mine;
+      layer.visit(layer_name + ".", [&](const std::string& name, Tensor& t) { mine[name] = t; });
+      model::load_tensors(mine, f.tensors, path, "MoeMlp");
+      Tensor x = at("input." + layer_name + ".x").clone().requires_grad_();
+      if (moce) layer.set_cluster_embeddings(at("input.moce.clusters"));
+      layer.set_gate_noise(at("input." + layer_name + ".noise"));
+      Tensor y = layer(x);
+      const MoeStats& s = layer.stats();
+      Tensor distill = distillation_loss(at("input." + layer_name + ".teacher"), x + y);
+      std::map<std::string, Tensor> losses = {{"importance", s.importance_loss}, {"load", s.load_loss}, {"distill", distill}};
+      if (moce) losses["imbalance"] = s.imbalance_loss;
+      CHECK(s.imbalance_loss.defined() == moce);
+      CHECK(max_rel(y, at("output." + layer_name + ".y")) <= 1e-5);
+      Tensor total = eng::sum(y * at("input." + layer_name + ".dy"));
+      for (auto& [name, loss] : losses) {
+        const double want = at("output." + layer_name + "." + name).item();
+        CHECK_MESSAGE(std::fabs(loss.item() - want) <= 1e-5 * std::fabs(want), name << ": ours " << loss.item() << " vs " << want);
+        total = total + loss;
+      }
+      if (!moce) {
+        CHECK(s.dropped == int64_t(at("output.token.dropped").item()));
+        CHECK(s.dropped > 0);
+      }
+      total.backward();
+      CHECK_MESSAGE(max_rel(x.grad(), at("grad." + layer_name + ".x")) <= 1e-5, "x: " << max_rel(x.grad(), at("grad." + layer_name + ".x")));
+      for (auto& [name, t] : mine) {
+        REQUIRE_MESSAGE(t.grad().defined(), name << " got no gradient");
+        const double e = max_rel(t.grad(), at("grad." + name));
+        CHECK_MESSAGE(e <= 1e-5, name << ": gradient rel err " << e);
+      }
+      CHECK(mine.size() == 5);
+    }
   }
 }
