@@ -12,6 +12,7 @@
 
 #include "engine/io/safetensors.h"
 #include "model/layers.h"
+#include "model/mae.h"
 #include "moce/experts/losses.h"
 #include "moce/experts/moe_mlp.h"
 #include "tests/test_util.h"
@@ -198,6 +199,35 @@ TEST_SUITE("experts") {
     moe->set_cluster_embeddings(g.normal({2, 5}));
     Tensor y = block(g.normal({2, 6, 8}));
     CHECK(y.shape() == Shape({2, 6, 8}));
+  }
+
+  TEST_CASE("install_moe_mlps: the listed blocks of a MAE become MoE layers under their names; bad lists are errors") {
+    model::MaskedAutoencoder mae(model::mae_config("mae_test_tiny"), 3);
+    const int64_t depth = int64_t(mae.blocks.size());
+    const model::Mlp dense_last = mae.blocks[size_t(depth - 1)].dense_mlp();
+    MoeOptions o = options(GateKind::Moce, 4, 1, 6);
+    auto layers = install_moe_mlps(mae.blocks, {depth - 1, 0}, o);
+    REQUIRE(layers.size() == 2);
+    auto sd = mae.state_dict();
+    const std::string last = "blocks." + std::to_string(depth - 1) + ".mlp.";
+    CHECK(sd.at(last + "fc1.weight").shape() == Shape({4, dense_last.fc1.weight.size(0), dense_last.fc1.weight.size(1)}));
+    CHECK(sd.at(last + "gate.weight").shape() == Shape({4, 6}));
+    CHECK(sd.count("blocks.0.mlp.gate.weight") == 1);
+    CHECK(sd.count(last + "experts.0.fc1.weight") == 0);
+    // Each expert is the block's dense weight plus a small perturbation; the two blocks' perturbations differ.
+    const double d = max_abs_diff(layers[0]->experts.fc1_weight.select(0, 2), dense_last.fc1.weight);
+    CHECK(d > 0);
+    CHECK(d < 0.01);
+    CHECK(layers[0]->options().seed != layers[1]->options().seed);
+    for (auto& l : layers) l->set_cluster_embeddings(eng::Generator(1).normal({2, 6}));
+    model::MaeOutput out = mae.forward(eng::Generator(2).uniform({2, 3, 16, 16}), eng::Generator(3).uniform({2, 16}), 0.75);
+    out.loss.backward();
+    CHECK(layers[0]->experts.fc2_weight.grad().defined());
+    CHECK(layers[1]->gate_weight.grad().defined());
+    CHECK(has(error_of([&] { install_moe_mlps(mae.blocks, {0}, o); }), "block 0's MLP is not dense"));
+    model::MaskedAutoencoder fresh(model::mae_config("mae_test_tiny"), 3);
+    CHECK(has(error_of([&] { install_moe_mlps(fresh.blocks, {depth}, o); }), "out of range"));
+    CHECK(has(error_of([&] { install_moe_mlps(fresh.blocks, {1, 1}, o); }), "block 1 listed twice"));
   }
 
   TEST_CASE("bitwise the same forward, losses and gradients with 1 and 2 threads (both gates, top-1 and top-2)") {

@@ -204,7 +204,7 @@ Tensor MoeMlp::operator()(const Tensor& x) const {
   DispatchInfo info;
   Tensor y = expert_dispatch_combine(units, top.indices, top.values, experts, s.capacity, &info);
   s.importance_loss = importance_loss(clean);
-  s.load_loss = load_loss(clean, noisy, k, noise_std() > 0 ? noise_std() : 1.0);
+  s.load_loss = load_loss(clean, noisy, k, noise_std() > 0 ? noise_std() : 1.0);  // σ = 0 (no noise): Φ with σ = 1
   if (moce) s.imbalance_loss = imbalance_loss(gates, options_.imbalance);
   s.expert_load.resize(size_t(n));
   for (int64_t e = 0; e < n; e++) s.expert_load[size_t(e)] = double(info.chosen[size_t(e)]) / double(k * u);
@@ -216,6 +216,28 @@ Tensor MoeMlp::operator()(const Tensor& x) const {
   s.dropped_fraction = double(info.dropped) / double(k * u);
   stats_ = s;
   return y.reshape({b, t, dim_});
+}
+
+std::vector<std::shared_ptr<MoeMlp>> install_moe_mlps(std::vector<model::Block>& blocks,
+                                                      const std::vector<int64_t>& block_ids, const MoeOptions& options) {
+  std::vector<std::shared_ptr<MoeMlp>> layers;
+  std::vector<bool> seen(blocks.size(), false);
+  for (int64_t id : block_ids) {
+    ENG_CHECK(id >= 0 && id < int64_t(blocks.size()), "install_moe_mlps: block {} out of range for {} blocks", id,
+              blocks.size());
+    ENG_CHECK(!seen[size_t(id)], "install_moe_mlps: block {} listed twice", id);
+    seen[size_t(id)] = true;
+    ENG_CHECK(dynamic_cast<const model::Mlp*>(&blocks[size_t(id)].mlp()) != nullptr,
+              "install_moe_mlps: block {}'s MLP is not dense (already replaced)", id);
+  }
+  for (int64_t id : block_ids) {
+    MoeOptions o = options;
+    o.seed = options.seed + uint64_t(id);
+    auto layer = std::make_shared<MoeMlp>(blocks[size_t(id)].dense_mlp(), o);
+    blocks[size_t(id)].set_mlp(layer);
+    layers.push_back(layer);
+  }
+  return layers;
 }
 
 }  // namespace moce::experts

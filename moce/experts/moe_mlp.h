@@ -22,6 +22,7 @@
 // backend, with no atomics in a float reduction.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -114,5 +115,12 @@ class MoeMlp : public model::MlpLayer {
   uint64_t step_ = 0;
   mutable MoeStats stats_;
 };
+
+// Puts an MoeMlp in place of the dense MLP of each listed block (each starting from that block's dense weights;
+// block i's perturbation, gate initialisation and noise use seed options.seed + i, so blocks differ) and returns the
+// layers in the order listed, for the owner to feed (set_cluster_embeddings, set_step) and read (stats). Throws
+// naming the block when an index is out of range, repeated, or its MLP is no longer dense.
+std::vector<std::shared_ptr<MoeMlp>> install_moe_mlps(std::vector<model::Block>& blocks,
+                                                      const std::vector<int64_t>& block_ids, const MoeOptions& options);
 
 }  // namespace moce::experts
