@@ -7,20 +7,12 @@
 #include "engine/io/safetensors.h"
 #include "engine/rng.h"
 #include "model/mae.h"
+#include "tests/test_util.h"
 
 using namespace eng;
+using testutil::max_rel;
 
 namespace {
-
-double max_rel(const Tensor& got, const Tensor& want) {
-  auto g = got.to_vector<double>(), w = want.to_vector<double>();
-  double d = 0, m = 0;
-  for (size_t i = 0; i < g.size(); i++) {
-    d = std::max(d, std::fabs(g[i] - w[i]));
-    m = std::max(m, std::fabs(w[i]));
-  }
-  return d / std::max(m, 1e-30);
-}
 
 const char* kFixture = "tests/fixtures/mae_test_tiny.safetensors";
 

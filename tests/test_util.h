@@ -1,15 +1,18 @@
 // test_util.h: small helpers shared by the test suites: a temporary directory removed at the end of its scope,
-// and the message of the eng::Error a call throws.
+// the message of the eng::Error a call throws, and the relative error of a result against a golden one.
 #pragma once
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <string>
 #include <system_error>
 
 #include "engine/error.h"
+#include "engine/tensor.h"
 
 namespace testutil {
 
@@ -57,6 +60,17 @@ inline bool atomic_temporary_left(const std::string& path) {
 // an atomic write beside it ("<name>.tmp.<pid>.<n>" passes the 255-byte limit), so such a write cannot even start.
 inline std::string name_without_room_for_temporary(const TempDir& dir, const std::string& suffix) {
   return dir.file(std::string(250 - suffix.size(), 'n') + suffix);
+}
+
+// max |got - want| / max |want|: the relative error of a result against a golden fixture's.
+inline double max_rel(const eng::Tensor& got, const eng::Tensor& want) {
+  auto g = got.to_vector<double>(), w = want.to_vector<double>();
+  double d = 0, m = 0;
+  for (size_t i = 0; i < g.size(); i++) {
+    d = std::max(d, std::fabs(g[i] - w[i]));
+    m = std::max(m, std::fabs(w[i]));
+  }
+  return d / std::max(m, 1e-30);
 }
 
 }  // namespace testutil
