@@ -1,7 +1,8 @@
 # MoCE engine: one entry point.
 #   make deps   install the Debian packages the project needs (no-op when present)
 #   make all    build the library, the binaries and the test runner
-#   make test   build and run the CPU test suite (CUDA code is compiled too when nvcc exists)
+#   make test   install what is missing (as make deps), build and run the CPU test suite (CUDA code is compiled
+#               too when nvcc exists)
 #   make bench  build and run the benchmarks
 #   make clean
 # Options: SANITIZE=1 (ASan+UBSan), DEBUG=1, CUDA=0 (skip the CUDA build even if nvcc is found)
@@ -129,7 +130,11 @@ $(BUILD)/bench/%: bench/%.cpp $(LIB)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) $(if $(HAVE_OPENBLAS),-DHAVE_OPENBLAS=1 -I/usr/include/x86_64-linux-gnu/openblas-pthread) $< $(LIB) $(LDFLAGS) $(LDLIBS) $(if $(HAVE_OPENBLAS),-lopenblas) -o $@
 
 # TEST_ARGS passes doctest options, e.g. make test TEST_ARGS='-ts=ops*'
-test: $(TEST_BIN)
+# `make test` works on a fresh machine on its own: it installs what is missing first (the `deps` check is a no-op when
+# everything is there), then builds in a second make, whose header detection sees the installed packages.
+test:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory $(TEST_BIN)
 	python3 tests/check_layout.py
 	$(TEST_BIN) $(TEST_ARGS)
 
