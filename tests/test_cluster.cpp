@@ -24,12 +24,6 @@ using eng::Tensor;
 
 namespace {
 
-struct ThreadCount {
-  int saved = omp_get_max_threads();
-  explicit ThreadCount(int n) { omp_set_num_threads(n); }
-  ~ThreadCount() { omp_set_num_threads(saved); }
-};
-
 // SwAV's distributed_sinkhorn exactly as written (no max subtraction), on [B, M] scores, in type T.
 template <typename T>
 std::vector<T> swav_reference(const std::vector<double>& scores, int64_t B, int64_t M, double eps, int iters) {
@@ -339,7 +333,7 @@ TEST_SUITE("cluster") {
     cfg.init = "kmeans++";
     cfg.kmeanspp_sample = 1000;
     auto run = [&](int threads) {
-      ThreadCount tc(threads);
+      testutil::ThreadCount tc(threads);
       CentroidResult cr = train_centroids(bank, cfg);
       AssignOptions opt;
       opt.block = 700;

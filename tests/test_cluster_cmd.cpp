@@ -32,12 +32,6 @@ namespace {
 using testutil::error_of;
 using testutil::TempDir;
 
-struct ThreadCount {
-  int saved = omp_get_max_threads();
-  explicit ThreadCount(int n) { omp_set_num_threads(n); }
-  ~ThreadCount() { omp_set_num_threads(saved); }
-};
-
 std::string read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   REQUIRE_MESSAGE(f.good(), path << " missing");
@@ -153,7 +147,7 @@ TEST_CASE("moce cluster end to end: files, figures recomputed from them, the sam
     return a;
   };
   {
-    ThreadCount one(1);
+    testutil::ThreadCount one(1);
     REQUIRE(run_cluster(args(tmp.file("a"))) == 0);
   }
   const std::string a = tmp.file("a");
@@ -231,7 +225,7 @@ TEST_CASE("moce cluster end to end: files, figures recomputed from them, the sam
 
   // Run again with 2 threads into another folder: every file identical (clusters.json but for timings and paths).
   {
-    ThreadCount two(2);
+    testutil::ThreadCount two(2);
     REQUIRE(run_cluster(args(tmp.file("b"))) == 0);
   }
   for (const char* f : {"bank.safetensors", "bank.safetensors.paths", "centroids.safetensors", "assignments.safetensors",

@@ -28,11 +28,6 @@ using testutil::max_rel;
 
 namespace {
 
-struct ThreadCountGuard {
-  int saved = omp_get_max_threads();
-  ~ThreadCountGuard() { omp_set_num_threads(saved); }
-};
-
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {
@@ -231,7 +226,7 @@ TEST_SUITE("experts") {
   }
 
   TEST_CASE("bitwise the same forward, losses and gradients with 1 and 2 threads (both gates, top-1 and top-2)") {
-    ThreadCountGuard guard;
+    testutil::ThreadCount guard;
     for (GateKind gate : {GateKind::Moce, GateKind::Token}) {
       for (int64_t k : {1, 2}) {
         std::vector<std::vector<Tensor>> runs;

@@ -17,6 +17,7 @@
 #include "engine/backends/cpu/cpu_backend.h"
 #include "engine/backends/cpu/gemm_kernels.h"
 #include "engine/error.h"
+#include "tests/test_util.h"
 
 namespace {
 
@@ -143,12 +144,6 @@ struct KernelPin {
   ~KernelPin() { eng::gemm::sgemm_reset_kernel(); }
 };
 
-struct ThreadCount {
-  int saved = omp_get_max_threads();
-  explicit ThreadCount(int n) { omp_set_num_threads(n); }
-  ~ThreadCount() { omp_set_num_threads(saved); }
-};
-
 // Sizes chosen to cut the register tiles (12x32, 6x16, 4x16) and the cache blocks (kc 256/384, nc 256..512,
 // mc up to 4080) at odd places, plus tiny and vector-like shapes and a few of at most 2^16 multiply-adds
 // with n and k over 16 that take the small-problem path.
@@ -222,11 +217,11 @@ TEST_SUITE("gemm") {
           const auto c0 = random_vec<float>(P.c_size(), 9);
           std::vector<float> c1 = c0, c2 = c0;
           {
-            ThreadCount one(1);
+            testutil::ThreadCount one(1);
             cpu_sgemm(P.ta, P.tb, P.m, P.n, P.k, 0.75f, a.data(), P.lda(), b.data(), P.ldb(), 0.5f, c1.data(), P.ldc());
           }
           {
-            ThreadCount two(2);
+            testutil::ThreadCount two(2);
             cpu_sgemm(P.ta, P.tb, P.m, P.n, P.k, 0.75f, a.data(), P.lda(), b.data(), P.ldb(), 0.5f, c2.data(), P.ldc());
           }
           CHECK_MESSAGE(std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)) == 0,
@@ -265,7 +260,7 @@ TEST_SUITE("gemm") {
           const auto c0 = c;
           g.a = a.data(), g.b = b.data(), g.c = c.data();
           {
-            ThreadCount tc(threads);
+            testutil::ThreadCount tc(threads);
             be.gemm(g);
           }
           if (threads == 2) {

@@ -11,6 +11,7 @@
 
 #include "engine/backend.h"
 #include "tests/op_registry.h"
+#include "tests/test_util.h"
 
 using namespace optest;
 using eng::Tensor;
@@ -329,11 +330,6 @@ bool has(const std::string& s, const char* part) { return s.find(part) != std::s
 Tensor ids(std::vector<int64_t> v, Shape s) { return Tensor::from_vector(v, s); }
 
 // Restores the OpenMP thread count when a test that changes it ends (even by an exception).
-struct ThreadCountGuard {
-  int saved = omp_get_max_threads();
-  ~ThreadCountGuard() { omp_set_num_threads(saved); }
-};
-
 }  // namespace
 
 TEST_SUITE("index") {
@@ -469,7 +465,7 @@ TEST_SUITE("index") {
   }
 
   TEST_CASE("scatter_add and index_add with duplicate indices: bitwise equal with 1 and 2 threads and to a serial loop") {
-    ThreadCountGuard guard;
+    testutil::ThreadCount guard;
     std::mt19937 g(11);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     eng::Backend& cpu = eng::backend_for(eng::Device::cpu());
@@ -525,7 +521,7 @@ TEST_SUITE("index") {
   }
 
   TEST_CASE("gather, index_select and sort move integer and f32 data; results independent of thread count") {
-    ThreadCountGuard guard;
+    testutil::ThreadCount guard;
     std::mt19937 g(3);
     std::vector<float> v(size_t(300 * 200));
     for (float& f : v) f = float(g() % 1000) * 0.5f;

@@ -131,11 +131,6 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0;
 }
 
-struct ThreadCountGuard {
-  int saved = omp_get_max_threads();
-  ~ThreadCountGuard() { omp_set_num_threads(saved); }
-};
-
 struct GroupedResult {
   Tensor y, dx, dw, db;
 };
@@ -243,7 +238,7 @@ TEST_SUITE("routing") {
   }
 
   TEST_CASE("cumsum, one_hot, bincount and grouped_matmul: bitwise equal with 1 and 2 threads") {
-    ThreadCountGuard guard;
+    testutil::ThreadCount guard;
     Tensor x = randn({48, 700}, 11);
     // cumsum in f32 is a sequential sum along the dim: the serial loop's bits, on any thread count.
     std::vector<float> xs = x.to_vector<float>(), serial(xs.size());

@@ -1,6 +1,7 @@
 // test_util.h: small helpers shared by the test suites: a temporary directory removed at the end of its scope,
 // the message of the eng::Error a call throws, and the relative error of a result against a golden one.
 #pragma once
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,6 +35,17 @@ struct TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+// Restores the OpenMP thread count when it goes out of scope; ThreadCount(n) also sets it to n for the scope (tests
+// that compare results across thread counts).
+struct ThreadCount {
+  int saved = omp_get_max_threads();
+  ThreadCount() = default;
+  explicit ThreadCount(int n) { omp_set_num_threads(n); }
+  ~ThreadCount() { omp_set_num_threads(saved); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
 };
 
 // The message of the eng::Error that f throws, or "" when it returns normally.

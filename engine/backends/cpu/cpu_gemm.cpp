@@ -355,15 +355,16 @@ void cpu_sgemm_grouped(bool trans_a, bool trans_b, int64_t n, int64_t k, float a
   }
   if (packed.empty()) return;
   int64_t work = 0;
-  for (const SgemmProblem& p : packed) work += p.m * n * k;
+  for (SgemmProblem& p : packed) {
+    work += p.m * n * k;
+    if (p.ep && !p.ep->bias && !p.ep->gelu && !p.ep->gelu_grad) p.ep = nullptr;  // as cpu_sgemm_fused
+  }
   const gemm::SgemmKernel& K = gemm::sgemm_active_kernel();
   if (work < kParallelGemmWork) {
-    for (const SgemmProblem& p : packed) sgemm_packed(K, trans_a, trans_b, p.m, n, k, alpha, p.a, p.lda, p.b, p.ldb,
-                                                      beta, p.c, p.ldc, p.ep && (p.ep->bias || p.ep->gelu || p.ep->gelu_grad) ? p.ep : nullptr);
+    for (const SgemmProblem& p : packed)
+      sgemm_packed(K, trans_a, trans_b, p.m, n, k, alpha, p.a, p.lda, p.b, p.ldb, beta, p.c, p.ldc, p.ep);
     return;
   }
-  for (SgemmProblem& p : packed)
-    if (p.ep && !p.ep->bias && !p.ep->gelu && !p.ep->gelu_grad) p.ep = nullptr;
   sgemm_threaded(K, trans_a, trans_b, n, k, alpha, beta, packed.data(), int64_t(packed.size()), cpu::max_threads());
 }
 

@@ -92,6 +92,9 @@ class CudaBackend final : public Backend {
   // C = beta * C over a batch of row-major m x n matrices (k == 0 or alpha == 0); cuda_elementwise.cu.
   void gemm_scale_c(const GemmArgs& g);
 
+  // The device's cuBLAS handle (a cublasHandle_t; void* keeps cuBLAS's header out of this one), made once and shared
+  // by gemm and grouped_gemm (cuda_gemm.cu).
+  void* blas_handle();
   // The device's IndexFault record (allocated zeroed on first use) for indexing kernels to write.
   IndexFault* index_fault();
   // After a device-to-host copy: throws the recorded index fault, if any, and clears it (cuda_backend.cu).

@@ -58,6 +58,8 @@ GemmState& CudaBackend::gemm_state() {
   return *gemm_;
 }
 
+void* CudaBackend::blas_handle() { return gemm_state().blas; }
+
 namespace {
 
 // RAII holders for cuBLASLt descriptors.

@@ -16,8 +16,6 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include <climits>
-#include <map>
-#include <mutex>
 #include <vector>
 
 #include "engine/backends/cuda/cuda_common.cuh"
@@ -93,19 +91,6 @@ struct GroupPointers {
 
 __global__ void write_pointers_kernel(GroupPointers t, int count, const void** out) {
   ENG_GRID_STRIDE(i, int64_t(count)) { out[i] = t.p[i]; }
-}
-
-// One cuBLAS handle per device for the grouped calls, on the legacy default stream like every other kernel here.
-cublasHandle_t grouped_blas_handle(int device) {
-  static std::mutex mu;
-  static std::map<int, cublasHandle_t> handles;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = handles.find(device);
-  if (it != handles.end()) return it->second;
-  cublasHandle_t h = nullptr;
-  CUBLAS_CHECK(cublasCreate(&h));
-  handles[device] = h;
-  return h;
 }
 
 bool fits_int(const GemmArgs& g) {
@@ -229,7 +214,7 @@ void CudaBackend::grouped_gemm(const std::vector<GemmArgs>& groups) {
   if (grouped.empty()) return;
   const bool bf16 = groups[0].dtype == DType::BF16;
   const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-  cublasHandle_t blas = grouped_blas_handle(device());
+  cublasHandle_t blas = static_cast<cublasHandle_t>(blas_handle());
   for (size_t first = 0; first < grouped.size(); first += kGroupsPerCall) {
     const int count = int(std::min(grouped.size() - first, size_t(kGroupsPerCall)));
     // Column-major view of each row-major problem (cuda_gemm.cu): first operand = B, second = A, result n x m.
