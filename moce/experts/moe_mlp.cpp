@@ -240,4 +240,20 @@ std::vector<std::shared_ptr<MoeMlp>> install_moe_mlps(std::vector<model::Block>&
   return layers;
 }
 
+Tensor auxiliary_loss(const std::vector<std::shared_ptr<MoeMlp>>& layers, const AuxLossWeights& weights) {
+  Tensor total;
+  auto add = [&](const Tensor& loss, double weight) {
+    if (weight == 0 || !loss.defined()) return;
+    Tensor term = eng::mul(loss, weight);
+    total = total.defined() ? eng::add(total, term) : term;
+  };
+  for (const auto& layer : layers) {
+    const MoeStats& s = layer->stats();
+    add(s.importance_loss, weights.importance);
+    add(s.load_loss, weights.load);
+    if (layer->options().gate == GateKind::Moce) add(s.imbalance_loss, weights.imbalance);
+  }
+  return total;
+}
+
 }  // namespace moce::experts

@@ -123,4 +123,14 @@ class MoeMlp : public model::MlpLayer {
 std::vector<std::shared_ptr<MoeMlp>> install_moe_mlps(std::vector<model::Block>& blocks,
                                                       const std::vector<int64_t>& block_ids, const MoeOptions& options);
 
+// The weights of the auxiliary losses (the paper: "all regularization loss weight is set to 0.01").
+struct AuxLossWeights {
+  double importance = 0.01, load = 0.01, imbalance = 0.01;
+};
+
+// Σ over the layers of the weighted auxiliary losses of their last forward: importance and load for either gate
+// (over images for MoCE, tokens for TokenMoE), plus the imbalance loss for MoCE. A 0-d f32 tensor in the graph
+// (undefined when there are no layers or every weight is 0), ready to be added to the reconstruction loss.
+Tensor auxiliary_loss(const std::vector<std::shared_ptr<MoeMlp>>& layers, const AuxLossWeights& weights);
+
 }  // namespace moce::experts
