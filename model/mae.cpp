@@ -130,8 +130,8 @@ Tensor MaskedAutoencoder::embed_patches(const Tensor& imgs) const {
   return model::embed_patches(to_compute(imgs), patch_weight, patch_bias);
 }
 
-MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, double mask_ratio) const {
-  int64_t N = imgs.size(0), L = cfg_.num_patches(), D = cfg_.embed_dim, Dd = cfg_.decoder_embed_dim;
+MaeEncoding MaskedAutoencoder::encode_masked(const Tensor& imgs, const Tensor& noise, double mask_ratio) const {
+  int64_t N = imgs.size(0), L = cfg_.num_patches(), D = cfg_.embed_dim;
   ENG_CHECK(noise.shape() == (Shape{N, L}), "MAE forward: noise must be [{}, {}], got {}", N, L, eng::shape_str(noise.shape()));
   ENG_CHECK(mask_ratio >= 0.0 && mask_ratio < 1.0, "mask ratio {} outside [0, 1)", mask_ratio);
   check_compute_device(imgs);
@@ -149,10 +149,18 @@ MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, do
   Tensor mask = eng::gather(mask_sorted, 1, ids_restore);
 
   // The class token and its (zero) position embedding are added in f32, then rounded once under bf16.
-  x = norm(encode_tokens(x, cls_token, pos_embed.slice(1, 0, 1), blocks));
+  return {norm(encode_tokens(x, cls_token, pos_embed.slice(1, 0, 1), blocks)), mask, ids_restore};
+}
+
+MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, double mask_ratio) const {
+  int64_t N = imgs.size(0), L = cfg_.num_patches(), Dd = cfg_.decoder_embed_dim;
+  MaeEncoding enc = encode_masked(imgs, noise, mask_ratio);
+  const Tensor& mask = enc.mask;
+  const Tensor& ids_restore = enc.ids_restore;
+  const int64_t keep = enc.latent.size(1) - 1;
 
   // decoder
-  x = decoder_embed(x);
+  Tensor x = decoder_embed(enc.latent);
   Tensor tokens = to_compute(mask_token).expand({N, L - keep, Dd});
   Tensor x_ = eng::cat({x.slice(1, 1, keep + 1), tokens}, 1);
   x_ = eng::gather(x_, 1, ids_restore.unsqueeze(-1).expand({N, L, Dd}));
@@ -170,7 +178,7 @@ MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, do
   }
   Tensor per_patch = eng::mean(eng::square(eng::sub(x, target)), {-1});
   Tensor loss = eng::div(eng::sum(eng::mul(per_patch, mask)), eng::sum(mask));
-  return {loss, x, mask, ids_restore};
+  return {loss, x, mask, ids_restore, enc.latent};
 }
 
 Tensor MaskedAutoencoder::encode_all(const Tensor& imgs) const {

@@ -52,6 +52,14 @@ struct MaeOutput {
   Tensor pred;         // [N, L, p*p*C], f32, in the (normalised, if norm_pix_loss) target space
   Tensor mask;         // [N, L], 1 = removed
   Tensor ids_restore;  // [N, L]
+  Tensor latent;       // [N, 1 + keep, D]: the encoder's output (class token, then the visible patches), final norm
+};
+
+// The encoder half of forward(): the visible tokens through the encoder and its final norm.
+struct MaeEncoding {
+  Tensor latent;       // [N, 1 + keep, D], in the compute dtype
+  Tensor mask;         // [N, L], 1 = removed
+  Tensor ids_restore;  // [N, L]
 };
 
 class MaskedAutoencoder : public Module {
@@ -66,6 +74,9 @@ class MaskedAutoencoder : public Module {
 
   // noise: [N, L] in [0, 1) (from a Philox generator in training, from a fixture in tests).
   MaeOutput forward(const Tensor& imgs, const Tensor& noise, double mask_ratio) const;
+  // The masking and the encoder only (what forward() starts with): the same noise keeps the same patches, so a
+  // second model (MoCE's distillation teacher) sees exactly the tokens this one saw.
+  MaeEncoding encode_masked(const Tensor& imgs, const Tensor& noise, double mask_ratio) const;
   // Encoder on all patches (no masking): [N, 1 + L, D] after the final norm, f32 whatever the compute dtype.
   Tensor encode_all(const Tensor& imgs) const;
   // The class-token feature or the mean of patch tokens, [N, D] (MAE's linear probe uses the class token
