@@ -29,7 +29,7 @@ LAYERS = {
 ROOMS = {
     "common": set(),
     "eval": {"common"},
-    "train": {"common", "eval"},
+    "train": {"common", "eval", "cluster", "experts"},
     "cluster": {"common"},
     "experts": {"common"},
     "search": {"common", "eval", "experts", "cluster"},

@@ -15,9 +15,11 @@ using eng::Tensor;
 using nlohmann::json;
 
 void save_pretrain_checkpoint(const std::string& path, model::MaskedAutoencoder& model, const eng::AdamW& optimizer,
-                              const json& config, uint64_t seed, int64_t next_epoch) {
+                              const json& config, uint64_t seed, int64_t next_epoch,
+                              const std::map<std::string, Tensor>& extra) {
   eng::Checkpoint c;
   c.weights = host_copies(model.state_dict());
+  for (const auto& [name, t] : extra) c.weights[name] = t;
   eng::OptimizerState os = optimizer.state_dict();
   c.optimizer_state = host_copies(os.tensors);
   c.optimizer = os.meta;

@@ -62,7 +62,8 @@ struct Tf32Scope {
 // naming the first bad step.
 struct PendingStep {
   int64_t s = 0;                // step within the epoch
-  std::vector<Tensor> losses;   // one 0-d loss per micro-batch, on the device
+  std::vector<Tensor> losses;   // one 0-d loss per micro-batch, on the device (with any auxiliary terms)
+  std::vector<Tensor> recon;    // the MAE reconstruction loss alone, per micro-batch
   std::vector<Tensor> indices;  // each micro-batch's dataset indices, for the message
   Tensor grad_norm;             // 0-d f64, pre-clip, on the device
 };
@@ -70,6 +71,7 @@ struct PendingStep {
 // The sums of one epoch and of its current log window.
 struct EpochTotals {
   double epoch_loss = 0, window_loss = 0, gnorm = 0;
+  double epoch_recon = 0, window_recon = 0;  // the reconstruction term alone (differs under moce train's methods)
   int64_t window_steps = 0, window_images = 0;
   Clock::time_point t_window = Clock::now();
 };
@@ -82,6 +84,8 @@ class Pretraining {
  private:
   void load_resume_checkpoint();
   eng::DType check_options();
+  void resolve_base_lr();
+  void build_model(eng::DType compute_dtype);
   void build(eng::DType compute_dtype);
   void open_run_folder();
   bool run_epoch(int64_t epoch, EpochTotals& t);
@@ -90,6 +94,7 @@ class Pretraining {
   void log_line(int64_t epoch, int64_t s, EpochTotals& t);
   void end_epoch(int64_t epoch, const EpochTotals& t);
   std::string last_checkpoint_note() const;
+  std::string experts_note() const;
 
   // Declared in the order the run makes them, so that they go in the reverse order (the feed before its loader, the
   // TF32 switch last).
@@ -107,13 +112,16 @@ class Pretraining {
   std::unique_ptr<data::Loader> loader_;
   int64_t steps_per_epoch_ = 0;  // micro-batches past the last full step of an epoch are not used
   std::unique_ptr<BatchFeed> feed_;
+  TrainMethod method_ = TrainMethod::Mae;
   std::unique_ptr<model::MaskedAutoencoder> mae_;
+  std::unique_ptr<ExpertTraining> experts_;  // moce train's moce / tokenmoe: layers, teacher, clusters, losses
   double lr_ = 0;
   std::unique_ptr<eng::AdamW> opt_;
   eng::CosineSchedule sched_;
   std::vector<Tensor> params_;
   int64_t start_epoch_ = 0, end_epoch_ = 0;
   json config_json_;
+  json init_config_;  // moce train: the --init file's metadata config
   Series curve_;  // the loss curve (loss.png) of the whole run, also across resumes
   std::unique_ptr<MetricsLog> metrics_;
   Clock::time_point t_run_;
@@ -153,6 +161,15 @@ void Pretraining::load_resume_checkpoint() {
 // before anything else. Returns the compute dtype that --precision names.
 eng::DType Pretraining::check_options() {
   device_ = device_from_flag(o_.device, device_context_);
+  method_ = parse_train_method(o_.method);
+  if (method_ != TrainMethod::Mae && !resuming_) {
+    ENG_CHECK(!o_.init.empty(), "--init: moce train continues a dense MAE; pass its checkpoint or weights file");
+    ENG_CHECK(file_exists(o_.init), "--init {}: no such file", o_.init);
+    ENG_CHECK(method_ == TrainMethod::Moce || o_.clusters.empty(), "--clusters is for --method moce only");
+    ENG_CHECK(method_ != TrainMethod::Moce || !o_.clusters.empty(),
+              "--method moce needs --clusters CLUSTER_DIR (a `moce cluster` output folder of the same data)");
+    resolve_base_lr();
+  }
   ENG_CHECK(o_.epochs > 0, "--epochs must be positive, got {}", o_.epochs);
   ENG_CHECK(o_.batch > 0, "--batch must be positive, got {}", o_.batch);
   ENG_CHECK(o_.accum > 0, "--accum-iter must be positive, got {}", o_.accum);
@@ -171,9 +188,39 @@ eng::DType Pretraining::check_options() {
   tf32_ = std::make_unique<Tf32Scope>(tf32);
   profiling_ = session_.profile_first >= 0;
   ENG_CHECK(!profiling_ || device_.is_cuda(), "--profile-steps brackets CUDA work for a GPU profiler; it needs --device cuda");
-  cfg_ = resuming_ ? model::mae_config_from_json(ckpt_.config.at("model")) : model::mae_config(o_.config);
+  if (resuming_) {
+    cfg_ = model::mae_config_from_json(ckpt_.config.at("model"));
+  } else if (method_ == TrainMethod::Mae) {
+    cfg_ = model::mae_config(o_.config);
+  } else {
+    try {
+      cfg_ = model::mae_config_from_json(init_config_.at("model"));
+    } catch (const json::exception& e) {
+      ENG_FAIL("--init {}: its metadata has no MAE model config ({})", o_.init, e.what());
+    }
+    o_.config = cfg_.name;
+  }
   cfg_.norm_pix_loss = o_.norm_pix_loss;
   return compute_dtype;
+}
+
+// moce train: the --init file's metadata config (its model, and the run that made it), and without --base-lr that
+// run's base learning rate times 0.1 (the paper's rule).
+void Pretraining::resolve_base_lr() {
+  eng::SafetensorsFile f = eng::load_safetensors(o_.init);
+  auto it = f.metadata.find("config");
+  ENG_CHECK(it != f.metadata.end(), "--init {}: no model config in its metadata (not a moce MAE file)", o_.init);
+  init_config_ = json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  ENG_CHECK(init_config_.is_object() && init_config_.contains("model"),
+            "--init {}: its metadata config is not a moce model config", o_.init);
+  if (init_config_.contains("run") && init_config_["run"].value("method", "mae") != "mae")
+    ENG_CHECK(false, "--init {}: a `moce train` {} model; continue a dense MAE (a moce pretrain output)", o_.init,
+              init_config_["run"].value("method", "?"));
+  if (o_.base_lr >= 0) return;
+  double init_base_lr = 1.5e-4;  // MAE's, when the file does not say
+  if (init_config_.contains("run") && init_config_["run"].contains("base_lr"))
+    init_base_lr = init_config_["run"]["base_lr"].get<double>();
+  o_.base_lr = 0.1 * init_base_lr;
 }
 
 // Data, model and optimizer; on resume their state from the checkpoint.
@@ -191,10 +238,7 @@ void Pretraining::build(eng::DType compute_dtype) {
   steps_per_epoch_ = bpe / o_.accum;
   feed_ = std::make_unique<BatchFeed>(*loader_, device_);
 
-  // Initialised on the CPU (the same weights for every device), then moved to the device.
-  mae_ = std::make_unique<model::MaskedAutoencoder>(cfg_, o_.seed);
-  move_to_device(*mae_, device_);
-  mae_->set_compute_dtype(compute_dtype);
+  build_model(compute_dtype);
   auto named = mae_->named_parameters();
   lr_ = o_.base_lr * double(o_.batch * o_.accum) / 256.0;
   // As MAE (timm add_weight_decay): only 1-D parameters and biases skip weight decay; tokens decay.
@@ -205,6 +249,7 @@ void Pretraining::build(eng::DType compute_dtype) {
   for (auto& [n, p] : named) params_.push_back(p);
 
   if (resuming_) {
+    ckpt_.weights.erase(kCentroidsTensor);  // read again from --clusters (the same values)
     eng::check_state_matches(mae_->state_dict(), ckpt_.weights, ckpt_path_);
     mae_->load_state_dict(ckpt_.weights, ckpt_path_);  // copies onto the model's device
     opt_->load_state_dict(eng::OptimizerState{ckpt_.optimizer_state, ckpt_.optimizer});
@@ -219,6 +264,22 @@ void Pretraining::build(eng::DType compute_dtype) {
   check_every_step_ = device_.is_cpu();
 }
 
+// The model, initialised on the CPU (the same weights for every device), then moved to the device: MAE pre-training
+// starts at the seeded initialisation; moce train from the --init weights (on resume the checkpoint's replace them),
+// with the method's expert layers installed before anything moves.
+void Pretraining::build_model(eng::DType compute_dtype) {
+  if (method_ == TrainMethod::Mae || resuming_)
+    mae_ = std::make_unique<model::MaskedAutoencoder>(cfg_, o_.seed);
+  else
+    mae_ = std::make_unique<model::MaskedAutoencoder>(load_mae(o_.init, "", false, o_.seed));
+  mae_->cfg_.norm_pix_loss = o_.norm_pix_loss;
+  if (has_experts(method_))
+    experts_ = std::make_unique<ExpertTraining>(*mae_, method_, o_.experts, o_.init, o_.clusters, *ds_, o_.seed);
+  move_to_device(*mae_, device_);
+  if (experts_) experts_->to(device_);
+  mae_->set_compute_dtype(compute_dtype);
+}
+
 // config.json, metrics.jsonl and, on resume, the loss curve up to the checkpoint.
 void Pretraining::open_run_folder() {
   config_json_ = {{"run", options_to_json(o_)}, {"model", model::config_to_json(cfg_)}};
@@ -228,7 +289,7 @@ void Pretraining::open_run_folder() {
   for (const json& j : metrics_->earlier()) {
     if (j.contains("loss") && j.contains("step") && j["step"].get<int64_t>() <= done_steps) {
       curve_.x.push_back(j["step"].get<double>());
-      curve_.y.push_back(j["loss"].get<double>());
+      curve_.y.push_back(j.contains("mae_loss") ? j["mae_loss"].get<double>() : j["loss"].get<double>());
     }
   }
 }
@@ -236,7 +297,8 @@ void Pretraining::open_run_folder() {
 // ---------------------------------------------------------------- the run
 
 PretrainResult Pretraining::run() {
-  std::printf("pretrain %s: %s, %lld parameters; %s; %lld steps/epoch of %lld x %lld images; lr %.3g; out %s%s\n",
+  std::printf("%s %s: %s, %lld parameters; %s; %lld steps/epoch of %lld x %lld images; lr %.3g; out %s%s\n",
+              method_ == TrainMethod::Mae ? "pretrain" : fmt::format("train {}{}", train_method_name(method_), experts_note()).c_str(),
               cfg_.name.c_str(), device_.str().c_str(), (long long)mae_->num_parameters(), ds_->describe().c_str(),
               (long long)steps_per_epoch_, (long long)o_.accum, (long long)o_.batch, lr_, o_.out.c_str(),
               resuming_ ? fmt::format(" (resumed at epoch {})", start_epoch_ + 1).c_str() : "");
@@ -251,12 +313,18 @@ PretrainResult Pretraining::run() {
     end_epoch(epoch, totals);
   }
   if (end_epoch_ < o_.epochs) {
-    std::printf("stopped after epoch %lld of %lld as asked; continue with: moce pretrain --resume %s\n",
-                (long long)end_epoch_, (long long)o_.epochs, o_.out.c_str());
+    std::printf("stopped after epoch %lld of %lld as asked; continue with: moce %s --resume %s\n",
+                (long long)end_epoch_, (long long)o_.epochs, method_ == TrainMethod::Mae ? "pretrain" : "train",
+                o_.out.c_str());
     return result_;
   }
-  eng::save_safetensors(o_.out + "/weights.safetensors", host_copies(mae_->state_dict()),
-                        {{"config", json{{"model", model::config_to_json(cfg_)}}.dump()}, {"format", "moce-weights-v1"}});
+  // The run's options travel with the weights: moce train's later commands rebuild the method's model from them.
+  std::map<std::string, Tensor> weights = host_copies(mae_->state_dict());
+  if (experts_)
+    for (const auto& [name, t] : experts_->extra_state()) weights[name] = t;
+  eng::save_safetensors(o_.out + "/weights.safetensors", weights,
+                        {{"config", json{{"model", model::config_to_json(cfg_)}, {"run", options_to_json(o_)}}.dump()},
+                         {"format", "moce-weights-v1"}});
   std::printf("done: weights %s/weights.safetensors, checkpoint %s/checkpoint-last.safetensors, metrics %s/metrics.jsonl, "
               "loss curve %s/loss.png\n", o_.out.c_str(), o_.out.c_str(), o_.out.c_str(), o_.out.c_str());
   return result_;
@@ -294,17 +362,25 @@ PendingStep Pretraining::queue_step(int64_t epoch, int64_t s, EpochTotals& t) {
     // Philox uniforms are bitwise the same on every device: the masks do not depend on it.
     Tensor noise = mask_rng.uniform({b.images.size(0), L}, 0.0, 1.0, eng::DType::F32, device_);
     model::MaeOutput out;
+    Tensor loss;
     {
       ENG_NVTX_RANGE("pretrain.forward");
+      if (experts_) experts_->before_forward(b, uint64_t(micro));
       out = mae_->forward(b.images, noise, o_.mask_ratio);
+      loss = out.loss;
+      if (experts_) {
+        Tensor extra = experts_->extra_loss(out, b.images, noise, o_.mask_ratio);
+        if (extra.defined()) loss = eng::add(loss, extra);
+      }
     }
     // While the GPU runs the forward pass just queued: the next batch into pinned memory, its copy queued.
     feed_->prefetch();
     {
       ENG_NVTX_RANGE("pretrain.backward");
-      (o_.accum > 1 ? eng::mul(out.loss, 1.0 / double(o_.accum)) : out.loss).backward();
+      (o_.accum > 1 ? eng::mul(loss, 1.0 / double(o_.accum)) : loss).backward();
     }
-    ps.losses.push_back(out.loss.detach());
+    ps.losses.push_back(loss.detach());
+    ps.recon.push_back(experts_ ? out.loss.detach() : Tensor());
     ps.indices.push_back(b.indices);
     t.window_images += b.images.size(0);
   }
@@ -315,6 +391,14 @@ PendingStep Pretraining::queue_step(int64_t epoch, int64_t s, EpochTotals& t) {
     opt_->zero_grad();
   }
   return ps;
+}
+
+// " (8 experts in blocks 10, 11)" for the run's first line.
+std::string Pretraining::experts_note() const {
+  if (!experts_) return "";
+  std::string blocks;
+  for (int64_t b : experts_->blocks()) blocks += (blocks.empty() ? "" : ", ") + std::to_string(b);
+  return fmt::format(" ({} experts, top-{}, in blocks {})", o_.experts.num_experts, o_.experts.top_k, blocks);
 }
 
 std::string Pretraining::last_checkpoint_note() const {
@@ -339,6 +423,11 @@ bool Pretraining::settle(int64_t epoch, EpochTotals& t) {
       }
       step_loss += lv / double(o_.accum);
     }
+    double step_recon = step_loss;
+    if (experts_) {
+      step_recon = 0;
+      for (const Tensor& r : ps.recon) step_recon += r.item() / double(o_.accum);
+    }
     t.gnorm = ps.grad_norm.item();
     if (!std::isfinite(t.gnorm)) {
       std::fprintf(stderr, "error: non-finite gradient norm at epoch %lld step %lld (loss %g); %s\n", (long long)epoch + 1,
@@ -348,6 +437,8 @@ bool Pretraining::settle(int64_t epoch, EpochTotals& t) {
     result_.step_losses.push_back(step_loss);
     t.epoch_loss += step_loss;
     t.window_loss += step_loss;
+    t.epoch_recon += step_recon;
+    t.window_recon += step_recon;
     t.window_steps++;
   }
   pending_.clear();
@@ -364,14 +455,27 @@ void Pretraining::log_line(int64_t epoch, int64_t s, EpochTotals& t) {
   int64_t steps_left = (o_.epochs - epoch) * steps_per_epoch_ - (s + 1);
   double eta = double(steps_left * o_.accum * o_.batch) / std::max(double(images_this_run_) / run_s, 1e-9);
   const double window_mean = t.window_loss / double(t.window_steps);
-  std::printf("epoch %lld/%lld  step %lld/%lld  loss %.4f  lr %.3e  %.1f img/s  ETA %s\n", (long long)epoch + 1,
-              (long long)o_.epochs, (long long)s + 1, (long long)steps_per_epoch_, window_mean, opt_->lr(), ips,
-              fmt_duration(eta).c_str());
+  const double window_recon = t.window_recon / double(t.window_steps);
+  json line = {{"epoch", epoch + 1}, {"step", step + 1}, {"loss", window_mean}, {"lr", opt_->lr()},
+               {"grad_norm", t.gnorm}, {"images_per_s", ips}};
+  std::string extra;
+  if (method_ != TrainMethod::Mae) {
+    line["mae_loss"] = window_recon;
+    extra = fmt::format("  mae {:.4f}", window_recon);
+  }
+  if (experts_) {
+    line.update(experts_->take_window_metrics());
+    extra += experts_->progress_suffix();
+  }
+  std::printf("epoch %lld/%lld  step %lld/%lld  loss %.4f%s  lr %.3e  %.1f img/s  ETA %s\n", (long long)epoch + 1,
+              (long long)o_.epochs, (long long)s + 1, (long long)steps_per_epoch_, window_mean, extra.c_str(),
+              opt_->lr(), ips, fmt_duration(eta).c_str());
   std::fflush(stdout);
-  metrics_->append(json{{"epoch", epoch + 1}, {"step", step + 1}, {"loss", window_mean}, {"lr", opt_->lr()},
-                        {"grad_norm", t.gnorm}, {"images_per_s", ips}});
+  metrics_->append(line);
+  // The curve is the reconstruction loss, comparable between pre-training and every method of moce train.
   curve_.x.push_back(double(step + 1));
-  curve_.y.push_back(window_mean);
+  curve_.y.push_back(window_recon);
+  t.window_recon = 0;
   t.window_loss = 0;
   t.window_steps = 0;
   t.window_images = 0;
@@ -382,14 +486,17 @@ void Pretraining::log_line(int64_t epoch, int64_t s, EpochTotals& t) {
 void Pretraining::end_epoch(int64_t epoch, const EpochTotals& t) {
   double mean_loss = t.epoch_loss / double(steps_per_epoch_);
   // Full precision so that a resumed run can be compared with an uninterrupted one bit for bit.
-  metrics_->append(json{{"epoch", epoch + 1}, {"train_loss", mean_loss}, {"train_loss_hex", fmt::format("{:a}", mean_loss)},
-                        {"skipped_images", loader_->skipped()}});
+  json line = {{"epoch", epoch + 1}, {"train_loss", mean_loss}, {"train_loss_hex", fmt::format("{:a}", mean_loss)},
+               {"skipped_images", loader_->skipped()}};
+  if (method_ != TrainMethod::Mae) line["train_mae_loss"] = t.epoch_recon / double(steps_per_epoch_);
+  metrics_->append(line);
   if (loader_->skipped() > 0) std::printf("%s\n", loader_->skip_summary().c_str());
   write_line_plot(o_.out + "/loss.png", {curve_});
   result_.epochs_done = epoch + 1;
   if ((epoch + 1) % o_.save_every == 0 || epoch + 1 == end_epoch_) {
     last_ckpt_ = o_.out + "/checkpoint-last.safetensors";
-    save_pretrain_checkpoint(last_ckpt_, *mae_, *opt_, config_json_, o_.seed, epoch + 1);
+    save_pretrain_checkpoint(last_ckpt_, *mae_, *opt_, config_json_, o_.seed, epoch + 1,
+                             experts_ ? experts_->extra_state() : std::map<std::string, Tensor>{});
     std::printf("epoch %lld done: mean loss %.4f; checkpoint %s\n", (long long)epoch + 1, mean_loss, last_ckpt_.c_str());
   } else {
     std::printf("epoch %lld done: mean loss %.4f\n", (long long)epoch + 1, mean_loss);

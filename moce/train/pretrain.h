@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "moce/train/expert_training.h"
+
 namespace moce {
 
 // What defines a run: saved in config.json and in the checkpoint, from where --resume takes it back.
@@ -27,6 +29,12 @@ struct PretrainOptions {
   uint64_t seed = 0;
   bool strict = false, norm_pix_loss = true;
   std::string precision = "f32";  // f32, tf32 (f32 with TF32 GEMMs) or bf16 mixed precision (CUDA only; model/mae.h)
+  // `moce train` (moce/train/expert_training.h): "mae" is pre-training from scratch (moce pretrain); "dense", "moce"
+  // and "tokenmoe" continue the MAE in `init` (its model config replaces `config`); base_lr < 0 then means the init
+  // run's base learning rate times 0.1 (the paper's rule; MAE's 1.5e-4 when the file does not say).
+  std::string method = "mae";
+  std::string init, clusters;  // the dense MAE to continue; MoCE: the `moce cluster` output folder
+  ExpertOptions experts;
 };
 
 // What one invocation does with the run.
@@ -46,7 +54,8 @@ struct PretrainResult {
   int64_t epochs_done = 0;          // epochs of the run completed so far (including those before a resume)
 };
 
-// Runs (or resumes) a pre-training run; what `moce pretrain` does after parsing its flags. Bad input throws
+// Runs (or resumes) a pre-training run, or a `moce train` run (options.method); what `moce pretrain` and `moce train`
+// do after parsing their flags. Bad input throws
 // eng::Error with one line naming the flag or file; a non-finite loss or gradient prints its line on stderr and
 // returns status 2 (the last good checkpoint is kept).
 PretrainResult pretrain(const PretrainOptions& options, const PretrainSession& session = {});

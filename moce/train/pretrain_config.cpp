@@ -6,12 +6,18 @@ namespace moce {
 using nlohmann::json;
 
 json options_to_json(const PretrainOptions& o) {
-  return {{"data", o.data},          {"config", o.config},       {"epochs", o.epochs},     {"batch", o.batch},
+  json j = {{"data", o.data},          {"config", o.config},       {"epochs", o.epochs},     {"batch", o.batch},
           {"accum_iter", o.accum},   {"save_every", o.save_every}, {"warmup_epochs", o.warmup_epochs},
           {"workers", o.workers},    {"limit", o.limit},         {"log_every", o.log_every}, {"base_lr", o.base_lr},
           {"min_lr", o.min_lr},      {"weight_decay", o.weight_decay}, {"mask_ratio", o.mask_ratio},
           {"clip_grad", o.clip},     {"seed", o.seed},           {"strict", o.strict},     {"norm_pix_loss", o.norm_pix_loss},
           {"device", o.device},      {"precision", o.precision}};
+  if (o.method == "mae") return j;
+  j["method"] = o.method;
+  j["init"] = o.init;
+  j["clusters"] = o.clusters;
+  j["experts"] = expert_options_to_json(o.experts);
+  return j;
 }
 
 PretrainOptions options_from_json(const json& j) {
@@ -36,6 +42,12 @@ PretrainOptions options_from_json(const json& j) {
   o.norm_pix_loss = j.at("norm_pix_loss");
   o.device = j.at("device");
   o.precision = j.value("precision", "f32");  // runs saved before --precision existed were f32
+  o.method = j.value("method", "mae");         // and those before `moce train` were pre-training runs
+  if (o.method != "mae") {
+    o.init = j.at("init");
+    o.clusters = j.at("clusters");
+    o.experts = expert_options_from_json(j.at("experts"));
+  }
   return o;
 }
 
