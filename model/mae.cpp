@@ -135,6 +135,7 @@ MaeEncoding MaskedAutoencoder::encode_masked(const Tensor& imgs, const Tensor& n
   ENG_CHECK(noise.shape() == (Shape{N, L}), "MAE forward: noise must be [{}, {}], got {}", N, L, eng::shape_str(noise.shape()));
   ENG_CHECK(mask_ratio >= 0.0 && mask_ratio < 1.0, "mask ratio {} outside [0, 1)", mask_ratio);
   check_compute_device(imgs);
+  if (input_hook_) input_hook_(imgs);
   int64_t keep = int64_t(double(L) * (1.0 - mask_ratio));
   Tensor pos_patches = to_compute(pos_embed.slice(1, 1, L + 1));
   Tensor x = eng::add(embed_patches(imgs), pos_patches);
@@ -184,6 +185,7 @@ MaeOutput MaskedAutoencoder::forward(const Tensor& imgs, const Tensor& noise, do
 Tensor MaskedAutoencoder::encode_all(const Tensor& imgs) const {
   int64_t L = cfg_.num_patches();
   check_compute_device(imgs);
+  if (input_hook_) input_hook_(imgs);
   Tensor x = eng::add(embed_patches(imgs), to_compute(pos_embed.slice(1, 1, L + 1)));
   x = norm(encode_tokens(x, cls_token, pos_embed.slice(1, 0, 1), blocks));
   return compute_dtype_ == DType::BF16 ? x.to(DType::F32) : x;

@@ -14,6 +14,7 @@
 // Parameters, their gradients and the optimizer state stay f32. The CPU backend has no bf16 arithmetic: there
 // the forward stops with "bf16 mixed precision needs --device cuda".
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -90,6 +91,11 @@ class MaskedAutoencoder : public Module {
   // to the model's dtype; names the model lacks are ignored); errors name the file and the tensor.
   void load_state_dict(const std::map<std::string, Tensor>& weights, const std::string& file);
 
+  // Called with the input images at the start of every encoder pass (forward, encode_masked, encode_all, features),
+  // before anything is computed: a MoCE model in evaluation sets its gates' cluster embeddings from the images there.
+  using InputHook = std::function<void(const Tensor& images)>;
+  void set_input_hook(InputHook hook) { input_hook_ = std::move(hook); }
+
   // Pieces (public for tests and for MoCE, which reuses the encoder).
   Tensor embed_patches(const Tensor& imgs) const;  // [N, L, D] in the compute dtype, without position embeddings
   Tensor patch_proj_weight_2d() const;             // [D, C*p*p]
@@ -109,6 +115,7 @@ class MaskedAutoencoder : public Module {
   Tensor to_compute(const Tensor& x) const;             // a differentiable bf16 copy under bf16, else x
   void check_compute_device(const Tensor& imgs) const;  // bf16 needs a CUDA device
   eng::DType compute_dtype_ = eng::DType::F32;
+  InputHook input_hook_;
 };
 
 }  // namespace model

@@ -6,6 +6,7 @@
 //   moce eval-mae --random-init --config mae_tiny_p4_32 --out runs/eval-random     (the baseline)
 //   moce eval-mae --checkpoint ... --device cuda      (the encoder passes on the GPU; k-NN and probe on the CPU)
 #include <cstdio>
+#include <memory>
 
 #include "engine/error.h"
 #include "moce/cmd/commands.h"
@@ -14,6 +15,7 @@
 #include "moce/common/device.h"
 #include "moce/eval/report.h"
 #include "moce/train/checkpoint.h"
+#include "moce/train/expert_training.h"
 
 namespace moce {
 
@@ -22,6 +24,8 @@ int cmd_eval_mae(int argc, char** argv) {
                      "and a PNG of reconstructions (original | masked | reconstruction | reconstruction + visible).");
   a.add("checkpoint", "", "a checkpoint or weights file (safetensors); the model config comes from its metadata")
       .add("config", "", "model config name, for a file without config metadata or with --random-init")
+      .add("features-checkpoint", "", "a MoCE model (moce train): the dense MAE whose features route each image to its "
+                                      "cluster (default: the run's --init)")
       .flag("random-init", "evaluate the architecture at its seeded random initialisation instead of the weights")
       .add("train-data", "fashion-mnist", "training images for k-NN / probe: fashion-mnist, cifar10-bin:DIR or an image folder")
       .add("test-data", "fashion-mnist", "test images (same forms; fashion-mnist means its t10k split)")
@@ -75,8 +79,24 @@ int cmd_eval_mae(int argc, char** argv) {
   ENG_CHECK(o.extract.batch_size > 0 && o.extract.workers >= 0, "--batch must be positive and --workers >= 0");
 
   nlohmann::json model_info;
-  model::MaskedAutoencoder mae = load_mae(ckpt, a.str("config"), random_init, seed, &model_info);
-  move_to_device(mae, device);  // evaluate_mae runs the model where its weights are
+  // A model of moce train (MoCE, TokenMoE, dense) or a pre-trained MAE. evaluate_mae runs it where its weights are.
+  const TrainMethod method = ckpt.empty() || random_init ? TrainMethod::Mae : method_of_model_file(ckpt);
+  TrainedModel trained;
+  std::unique_ptr<MoceRouter> router;
+  if (method == TrainMethod::Mae) {
+    trained.mae = std::make_unique<model::MaskedAutoencoder>(load_mae(ckpt, a.str("config"), random_init, seed, &model_info));
+    move_to_device(*trained.mae, device);
+  } else {
+    trained = load_trained_model(ckpt);
+    move_to_device(*trained.mae, device);
+    model_info = {{"file", ckpt}, {"method", train_method_name(method)}, {"moe_blocks", trained.blocks}};
+    // MoCE routes each image by its cluster: the argmax of its dense feature against the centroids.
+    if (method == TrainMethod::Moce) {
+      router = std::make_unique<MoceRouter>(trained, a.str("features-checkpoint"), device);
+      model_info["features_checkpoint"] = router->feature_checkpoint();
+    }
+  }
+  const model::MaskedAutoencoder& mae = *trained.mae;
   auto train = limit_dataset(open_dataset(a.str("train-data"), true), a.i64("limit-train"));
   auto test = limit_dataset(open_dataset(a.str("test-data"), false), a.i64("limit-test"));
 

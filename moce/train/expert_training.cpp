@@ -44,7 +44,8 @@ json expert_options_to_json(const ExpertOptions& o) {
   return {{"moe_blocks", o.moe_blocks},        {"num_experts", o.num_experts},
           {"top_k", o.top_k},                  {"capacity_factor", o.capacity_factor},
           {"noise_std", o.noise_std},          {"perturbation", o.perturbation},
-          {"imbalance", o.imbalance},          {"importance_weight", o.importance_weight},
+          {"imbalance", o.imbalance},          {"cluster_pool", o.cluster_pool},
+          {"importance_weight", o.importance_weight},
           {"load_weight", o.load_weight},      {"imbalance_weight", o.imbalance_weight},
           {"distill_weight", o.distill_weight}};
 }
@@ -58,6 +59,7 @@ ExpertOptions expert_options_from_json(const json& j) {
   o.noise_std = j.at("noise_std");
   o.perturbation = j.at("perturbation");
   o.imbalance = j.at("imbalance");
+  o.cluster_pool = j.value("cluster_pool", "mean");
   o.importance_weight = j.at("importance_weight");
   o.load_weight = j.at("load_weight");
   o.imbalance_weight = j.at("imbalance_weight");
@@ -291,7 +293,27 @@ std::map<std::string, Tensor> ExpertTraining::extra_state() const {
   return extra;
 }
 
+std::string cluster_folder_pool(const std::string& cluster_dir) {
+  std::ifstream in(cluster_dir + "/clusters.json");
+  if (!in.good()) return "mean";
+  json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() ? j.value("pool", std::string("mean")) : std::string("mean");
+}
+
 // ---------------------------------------------------------------- loading what train wrote
+
+TrainMethod method_of_model_file(const std::string& file) {
+  eng::SafetensorsFile f = eng::load_safetensors(file);
+  auto it = f.metadata.find("config");
+  if (it == f.metadata.end()) return TrainMethod::Mae;
+  json config = json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object() || !config.contains("run") || !config["run"].is_object()) return TrainMethod::Mae;
+  try {
+    return parse_train_method(config["run"].value("method", std::string("mae")));
+  } catch (const eng::Error& e) {
+    ENG_FAIL("{}: {}", file, e.what());
+  }
+}
 
 TrainedModel load_trained_model(const std::string& file) {
   eng::SafetensorsFile f = eng::load_safetensors(file);
@@ -335,5 +357,46 @@ TrainedModel load_trained_model(const std::string& file) {
   for (auto& layer : t.layers) layer->set_training(false);
   return t;
 }
+
+// ---------------------------------------------------------------- routing outside training
+
+struct MoceRouter::State {
+  std::unique_ptr<model::MaskedAutoencoder> features;  // the dense MAE that made the clusters
+  Tensor centroids;                                     // [M, d] on the device
+  std::string pool;
+  std::vector<std::shared_ptr<experts::MoeMlp>> layers;
+  std::vector<int32_t> last;
+};
+
+MoceRouter::MoceRouter(TrainedModel& model, const std::string& feature_checkpoint, eng::Device device)
+    : state_(std::make_shared<State>()) {
+  ENG_CHECK(model.method == TrainMethod::Moce, "MoceRouter: the model is not a MoCE model");
+  feature_checkpoint_ = feature_checkpoint.empty() ? model.run.value("init", std::string()) : feature_checkpoint;
+  ENG_CHECK(!feature_checkpoint_.empty() && std::ifstream(feature_checkpoint_).good(),
+            "the MoCE model routes an image by its dense MAE feature: its run's --init '{}' is not there; pass "
+            "--features-checkpoint FILE (the MAE the clusters were made with)", feature_checkpoint_);
+  state_->features = std::make_unique<model::MaskedAutoencoder>(load_mae(feature_checkpoint_, "", false, 0));
+  move_to_device(*state_->features, device);
+  state_->centroids = model.centroids.to(device);
+  state_->pool = model.experts.cluster_pool;
+  state_->layers = model.layers;
+  std::weak_ptr<State> weak = state_;
+  model.mae->set_input_hook([weak](const Tensor& images) {
+    auto st = weak.lock();
+    if (!st) return;
+    eng::NoGradGuard no_grad;
+    Tensor f = st->pool == "cls" ? st->features->encode_all(images).select(1, 0) : st->features->features(images);
+    std::vector<int32_t> ids = cluster::clusters_of_features(f.to(eng::Device::cpu()), st->centroids.to(eng::Device::cpu()));
+    std::vector<int64_t> ids64(ids.begin(), ids.end());
+    Tensor id_tensor = Tensor::from_vector(ids64, {int64_t(ids64.size())}).to(st->centroids.device());
+    Tensor embeddings = eng::index_select(st->centroids, 0, id_tensor);
+    for (auto& layer : st->layers) layer->set_cluster_embeddings(embeddings);
+    st->last = std::move(ids);
+  });
+}
+
+MoceRouter::~MoceRouter() = default;
+
+const std::vector<int32_t>& MoceRouter::last_clusters() const { return state_->last; }
 
 }  // namespace moce

@@ -23,6 +23,7 @@
 // centroids as "cluster_centroids" [M, d]; their metadata config holds "model" and "run" (method, experts, losses).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,6 +53,7 @@ struct ExpertOptions {
   double noise_std = -1;            // gate noise σ; < 0: 1 / num_experts
   double perturbation = 1e-3;       // each expert = the dense MLP + N(0, s²)
   std::string imbalance = "per-image";  // the reading of Eqn. 5: per-image (ours) or per-expert
+  std::string cluster_pool = "mean";    // MoCE: how the clustered features were pooled (from the cluster folder)
   double importance_weight = 0.01, load_weight = 0.01, imbalance_weight = 0.01, distill_weight = 0.01;
 };
 nlohmann::json expert_options_to_json(const ExpertOptions& o);
@@ -141,6 +143,9 @@ class ExpertTraining {
   std::string progress_;
 };
 
+// The pooling a moce cluster folder's features used, from its clusters.json ("mean" when it does not say).
+std::string cluster_folder_pool(const std::string& cluster_dir);
+
 // A model `moce train` wrote (checkpoint-last or weights.safetensors), for the commands after it.
 struct TrainedModel {
   std::unique_ptr<model::MaskedAutoencoder> mae;
@@ -153,5 +158,25 @@ struct TrainedModel {
 };
 // Reads a file `moce train` wrote (or a dense MAE checkpoint / weights file, as method dense); errors name the file.
 TrainedModel load_trained_model(const std::string& file);
+// The method of the run that wrote a model file (Mae for a pre-training output or a plain weights file).
+TrainMethod method_of_model_file(const std::string& file);
+
+// Routes a trained MoCE model's images outside training by the paper's deployment rule: an image's cluster is the
+// argmax of its dense feature (from the MAE that made the clusters, pooled as they were) against the centroids, and
+// the gates read that centroid. Installed as the model's input hook (model::MaskedAutoencoder::set_input_hook), so
+// every pass (features, reconstruction) routes its batch; it keeps the clusters of the last batch it routed.
+class MoceRouter {
+ public:
+  // feature_checkpoint: the dense MAE of the clustering ("" = the run's --init); moved to `device`.
+  MoceRouter(TrainedModel& model, const std::string& feature_checkpoint, eng::Device device);
+  ~MoceRouter();
+  const std::vector<int32_t>& last_clusters() const;
+  const std::string& feature_checkpoint() const { return feature_checkpoint_; }
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+  std::string feature_checkpoint_;
+};
 
 }  // namespace moce

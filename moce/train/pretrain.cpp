@@ -273,6 +273,7 @@ void Pretraining::build_model(eng::DType compute_dtype) {
   else
     mae_ = std::make_unique<model::MaskedAutoencoder>(load_mae(o_.init, "", false, o_.seed));
   mae_->cfg_.norm_pix_loss = o_.norm_pix_loss;
+  if (method_ == TrainMethod::Moce && !resuming_) o_.experts.cluster_pool = cluster_folder_pool(o_.clusters);
   if (has_experts(method_))
     experts_ = std::make_unique<ExpertTraining>(*mae_, method_, o_.experts, o_.init, o_.clusters, *ds_, o_.seed);
   move_to_device(*mae_, device_);
