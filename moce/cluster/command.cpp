@@ -2,7 +2,6 @@
 #include "moce/cluster/command.h"
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -10,7 +9,6 @@
 #include <fstream>
 
 #include "data/dataset.h"
-#include "data/image.h"
 #include "data/transforms.h"
 #include "engine/error.h"
 #include "moce/cluster/extract.h"
@@ -18,7 +16,6 @@
 #include "moce/common/dataset.h"
 #include "moce/common/device.h"
 #include "moce/common/image_grid.h"
-#include "moce/common/plot.h"
 #include "moce/common/run_folder.h"
 
 namespace moce::cluster {
