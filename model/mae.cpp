@@ -146,7 +146,9 @@ MaeEncoding MaskedAutoencoder::encode_masked(const Tensor& imgs, const Tensor& n
   Tensor ids_keep = ids_shuffle.slice(1, 0, keep);
   x = eng::gather(x, 1, ids_keep.unsqueeze(-1).expand({N, keep, D}));
   const eng::Device dev = imgs.device();
-  Tensor mask_sorted = eng::cat({Tensor::zeros({N, keep}, DType::F32, dev), Tensor::ones({N, L - keep}, DType::F32, dev)}, 1);
+  // In the images' dtype (f32 in training; f64 for the gradient checks of tests), as the loss it weighs.
+  const DType mask_dt = imgs.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  Tensor mask_sorted = eng::cat({Tensor::zeros({N, keep}, mask_dt, dev), Tensor::ones({N, L - keep}, mask_dt, dev)}, 1);
   Tensor mask = eng::gather(mask_sorted, 1, ids_restore);
 
   // The class token and its (zero) position embedding are added in f32, then rounded once under bf16.

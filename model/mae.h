@@ -49,9 +49,9 @@ Tensor patchify(const Tensor& imgs, int64_t p);
 Tensor unpatchify(const Tensor& x, int64_t p, int64_t channels);
 
 struct MaeOutput {
-  Tensor loss;         // scalar, f32
+  Tensor loss;         // scalar, f32 (f64 for a model and images in f64)
   Tensor pred;         // [N, L, p*p*C], f32, in the (normalised, if norm_pix_loss) target space
-  Tensor mask;         // [N, L], 1 = removed
+  Tensor mask;         // [N, L], 1 = removed; f32 (f64 for f64 images)
   Tensor ids_restore;  // [N, L]
   Tensor latent;       // [N, 1 + keep, D]: the encoder's output (class token, then the visible patches), final norm
 };

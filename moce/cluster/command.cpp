@@ -2,7 +2,6 @@
 #include "moce/cluster/command.h"
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -10,14 +9,13 @@
 #include <fstream>
 
 #include "data/dataset.h"
-#include "data/image.h"
 #include "data/transforms.h"
 #include "engine/error.h"
 #include "moce/cluster/extract.h"
 #include "moce/cluster/io.h"
 #include "moce/common/dataset.h"
 #include "moce/common/device.h"
-#include "moce/common/plot.h"
+#include "moce/common/image_grid.h"
 #include "moce/common/run_folder.h"
 
 namespace moce::cluster {
@@ -98,23 +96,14 @@ std::pair<int64_t, int64_t> write_cluster_samples_png(const std::string& path, c
   ENG_CHECK(tile > 0 && rows > 0 && per_row > 0, "{}: an empty grid ({} rows of {} images of {} pixels)", path, rows,
             per_row, tile);
   rows = std::min(rows, clusters);
-  const int64_t factor = std::max<int64_t>(1, (64 + tile - 1) / tile);  // tiles of at least 64 pixels
-  const int64_t cell = tile * factor, pad = 2, scale = 2, title_h = 5 * scale + 6;
-  const int64_t width = pad + per_row * (cell + pad), row_h = title_h + cell + pad, height = pad + rows * row_h;
-  data::Image img;
-  img.width = width;
-  img.height = height;
-  img.pixels.assign(size_t(width * height * 3), 255);
   std::vector<std::vector<int64_t>> members(static_cast<size_t>(clusters));
   for (int64_t i = 0; i < bank.n; i++) members[size_t(assign[size_t(i)])].push_back(i);
-  data::Pipeline resize;  // the model's view of the image, before normalisation
-  resize.add(std::make_shared<data::ResizeShorter>(tile));
-  resize.add(std::make_shared<data::CenterCrop>(tile, tile));
+  std::vector<TitledRow> grid(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; r++) {
     const int64_t j = r * clusters / rows;
     const std::vector<int64_t>& m = members[size_t(j)];
-    const int64_t y0 = pad + r * row_h;
-    std::string title = fmt::format("CLUSTER {}  N={}", j, m.size());
+    std::string& title = grid[size_t(r)].title;
+    title = fmt::format("CLUSTER {}  N={}", j, m.size());
     if (m.empty()) {
       title += "  EMPTY";
     } else {
@@ -126,31 +115,13 @@ std::pair<int64_t, int64_t> write_cluster_samples_png(const std::string& path, c
                                                                                   : std::to_string(best->first);
       title += fmt::format("  MAJORITY {} {:.0f}%", name, 100.0 * double(best->second) / double(m.size()));
     }
-    std::transform(title.begin(), title.end(), title.begin(), [](unsigned char ch) { return char(std::toupper(ch)); });
-    draw_text(img, int(pad), int(y0 + 3), title, int(scale), 0, 0, 0);
     const int64_t shown = std::min<int64_t>(per_row, int64_t(m.size()));
-    for (int64_t k = 0; k < shown; k++) {
+    for (int64_t k = 0; k < shown; k++) {  // members spread over the bank order; a corrupt one is left blank
       const int64_t row = m[size_t(k * int64_t(m.size()) / shown)];
-      const int64_t index = bank.image_index[size_t(row)];
-      eng::Tensor t;
-      try {
-        t = resize.apply(ds.get(index).image, 0, 0, index).contiguous();
-      } catch (const data::CorruptImage&) {
-        continue;  // left blank; the bank skipped it too
-      }
-      const float* p = t.data<float>();
-      const int64_t x0 = pad + k * (cell + pad), ty = y0 + title_h;
-      for (int64_t y = 0; y < cell; y++)
-        for (int64_t x = 0; x < cell; x++)
-          for (int64_t ch = 0; ch < 3; ch++) {
-            const float v = p[(ch * tile + y / factor) * tile + x / factor];
-            img.pixels[size_t(((ty + y) * width + x0 + x) * 3 + ch)] =
-                uint8_t(std::lround(255.0 * std::min(1.0f, std::max(0.0f, v))));
-          }
+      grid[size_t(r)].tiles.push_back(dataset_tile(ds, bank.image_index[size_t(row)], tile));
     }
   }
-  data::write_png(path, img);
-  return {width, height};
+  return write_titled_grid_png(path, grid, tile, per_row);
 }
 
 ClusterCommandResult run_cluster_command(const ClusterOptions& opt_in) {

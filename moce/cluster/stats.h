@@ -1,5 +1,6 @@
 // moce/cluster/stats.h: what clusters.json reports about an assignment: sizes, min/median/max, empty clusters, size
-// entropy, and against labels the purity and the normalised mutual information.
+// entropy, and against labels the purity and the normalised mutual information (those three live in
+// common/label_stats.h, shared with eval/'s routing report, and are reachable here under moce::cluster as before).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -10,20 +11,15 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "moce/common/label_stats.h"
 
 namespace moce::cluster {
 
 std::vector<int64_t> cluster_sizes(const std::vector<int32_t>& assign, int64_t clusters);
 
-// Shannon entropy (nats) of a count vector's distribution; 0 for an empty one.
-double count_entropy(const std::vector<int64_t>& counts);
-
-// Normalised mutual information between two labelings with the arithmetic mean of the entropies as the normaliser
-// (scikit-learn's default): NMI = I(U; V) / ((H(U) + H(V)) / 2); 1 when both are one single group.
-double nmi(const std::vector<int32_t>& a, const std::vector<int64_t>& b);
-
-// Fraction of images whose label is the most frequent label of their cluster.
-double purity(const std::vector<int32_t>& a, const std::vector<int64_t>& labels);
+using moce::count_entropy;
+using moce::nmi;
+using moce::purity;
 
 // The size summary of one assignment; with labels (one per row, same order) also purity and NMI.
 nlohmann::json assignment_summary(const std::vector<int32_t>& assign, int64_t clusters,

@@ -1,4 +1,4 @@
-// plot.cpp: rasterises a line chart into an RGB buffer and writes it as PNG.
+// plot.cpp: rasterises a line chart or a heatmap into an RGB buffer and writes it as PNG.
 #include "moce/common/plot.h"
 
 #include <algorithm>
@@ -137,6 +137,77 @@ void write_line_plot(const std::string& path, const std::vector<Series>& series,
   img.height = height;
   img.pixels = std::move(c.px);
   data::write_png(path, img);
+}
+
+std::pair<int, int> write_heatmap_png(const std::string& path, const std::vector<double>& values, int64_t rows,
+                                      int64_t cols, const std::vector<std::string>& row_labels,
+                                      const std::vector<std::string>& col_labels, const std::string& title) {
+  ENG_CHECK(rows > 0 && cols > 0, "{}: an empty heatmap ({} x {})", path, rows, cols);
+  ENG_CHECK(int64_t(values.size()) == rows * cols, "{}: {} values for a {} x {} heatmap", path, values.size(), rows,
+            cols);
+  ENG_CHECK(row_labels.empty() || int64_t(row_labels.size()) == rows, "{}: {} row labels for {} rows", path,
+            row_labels.size(), rows);
+  ENG_CHECK(col_labels.empty() || int64_t(col_labels.size()) == cols, "{}: {} column labels for {} columns", path,
+            col_labels.size(), cols);
+  const int cell_w = int(std::clamp<int64_t>(640 / cols, 8, 32)), cell_h = int(std::clamp<int64_t>(800 / rows, 3, 16));
+  const size_t max_chars = 16;
+  auto cut = [&](const std::string& s) { return s.size() > max_chars ? s.substr(0, max_chars) : s; };
+  const bool show_rows = !row_labels.empty() && cell_h >= 6;  // the font is 5 pixels tall
+  int label_w = 0;
+  if (show_rows)
+    for (const auto& l : row_labels) label_w = std::max(label_w, text_width(cut(l), 1));
+  int col_label_w = 0;
+  for (const auto& l : col_labels) col_label_w = std::max(col_label_w, text_width(cut(l), 1));
+  // Every k-th column label, so that labels never overlap.
+  const int col_step = col_labels.empty() ? 0 : std::max(1, (col_label_w + 2 + cell_w - 1) / cell_w);
+  const int pad = 6, title_h = 5 * 2 + 8, col_h = col_labels.empty() ? 0 : 5 + 4, bar_h = 10, bar_w = 200;
+  const int left = pad + (show_rows ? label_w + 4 : 0), top = pad + title_h + col_h;
+  const int grid_w = int(cols) * cell_w, grid_h = int(rows) * cell_h;
+  const int width = std::max({left + grid_w + pad, pad + text_width(title, 2) + pad, pad + bar_w + 60});
+  const int height = top + grid_h + pad + bar_h + 5 + 4 + pad;
+  data::Image img;
+  img.width = width;
+  img.height = height;
+  img.pixels.assign(size_t(width) * size_t(height) * 3, 255);
+  auto put = [&](int x, int y, const uint8_t rgb[3]) {
+    if (x >= 0 && y >= 0 && x < width && y < height)
+      for (int ch = 0; ch < 3; ch++) img.pixels[(size_t(y) * size_t(width) + size_t(x)) * 3 + size_t(ch)] = rgb[ch];
+  };
+  // White to dark blue (8, 48, 107), linear in each channel: light cells are small shares.
+  auto colour = [](double v, uint8_t rgb[3]) {
+    if (!std::isfinite(v)) {
+      rgb[0] = rgb[1] = rgb[2] = 160;
+      return;
+    }
+    v = std::clamp(v, 0.0, 1.0);
+    const double lo[3] = {255, 255, 255}, hi[3] = {8, 48, 107};
+    for (int ch = 0; ch < 3; ch++) rgb[ch] = uint8_t(std::lround(lo[ch] + (hi[ch] - lo[ch]) * v));
+  };
+  draw_text(img, pad, pad, title, 2, 0, 0, 0);
+  for (int64_t c = 0; c < cols && col_step > 0; c += col_step)
+    draw_text(img, left + int(c) * cell_w + 1, pad + title_h, cut(col_labels[size_t(c)]), 1, 0, 0, 0);
+  for (int64_t r = 0; r < rows; r++) {
+    if (show_rows) draw_text(img, pad, top + int(r) * cell_h + (cell_h - 5) / 2, cut(row_labels[size_t(r)]), 1, 0, 0, 0);
+    for (int64_t c = 0; c < cols; c++) {
+      uint8_t rgb[3];
+      colour(values[size_t(r * cols + c)], rgb);
+      for (int y = 0; y < cell_h; y++)
+        for (int x = 0; x < cell_w; x++) put(left + int(c) * cell_w + x, top + int(r) * cell_h + y, rgb);
+    }
+  }
+  const uint8_t frame[3] = {0, 0, 0};
+  for (int x = left - 1; x <= left + grid_w; x++) put(x, top - 1, frame), put(x, top + grid_h, frame);
+  for (int y = top - 1; y <= top + grid_h; y++) put(left - 1, y, frame), put(left + grid_w, y, frame);
+  const int bar_y = top + grid_h + pad;  // the colour bar: 0 at the left, 1 at the right
+  for (int x = 0; x < bar_w; x++) {
+    uint8_t rgb[3];
+    colour(double(x) / double(bar_w - 1), rgb);
+    for (int y = 0; y < bar_h; y++) put(pad + text_width("0", 1) + 3 + x, bar_y + y, rgb);
+  }
+  draw_text(img, pad, bar_y + (bar_h - 5) / 2, "0", 1, 0, 0, 0);
+  draw_text(img, pad + text_width("0", 1) + 3 + bar_w + 3, bar_y + (bar_h - 5) / 2, "1 SHARE", 1, 0, 0, 0);
+  data::write_png(path, img);
+  return {width, height};
 }
 
 }  // namespace moce

@@ -1,8 +1,10 @@
 // plot.h: a line chart written as PNG (loss curves), with no plotting library: axes, grid, tick labels in a
-// built-in 3x5 pixel font, one or more series; and that font for titles on other pictures.
+// built-in 3x5 pixel font, one or more series; a heatmap of shares (routing: class x expert); and that font for
+// titles on other pictures.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/image.h"
@@ -16,6 +18,14 @@ struct Series {
 
 // Writes a width x height PNG (atomically, through data::write_png). Non-finite points are skipped.
 void write_line_plot(const std::string& path, const std::vector<Series>& series, int width = 640, int height = 400);
+
+// A heatmap of `values` (rows x cols, row-major) in [0, 1] (clamped; NaN drawn grey), white (0) to dark blue (1),
+// written as PNG (atomically): a title on top, column labels above the cells and row labels at their left (each only
+// when its cells are large enough for the font; long ones cut), and a colour bar from 0 to 1 below. Cells are sized to
+// keep the picture within about 800 x 900 pixels (at least 8 x 3 each). Returns [width, height].
+std::pair<int, int> write_heatmap_png(const std::string& path, const std::vector<double>& values, int64_t rows,
+                                      int64_t cols, const std::vector<std::string>& row_labels,
+                                      const std::vector<std::string>& col_labels, const std::string& title);
 
 // Draws `text` into an RGB image in the built-in 3x5 pixel font (digits, A-Z with lower case drawn as upper case,
 // . - + : = % / ( ) , _ #; anything else is a blank), each font pixel a scale x scale block, 4 * scale pixels a
