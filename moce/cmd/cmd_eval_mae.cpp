@@ -96,7 +96,7 @@ int cmd_eval_mae(int argc, char** argv) {
       model_info["features_checkpoint"] = router->feature_checkpoint();
     }
   }
-  const model::MaskedAutoencoder& mae = *trained.mae;
+  model::MaskedAutoencoder& mae = *trained.mae;
   auto train = limit_dataset(open_dataset(a.str("train-data"), true), a.i64("limit-train"));
   auto test = limit_dataset(open_dataset(a.str("test-data"), false), a.i64("limit-test"));
 
