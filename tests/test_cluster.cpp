@@ -1,12 +1,14 @@
 // test_cluster.cpp: MoCE's data clustering (moce/cluster/): the batch Sinkhorn against f64 and long-double SwAV
 // references, the centroid loss against central finite differences, the whole-bank balanced assignment against a
-// dense f64 SeLa reference, recovery of planted clusters, determinism across thread counts, bad inputs, and files.
+// dense f64 SeLa reference, recovery of planted clusters, determinism across thread counts, bad inputs, and files; and
+// the k-means peer (Lloyd) against a brute-force f64 Lloyd, on planted clusters, re-seeding and thread counts.
 #include <doctest/doctest.h>
 #include <omp.h>
 
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "engine/ops.h"
@@ -15,6 +17,7 @@
 #include "moce/cluster/centroids.h"
 #include "moce/cluster/extract.h"
 #include "moce/cluster/io.h"
+#include "moce/cluster/kmeans.h"
 #include "moce/cluster/sinkhorn.h"
 #include "moce/cluster/stats.h"
 #include "tests/test_util.h"
@@ -354,6 +357,151 @@ TEST_SUITE("cluster") {
     cfg.cpu_fast_path = true;
     cfg.seed = 99;  // and the seed matters (the comparison above can fail)
     CHECK(std::get<0>(run(2)) != std::get<0>(one));
+  }
+
+  TEST_CASE("k-means: three Lloyd iterations equal a brute-force f64 Lloyd from the same random rows") {
+    const int64_t n = 300, M = 7, d = 12;
+    eng::Generator gen(21);
+    Tensor feats = eng::l2_normalize(gen.normal({n, d}), 1);
+    FeatureBank bank = bank_from_tensor(feats);
+    std::vector<double> x = feats.to(eng::DType::F64).to_vector<double>();
+    KmeansOptions opt;
+    opt.clusters = M;
+    opt.init = "random";
+    opt.seed = 4;
+    opt.block = 128;  // three blocks, the last one partial
+    // The reference starts from the documented random init: the first M rows of the seeded permutation.
+    std::vector<int64_t> perm = eng::Generator(opt.seed, kStreamLloydInit).permutation(n).to_vector<int64_t>();
+    std::vector<double> c(static_cast<size_t>(M * d));
+    for (int64_t j = 0; j < M; j++)
+      for (int64_t k = 0; k < d; k++) c[size_t(j * d + k)] = x[size_t(perm[size_t(j)] * d + k)];
+    std::vector<int32_t> prev(size_t(n), -1);
+    for (int iters = 1; iters <= 3; iters++) {
+      std::vector<int32_t> ref(static_cast<size_t>(n));
+      double inertia = 0;
+      int64_t changed = 0;
+      for (int64_t i = 0; i < n; i++) {
+        double best = 1e300;
+        for (int64_t j = 0; j < M; j++) {
+          double dd = 0;
+          for (int64_t k = 0; k < d; k++) dd += std::pow(x[size_t(i * d + k)] - c[size_t(j * d + k)], 2);
+          if (dd < best) best = dd, ref[size_t(i)] = int32_t(j);
+        }
+        inertia += best;
+        changed += ref[size_t(i)] != prev[size_t(i)];
+      }
+      std::vector<double> next(size_t(M * d), 0.0);
+      std::vector<int64_t> cnt(size_t(M), 0);
+      for (int64_t i = 0; i < n; i++) {
+        cnt[size_t(ref[size_t(i)])]++;
+        for (int64_t k = 0; k < d; k++) next[size_t(ref[size_t(i)] * d + k)] += x[size_t(i * d + k)];
+      }
+      for (int64_t j = 0; j < M; j++) {
+        REQUIRE(cnt[size_t(j)] > 0);  // no re-seeding on this problem (that case has its own test)
+        for (int64_t k = 0; k < d; k++) next[size_t(j * d + k)] /= double(cnt[size_t(j)]);
+      }
+      opt.max_iterations = iters;
+      KmeansResult r = kmeans_lloyd(bank, opt);
+      REQUIRE(r.iterations.size() == size_t(iters));
+      CHECK(r.assign == ref);
+      CHECK(r.iterations.back().changed == changed);
+      CHECK(r.iterations.back().inertia == doctest::Approx(inertia).epsilon(1e-5));
+      CHECK(r.iterations.back().reseeded == 0);
+      std::vector<float> got = r.centroids.to_vector<float>();
+      double err = 0;
+      for (size_t i = 0; i < got.size(); i++) err = std::max(err, std::abs(double(got[i]) - next[i]));
+      CHECK(err <= 1e-5);
+      c = next;
+      prev = ref;
+    }
+    CHECK(prev != std::vector<int32_t>(size_t(n), prev[0]));  // the reference did move rows between clusters
+  }
+
+  TEST_CASE("k-means recovers planted clusters (NMI >= 0.95) and converges") {
+    const int64_t n = 4000, M = 16, d = 32;
+    std::vector<int64_t> labels;
+    Tensor feats = planted_bank(n, M, d, 0.15, 5, labels);
+    for (const char* init : {"kmeans++", "random"}) {
+      KmeansOptions opt;
+      opt.clusters = M;
+      opt.init = init;
+      opt.block = 1000;
+      KmeansResult r = kmeans_lloyd(bank_from_tensor(feats), opt);
+      const double score = nmi(r.assign, labels);
+      MESSAGE("k-means, init " << std::string(init) << ": " << r.iterations.size() << " iterations, NMI " << score << ", inertia "
+              << r.iterations.back().inertia << ", re-seeded " << r.reseeded_total);
+      CHECK(r.converged);
+      CHECK(r.iterations.back().changed == 0);
+      for (size_t i = 1; i < r.iterations.size(); i++)  // Lloyd never raises the inertia (without re-seeding)
+        if (r.iterations[i].reseeded == 0 && r.iterations[i - 1].reseeded == 0)
+          CHECK(r.iterations[i].inertia <= r.iterations[i - 1].inertia * (1 + 1e-6));
+      if (std::string(init) == "kmeans++") CHECK(score >= 0.95);
+    }
+  }
+
+  TEST_CASE("k-means re-seeds an empty cluster with the farthest row and reports it") {
+    // Two distinct points (5 rows at P, 3 at Q) and M = 3: any 3 starting rows repeat a point, and of two equal
+    // centroids the second one gets no row (first maximum), so every iteration must re-seed one.
+    const int64_t n = 8, M = 3, d = 4;
+    std::vector<float> x(size_t(n * d), 0.0f);
+    for (int64_t i = 0; i < n; i++) x[size_t(i * d + (i < 5 ? 0 : 1))] = 1.0f;
+    FeatureBank bank = bank_from_tensor(Tensor::from_vector(x, {n, d}));
+    for (uint64_t seed : {0, 1, 2, 3}) {
+      KmeansOptions opt;
+      opt.clusters = M;
+      opt.init = "random";
+      opt.seed = seed;
+      opt.max_iterations = 4;
+      KmeansResult r = kmeans_lloyd(bank, opt);
+      REQUIRE(!r.iterations.empty());
+      CHECK(r.iterations[0].reseeded >= 1);
+      int64_t total = 0;
+      for (const KmeansIteration& it : r.iterations) total += it.reseeded;
+      CHECK(r.reseeded_total == total);
+      // After re-seeding no cluster is empty, and the centroids are the means of the final assignment.
+      std::vector<int64_t> sizes = cluster_sizes(r.assign, M);
+      for (int64_t s : sizes) CHECK(s >= 1);
+      std::vector<float> c = r.centroids.to_vector<float>();
+      for (int64_t j = 0; j < M; j++)
+        for (int64_t k = 0; k < d; k++) {
+          double m = 0;
+          for (int64_t i = 0; i < n; i++)
+            if (r.assign[size_t(i)] == j) m += x[size_t(i * d + k)];
+          CHECK(double(c[size_t(j * d + k)]) == doctest::Approx(m / double(sizes[size_t(j)])).epsilon(1e-6));
+        }
+      // Both points keep a cluster of their own rows (the farthest row, a Q row when all three start on P, is taken
+      // first; a P row when only the distance-0 ties are left, the lowest such row).
+      std::set<int32_t> of_p, of_q;
+      for (int64_t i = 0; i < n; i++) (i < 5 ? of_p : of_q).insert(r.assign[size_t(i)]);
+      for (int32_t j : of_q) CHECK(of_p.count(j) == 0);
+    }
+  }
+
+  TEST_CASE("k-means is bitwise identical with 1 and 2 threads (f32 and bf16 banks)") {
+    const int64_t n = 3000, M = 12, d = 40;
+    std::vector<int64_t> labels;
+    Tensor feats = planted_bank(n, M, d, 0.4, 8, labels);
+    for (eng::DType dt : {eng::DType::F32, eng::DType::BF16}) {
+      FeatureBank bank = bank_from_tensor(feats.to(dt));
+      KmeansOptions opt;
+      opt.clusters = M;
+      opt.block = 700;
+      opt.kmeanspp_sample = 1000;
+      opt.max_iterations = 8;
+      auto run = [&](int threads) {
+        testutil::ThreadCount tc(threads);
+        KmeansResult r = kmeans_lloyd(bank, opt);
+        std::vector<double> inertia;
+        for (const KmeansIteration& it : r.iterations) inertia.push_back(it.inertia);
+        return std::make_tuple(r.centroids.to_vector<float>(), r.assign, inertia);
+      };
+      auto one = run(1), two = run(2);
+      CHECK(std::get<0>(one) == std::get<0>(two));
+      CHECK(std::get<1>(one) == std::get<1>(two));
+      CHECK(std::get<2>(one) == std::get<2>(two));
+      opt.seed = 7;  // the seed matters (the comparison above can fail)
+      CHECK(std::get<0>(run(2)) != std::get<0>(one));
+    }
   }
 
   TEST_CASE("bad inputs give one-line errors naming what is wrong") {

@@ -1,8 +1,9 @@
 // test_cluster_cmd.cpp: `moce cluster` end to end on a tiny MAE checkpoint over an image folder written here (and
 // over Fashion-MNIST when installed): the files parse, clusters.json's figures match a recomputation from the files
 // (sizes, entropy, purity and NMI by an independent f64 count, the plain argmax from the bank and the centroids), the
-// sample grid's size and pixels, bitwise identical reruns with 1 and 2 threads, reuse of a bank, and every bad input
-// as a one-line error that leaves an existing run folder as it was.
+// sample grid's size and pixels, bitwise identical reruns with 1 and 2 threads, reuse of a bank, the k-means peer
+// (--algorithm kmeans) and the scores against semantic groups (--groups), and every bad input as a one-line error that
+// leaves an existing run folder as it was.
 #include <doctest/doctest.h>
 #include <omp.h>
 
@@ -85,16 +86,38 @@ int run_cluster(std::vector<std::string> args) {
   return moce::cmd_cluster(int(p.size()), p.data());
 }
 
+// Purity and NMI (arithmetic normaliser) of an assignment against labels 0..L-1, from the joint counts in f64.
+std::pair<double, double> brute_purity_nmi(const std::vector<int32_t>& a, const std::vector<int64_t>& labels, int64_t M,
+                                           int64_t L) {
+  const size_t n = a.size();
+  std::vector<std::vector<double>> joint(size_t(M), std::vector<double>(size_t(L), 0.0));
+  for (size_t i = 0; i < n; i++) joint[size_t(a[i])][size_t(labels[i])] += 1;
+  std::vector<double> row(size_t(M), 0.0), col(size_t(L), 0.0);
+  for (int64_t j = 0; j < M; j++)
+    for (int64_t l = 0; l < L; l++) row[size_t(j)] += joint[size_t(j)][size_t(l)], col[size_t(l)] += joint[size_t(j)][size_t(l)];
+  double hu = 0, hv = 0, mi = 0, hit = 0;
+  for (int64_t j = 0; j < M; j++) {
+    const double pj = row[size_t(j)] / double(n);
+    if (pj > 0) hu -= pj * std::log(pj);
+    double best = 0;
+    for (int64_t l = 0; l < L; l++) {
+      const double pjl = joint[size_t(j)][size_t(l)] / double(n);
+      if (pjl > 0) mi += pjl * std::log(pjl / (pj * col[size_t(l)] / double(n)));
+      best = std::max(best, joint[size_t(j)][size_t(l)]);
+    }
+    hit += best;
+  }
+  for (int64_t l = 0; l < L; l++)
+    if (col[size_t(l)] > 0) hv -= col[size_t(l)] / double(n) * std::log(col[size_t(l)] / double(n));
+  return {hit / double(n), hu + hv > 0 ? mi / ((hu + hv) / 2) : 1.0};
+}
+
 // The independent recomputation: sizes, min/median/max, entropy, purity, NMI from counts in f64.
 void check_summary(const json& s, const std::vector<int32_t>& a, const std::vector<int64_t>& labels, int64_t M,
                    int64_t L) {
   const size_t n = a.size();
-  std::vector<std::vector<double>> joint(size_t(M), std::vector<double>(size_t(L), 0.0));
   std::vector<int64_t> sizes(size_t(M), 0);
-  for (size_t i = 0; i < n; i++) {
-    sizes[size_t(a[i])]++;
-    joint[size_t(a[i])][size_t(labels[i])] += 1;
-  }
+  for (size_t i = 0; i < n; i++) sizes[size_t(a[i])]++;
   CHECK(s["sizes"].get<std::vector<int64_t>>() == sizes);
   int64_t total = 0, empty = 0;
   for (int64_t v : sizes) total += v, empty += v == 0;
@@ -106,28 +129,24 @@ void check_summary(const json& s, const std::vector<int32_t>& a, const std::vect
   CHECK(s["max"].get<int64_t>() == sorted.back());
   const double median = M % 2 ? double(sorted[size_t(M / 2)]) : (sorted[size_t(M / 2 - 1)] + sorted[size_t(M / 2)]) / 2.0;
   CHECK(s["median"].get<double>() == median);
-  double h = 0, hu = 0, hv = 0, mi = 0, hit = 0;
-  std::vector<double> col(size_t(L), 0.0);
-  for (int64_t j = 0; j < M; j++)
-    for (int64_t l = 0; l < L; l++) col[size_t(l)] += joint[size_t(j)][size_t(l)];
-  for (int64_t j = 0; j < M; j++) {
-    const double pj = double(sizes[size_t(j)]) / double(n);
-    if (pj > 0) h -= pj * std::log(pj);
-    double best = 0;
-    for (int64_t l = 0; l < L; l++) {
-      const double pjl = joint[size_t(j)][size_t(l)] / double(n);
-      if (pjl > 0) mi += pjl * std::log(pjl / (pj * col[size_t(l)] / double(n)));
-      best = std::max(best, joint[size_t(j)][size_t(l)]);
-    }
-    hit += best;
-  }
-  hu = h;
-  for (int64_t l = 0; l < L; l++)
-    if (col[size_t(l)] > 0) hv -= col[size_t(l)] / double(n) * std::log(col[size_t(l)] / double(n));
+  double h = 0;
+  for (int64_t v : sizes)
+    if (v > 0) h -= double(v) / double(n) * std::log(double(v) / double(n));
   CHECK(s["size_entropy_nats"].get<double>() == doctest::Approx(h).epsilon(1e-12));
   CHECK(s["size_entropy_normalised"].get<double>() == doctest::Approx(h / std::log(double(M))).epsilon(1e-12));
-  CHECK(s["purity"].get<double>() == doctest::Approx(hit / double(n)).epsilon(1e-12));
-  CHECK(s["nmi"].get<double>() == doctest::Approx(mi / ((hu + hv) / 2)).epsilon(1e-9));
+  const auto [pur, score] = brute_purity_nmi(a, labels, M, L);
+  CHECK(s["purity"].get<double>() == doctest::Approx(pur).epsilon(1e-12));
+  CHECK(s["nmi"].get<double>() == doctest::Approx(score).epsilon(1e-9));
+}
+
+// A groups TSV as tiny-imagenet-32/splits.tsv has it (wnid, name, split, family), for the four classes of
+// write_four_class_folder: classes 0 and 2 in split "A", 1 and 3 in "B"; the family column puts 0 alone.
+void write_groups_tsv(const std::string& path, bool with_class3 = true) {
+  std::ofstream f(path);
+  f << "wnid\tname\tsplit\tfamily\n";
+  f << "class0\tdark\tA\tone\nclass1\tbright\tB\ttwo\nclass2\tred\tA\ttwo\n";
+  if (with_class3) f << "class3\tblue\tB\ttwo\n";
+  f << "class9\tunused\tC\tthree\n";  // a class the data set lacks is ignored
 }
 
 }  // namespace
@@ -331,6 +350,141 @@ TEST_CASE("moce cluster: bad input gives one line naming the file or flag, and a
     REQUIRE(run_cluster(v) == 0);
     CHECK(fs::exists(tmp.file("other/clusters.json")));
   }
+}
+
+TEST_CASE("moce cluster --algorithm kmeans and --groups: Lloyd's files, and purity / NMI against the groups recomputed") {
+  TempDir tmp("cluster_cmd_kmeans");
+  const int64_t per_class = 16, n = 64, M = 4;
+  write_four_class_folder(tmp.file("images"), per_class);
+  write_tiny_checkpoint(tmp.file("mae.safetensors"), 3);
+  write_groups_tsv(tmp.file("groups.tsv"));
+  {
+    testutil::ThreadCount one(1);
+    REQUIRE(run_cluster({"--checkpoint", tmp.file("mae.safetensors"), "--data", tmp.file("images"), "--clusters",
+                         std::to_string(M), "--algorithm", "kmeans", "--kmeans-iters", "30", "--init", "kmeans++",
+                         "--groups", tmp.file("groups.tsv"), "--workers", "1", "--out", tmp.file("k")}) == 0);
+  }
+  const std::string k = tmp.file("k");
+  json j = read_json(k + "/clusters.json");
+  CHECK(j["algorithm"] == "kmeans");
+  CHECK(!j.contains("final_sinkhorn"));
+  REQUIRE(j["kmeans"]["iterations"].size() >= 1);
+  CHECK(j["kmeans"]["iterations"][0]["changed"] == n);
+  CHECK(j["kmeans"]["max_iterations"] == 30);
+  eng::SafetensorsFile asg = eng::load_safetensors(k + "/assignments.safetensors");
+  std::vector<int32_t> cl = asg.tensors["cluster"].to_vector<int32_t>();
+  CHECK(cl == asg.tensors["cluster_argmax"].to_vector<int32_t>());
+  moce::cluster::FeatureBank bank = moce::cluster::read_bank(k + "/bank.safetensors");
+  moce::cluster::CentroidsFile cf = moce::cluster::read_centroids(k + "/centroids.safetensors");
+  std::vector<float> C = cf.centroids.to_vector<float>();
+  // Converged Lloyd: every row is nearest (Euclidean, f64) to its own cluster's mean, and the centroids file holds
+  // those means' directions.
+  REQUIRE(j["kmeans"]["converged"] == true);
+  std::vector<std::vector<double>> mean(size_t(M), std::vector<double>(size_t(bank.d), 0.0));
+  std::vector<int64_t> size(size_t(M), 0);
+  for (int64_t r = 0; r < n; r++) {
+    size[size_t(cl[size_t(r)])]++;
+    for (int64_t q = 0; q < bank.d; q++) mean[size_t(cl[size_t(r)])][size_t(q)] += bank.value(r, q);
+  }
+  for (int64_t c = 0; c < M; c++) {
+    REQUIRE(size[size_t(c)] > 0);
+    double norm = 0;
+    for (double& v : mean[size_t(c)]) v /= double(size[size_t(c)]), norm += v * v;
+    CHECK(j["kmeans"]["mean_norms"][size_t(c)].get<double>() == doctest::Approx(std::sqrt(norm)).epsilon(1e-5));
+    for (int64_t q = 0; q < bank.d; q++)
+      CHECK(C[size_t(c * bank.d + q)] == doctest::Approx(mean[size_t(c)][size_t(q)] / std::sqrt(norm)).epsilon(1e-4));
+  }
+  for (int64_t r = 0; r < n; r++) {
+    int32_t best = 0;
+    double best_d = 1e300;
+    for (int64_t c = 0; c < M; c++) {
+      double dd = 0;
+      for (int64_t q = 0; q < bank.d; q++) dd += std::pow(double(bank.value(r, q)) - mean[size_t(c)][size_t(q)], 2);
+      if (dd < best_d) best_d = dd, best = int32_t(c);
+    }
+    CHECK(cl[size_t(r)] == best);
+  }
+  // Labels (class = row / 16) and groups (split: classes 0, 2 -> A = 0; 1, 3 -> B = 1) recomputed.
+  std::vector<int64_t> labels, groups;
+  for (int64_t r = 0; r < n; r++) labels.push_back(r / per_class), groups.push_back((r / per_class) % 2);
+  check_summary(j["balanced"], cl, labels, M, 4);
+  CHECK(j["groups"]["column"] == "split");
+  CHECK(j["groups"]["names"] == json({"A", "B"}));
+  CHECK(j["groups"]["images_per_group"] == json({32, 32}));
+  for (const char* which : {"balanced", "plain_argmax"}) {
+    const auto [pur, score] = brute_purity_nmi(cl, groups, M, 2);
+    CHECK(j[which]["groups"]["purity"].get<double>() == doctest::Approx(pur).epsilon(1e-12));
+    CHECK(j[which]["groups"]["nmi"].get<double>() == doctest::Approx(score).epsilon(1e-9));
+  }
+  MESSAGE("k-means on the four colours: sizes " << j["balanced"]["sizes"].dump() << ", NMI " << j["balanced"]["nmi"]
+          << ", against the groups NMI " << j["balanced"]["groups"]["nmi"] << ", " << j["kmeans"]["iterations"].size()
+          << " iterations");
+
+  // Bitwise the same with 2 threads (but for timings and paths).
+  {
+    testutil::ThreadCount two(2);
+    REQUIRE(run_cluster({"--bank", k + "/bank.safetensors", "--data", tmp.file("images"), "--clusters", std::to_string(M),
+                         "--algorithm", "kmeans", "--kmeans-iters", "30", "--init", "kmeans++", "--groups",
+                         tmp.file("groups.tsv"), "--out", tmp.file("k2")}) == 0);
+  }
+  for (const char* f : {"centroids.safetensors", "assignments.safetensors", "cluster_samples.png"})
+    CHECK_MESSAGE(read_bytes(k + "/" + f) == read_bytes(tmp.file("k2") + "/" + f), f);
+
+  // Sinkhorn with --groups --groups-column family on the same bank: both assignments scored against the family.
+  REQUIRE(run_cluster({"--bank", k + "/bank.safetensors", "--data", tmp.file("images"), "--clusters", std::to_string(M),
+                       "--epochs", "3", "--batch", "16", "--init", "kmeans++", "--lr", "0.01", "--groups",
+                       tmp.file("groups.tsv"), "--groups-column", "family", "--out", tmp.file("s")}) == 0);
+  json js = read_json(tmp.file("s/clusters.json"));
+  CHECK(js["algorithm"] == "sinkhorn");
+  CHECK(js["groups"]["names"] == json({"one", "two"}));
+  eng::SafetensorsFile sa = eng::load_safetensors(tmp.file("s/assignments.safetensors"));
+  std::vector<int64_t> family;
+  for (int64_t r = 0; r < n; r++) family.push_back(r / per_class == 0 ? 0 : 1);
+  for (auto [which, tensor] : {std::pair{"balanced", "cluster"}, std::pair{"plain_argmax", "cluster_argmax"}}) {
+    const auto [pur, score] = brute_purity_nmi(sa.tensors[tensor].to_vector<int32_t>(), family, M, 2);
+    CHECK(js[which]["groups"]["purity"].get<double>() == doctest::Approx(pur).epsilon(1e-12));
+    CHECK(js[which]["groups"]["nmi"].get<double>() == doctest::Approx(score).epsilon(1e-9));
+  }
+  // A kmeans run is another config than the Sinkhorn run of the same folder.
+  const std::string err = error_of([&] {
+    run_cluster({"--bank", k + "/bank.safetensors", "--clusters", std::to_string(M), "--epochs", "3", "--batch", "16",
+                 "--init", "kmeans++", "--lr", "0.01", "--algorithm", "kmeans", "--out", tmp.file("s")});
+  });
+  CHECK_MESSAGE(err.find("another config") != std::string::npos, err);
+}
+
+TEST_CASE("moce cluster: bad --algorithm, --kmeans-iters and --groups give one line naming the flag or file") {
+  TempDir tmp("cluster_cmd_groups_bad");
+  write_four_class_folder(tmp.file("images"), 4);
+  write_tiny_checkpoint(tmp.file("mae.safetensors"), 3);
+  write_groups_tsv(tmp.file("groups.tsv"));
+  write_groups_tsv(tmp.file("short.tsv"), /*with_class3=*/false);
+  { std::ofstream(tmp.file("empty.tsv")); }
+  { std::ofstream(tmp.file("ragged.tsv")) << "wnid\tname\tsplit\nclass0\tdark\n"; }
+  auto base = [&](std::vector<std::string> extra) {
+    std::vector<std::string> v = {"--checkpoint", tmp.file("mae.safetensors"), "--data", tmp.file("images"), "--clusters",
+                                  "3", "--workers", "1", "--out", tmp.file("a")};
+    v.insert(v.end(), extra.begin(), extra.end());
+    return v;
+  };
+  auto expect = [&](const std::vector<std::string>& args, const std::vector<std::string>& parts) {
+    const std::string err = error_of([&] { run_cluster(args); });
+    CHECK_MESSAGE(err.find('\n') == std::string::npos, err);
+    for (const std::string& p : parts) CHECK_MESSAGE(err.find(p) != std::string::npos, "want '" << p << "' in: " << err);
+    CHECK_MESSAGE(!fs::exists(tmp.file("a")), "the run folder was written after: " << err);
+  };
+  expect(base({"--algorithm", "spectral"}), {"--algorithm must be sinkhorn or kmeans", "spectral"});
+  expect(base({"--algorithm", "kmeans", "--kmeans-iters", "0"}), {"--kmeans-iters must be at least 1"});
+  expect(base({"--groups", tmp.file("missing.tsv")}), {"--groups " + tmp.file("missing.tsv"), "cannot be read"});
+  expect(base({"--groups", tmp.file("groups.tsv"), "--groups-column", "colour"}),
+         {"--groups " + tmp.file("groups.tsv"), "no column 'colour'", "wnid, name, split, family"});
+  expect(base({"--groups", tmp.file("short.tsv")}), {"--groups " + tmp.file("short.tsv"), "class 'class3'"});
+  expect(base({"--groups", tmp.file("empty.tsv")}), {"--groups " + tmp.file("empty.tsv"), "is empty"});
+  expect(base({"--groups", tmp.file("ragged.tsv")}), {"--groups " + tmp.file("ragged.tsv"), "line 2"});
+  expect(base({"--groups", tmp.file("groups.tsv"), "--groups-column", "wnid"}), {"first one"});
+  expect({"--bank", tmp.file("x.safetensors"), "--groups", tmp.file("groups.tsv"), "--out", tmp.file("a")},
+         {"--groups", "needs --data"});
+  expect(base({"--algorithm", "kmeans", "--centroids", tmp.file("c.safetensors")}), {"--centroids", "--algorithm kmeans"});
 }
 
 TEST_CASE("moce cluster on Fashion-MNIST (--limit 600, the fixture MAE)") {

@@ -12,7 +12,9 @@
 #include "data/transforms.h"
 #include "engine/error.h"
 #include "moce/cluster/extract.h"
+#include "moce/cluster/groups.h"
 #include "moce/cluster/io.h"
+#include "moce/cluster/kmeans.h"
 #include "moce/common/dataset.h"
 #include "moce/common/device.h"
 #include "moce/common/image_grid.h"
@@ -27,8 +29,13 @@ namespace {
 
 constexpr const char* kRunFormat = "moce-cluster-run";
 
-// What makes two cluster runs the same run: the clustering config and the features' pooling.
-json run_identity(const ClusterOptions& opt) { return {{"config", config_to_json(opt.cluster)}, {"pool", opt.pool}}; }
+// What makes two cluster runs the same run: the clustering config and the features' pooling, and for k-means its
+// algorithm and iteration limit (left out for Sinkhorn, so that folders written before --algorithm existed still match).
+json run_identity(const ClusterOptions& opt) {
+  json id = {{"config", config_to_json(opt.cluster)}, {"pool", opt.pool}};
+  if (opt.algorithm == "kmeans") id["kmeans"] = {{"algorithm", "kmeans"}, {"max_iterations", opt.kmeans_iterations}};
+  return id;
+}
 
 std::string mae_name_of(const std::string& checkpoint) { return fs::path(checkpoint).filename().string(); }
 
@@ -61,6 +68,13 @@ void validate_cluster_options(const ClusterOptions& opt) {
   ENG_CHECK(opt.workers >= 0, "--workers must be >= 0, got {}", opt.workers);
   ENG_CHECK(opt.grid_clusters >= 0 && opt.grid_images >= 0, "--grid-clusters and --grid-images must be >= 0");
   ENG_CHECK(!opt.bank.empty() || opt.load_model, "run_cluster_command: no model loader for --checkpoint");
+  ENG_CHECK(opt.algorithm == "sinkhorn" || opt.algorithm == "kmeans", "--algorithm must be sinkhorn or kmeans, got '{}'",
+            opt.algorithm);
+  ENG_CHECK(opt.kmeans_iterations >= 1, "--kmeans-iters must be at least 1, got {}", opt.kmeans_iterations);
+  ENG_CHECK(opt.algorithm != "kmeans" || opt.centroids.empty(),
+            "--centroids assigns by the balanced Sinkhorn; it does not go with --algorithm kmeans");
+  ENG_CHECK(opt.groups.empty() || !opt.data.empty(), "--groups {} needs --data (the class of every image)", opt.groups);
+  ENG_CHECK(!opt.groups_column.empty(), "--groups-column must name a column");
 }
 
 void check_cluster_out_folder(const ClusterOptions& opt) {
@@ -143,6 +157,8 @@ ClusterCommandResult run_cluster_command(const ClusterOptions& opt_in) {
                 opt.cluster.clusters, opt.data, ds->size());
   }
   ENG_CHECK(ds || !opt.bank.empty(), "--data is required to extract a bank (or --bank FILE to reuse one)");
+  ClassGroups groups;
+  if (!opt.groups.empty()) groups = read_class_groups(opt.groups, opt.groups_column, ds->classes());
   CentroidsFile given;
   if (!opt.centroids.empty()) {
     given = read_centroids(opt.centroids);
@@ -211,7 +227,30 @@ ClusterCommandResult run_cluster_command(const ClusterOptions& opt_in) {
   ao.eps = cfg.assign_eps;
   ao.tolerance = cfg.assign_tolerance;
   ao.max_iterations = cfg.assign_max_iterations;
-  if (opt.centroids.empty()) {
+  KmeansResult lloyd;
+  const bool kmeans = opt.algorithm == "kmeans";
+  if (kmeans) {
+    KmeansOptions ko;
+    ko.clusters = cfg.clusters;
+    ko.max_iterations = opt.kmeans_iterations;
+    ko.init = cfg.init;
+    ko.kmeanspp_sample = cfg.kmeanspp_sample;
+    ko.seed = cfg.seed;
+    say(fmt::format("k-means (Lloyd): M = {}, at most {} iterations, init {}, on the CPU", cfg.clusters,
+                    opt.kmeans_iterations, cfg.init));
+    lloyd = kmeans_lloyd(bank, ko, [&](const KmeansIteration& k) {
+      say(fmt::format("kmeans iteration {}/{}: {} rows changed, inertia {:.6f}, {} empty clusters re-seeded, {:.2f} s",
+                      k.iteration, opt.kmeans_iterations, k.changed, k.inertia, k.reseeded, k.seconds));
+    });
+    // centroids.safetensors holds unit rows, as the MoCE gate reads them (the direction of each mean); the
+    // assignment is Lloyd's own (Euclidean to the unnormalised means), in both "cluster" and "cluster_argmax".
+    eng::NoGradGuard ng;
+    run.centroids.centroids = eng::l2_normalize(lloyd.centroids, 1).contiguous();
+    run.assignment.balanced = lloyd.assign;
+    run.assignment.plain = lloyd.assign;
+    run.assignment.converged = lloyd.converged;
+    run.assignment.iterations = int(lloyd.iterations.size());
+  } else if (opt.centroids.empty()) {
     say(fmt::format("centroids: M = {}, {} epochs of batches of {}, init {}, eps {}, {} Sinkhorn iterations, tau {}, "
                     "SGD lr {} momentum {} weight decay {}, on {}",
                     cfg.clusters, cfg.epochs, cfg.batch, cfg.init, cfg.eps, cfg.sinkhorn_iterations, cfg.tau, cfg.lr,
@@ -223,14 +262,21 @@ ClusterCommandResult run_cluster_command(const ClusterOptions& opt_in) {
     run.centroids.centroids = given.centroids;
     say(fmt::format("centroids: {} (M = {}), not trained", opt.centroids, cfg.clusters));
   }
-  const auto t0 = std::chrono::steady_clock::now();
-  run.assignment = assign_balanced(bank, run.centroids.centroids, ao);
+  if (!kmeans) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run.assignment = assign_balanced(bank, run.centroids.centroids, ao);
+    const Assignment& a = run.assignment;
+    say(fmt::format("assignment: {} Sinkhorn iterations, marginal error {:.3g} ({}), {:.2f} s", a.iterations,
+                    a.marginal_error, a.converged ? "converged" : "NOT converged: raise --assign-max-iters",
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
+  } else if (!lloyd.converged) {
+    say(fmt::format("warning: k-means did not converge in {} iterations (raise --kmeans-iters)", opt.kmeans_iterations));
+  }
   const Assignment& a = run.assignment;
-  say(fmt::format("assignment: {} Sinkhorn iterations, marginal error {:.3g} ({}), {:.2f} s", a.iterations,
-                  a.marginal_error, a.converged ? "converged" : "NOT converged: raise --assign-max-iters",
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
-  std::vector<int64_t> labels;
+  std::vector<int64_t> labels, group_labels;
   if (ds) labels = bank_labels(bank, *ds);
+  if (!opt.groups.empty())
+    for (int64_t l : labels) group_labels.push_back(groups.group_of_class[size_t(l)]);
 
   ClusterCommandResult res;
   res.report = clusters_report(bank, cfg, run, ds ? &labels : nullptr);
@@ -243,16 +289,49 @@ ClusterCommandResult run_cluster_command(const ClusterOptions& opt_in) {
                           {"centroids", opt.centroids.empty() ? json(nullptr) : json(opt.centroids)},
                           {"bank_dtype", eng::dtype_name(bank.dtype)},
                           {"device", opt.device.str()}};
+  res.report["algorithm"] = opt.algorithm;
+  if (kmeans) {
+    json iters = json::array();
+    for (const KmeansIteration& k : lloyd.iterations)
+      iters.push_back({{"iteration", k.iteration}, {"changed", k.changed}, {"inertia", k.inertia},
+                       {"reseeded", k.reseeded}, {"seconds", k.seconds}});
+    std::vector<float> means = lloyd.centroids.to_vector<float>();
+    json norms = json::array();
+    for (int64_t j = 0; j < cfg.clusters; j++) {
+      double s = 0;
+      for (int64_t k = 0; k < bank.d; k++) s += double(means[size_t(j * bank.d + k)]) * means[size_t(j * bank.d + k)];
+      norms.push_back(std::sqrt(s));
+    }
+    res.report["kmeans"] = {{"max_iterations", opt.kmeans_iterations}, {"init", cfg.init}, {"iterations", iters},
+                            {"converged", lloyd.converged}, {"reseeded_total", lloyd.reseeded_total},
+                            {"mean_norms", norms}};
+    res.report.erase("final_sinkhorn");
+    res.report.erase("epochs");
+  }
+  if (!opt.groups.empty()) {
+    std::vector<int64_t> per_group(groups.names.size(), 0);
+    for (int64_t g : group_labels) per_group[size_t(g)]++;
+    res.report["groups"] = {{"file", opt.groups}, {"column", opt.groups_column}, {"names", groups.names},
+                            {"images_per_group", per_group}};
+    res.report["balanced"]["groups"] = {{"purity", purity(a.balanced, group_labels)}, {"nmi", nmi(a.balanced, group_labels)}};
+    res.report["plain_argmax"]["groups"] = {{"purity", purity(a.plain, group_labels)}, {"nmi", nmi(a.plain, group_labels)}};
+  }
   for (const char* which : {"balanced", "plain_argmax"}) {
+    if (kmeans && std::string(which) == "plain_argmax") continue;  // the same assignment
     const json& s = res.report[which];
     if (s["num_empty"].get<int64_t>() > 0)
       say(fmt::format("warning: {} assignment leaves {} of {} clusters empty: {}", which, s["num_empty"].get<int64_t>(),
                       cfg.clusters, s["empty_clusters"].dump()));
-    say(fmt::format("{}: sizes min {} median {} max {}, size entropy {:.4f} of log M{}", which, s["min"].get<int64_t>(),
-                    s["median"].get<double>(), s["max"].get<int64_t>(), s["size_entropy_normalised"].get<double>(),
+    say(fmt::format("{}: sizes min {} median {} max {}, size entropy {:.4f} of log M{}{}", kmeans ? "kmeans" : which,
+                    s["min"].get<int64_t>(), s["median"].get<double>(), s["max"].get<int64_t>(),
+                    s["size_entropy_normalised"].get<double>(),
                     s.contains("nmi") ? fmt::format(", purity {:.4f}, NMI {:.4f}", s["purity"].get<double>(),
                                                     s["nmi"].get<double>())
-                                      : std::string()));
+                                      : std::string(),
+                    s.contains("groups") ? fmt::format("; against the groups purity {:.4f}, NMI {:.4f}",
+                                                       s["groups"]["purity"].get<double>(),
+                                                       s["groups"]["nmi"].get<double>())
+                                         : std::string()));
   }
 
   // The folder; clusters.json last, so that a folder without it is never taken for a finished run.

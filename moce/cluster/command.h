@@ -1,6 +1,7 @@
 // moce/cluster/command.h: `moce cluster` as one library call: the feature bank (extracted from an MAE or reused),
-// the centroids, the balanced assignment, and the run folder (bank, centroids, assignments, clusters.json,
-// cluster_samples.png), with every check done before anything is written.
+// the centroids (learned by the paper's Sinkhorn optimisation, or Lloyd's k-means as its peer), the assignment, and the
+// run folder (bank, centroids, assignments, clusters.json, cluster_samples.png), with every check done before anything
+// is written.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -25,6 +26,10 @@ struct ClusterOptions {
   std::string pool = "mean";        // mean | cls
   std::string bank_dtype = "f32";   // f32 | bf16
   ClusterConfig cluster;            // M, epochs, batch, eps, Sinkhorn iterations, tau, SGD, init, seed, final assignment
+  std::string algorithm = "sinkhorn";  // sinkhorn (the paper's) | kmeans (Lloyd, kmeans.h: the peer on the same bank)
+  int kmeans_iterations = 50;       // --kmeans-iters: Lloyd's iteration limit
+  std::string groups;               // --groups: a TSV of class -> group (groups.h); clusters.json then scores both
+  std::string groups_column = "split";  // --groups-column: the column of --groups that names the group
   bool clusters_from_centroids = false;  // --centroids without --clusters: M is the file's
   int64_t limit = 0;                // the first N images of --data (0 = all)
   int64_t extract_batch = 256;

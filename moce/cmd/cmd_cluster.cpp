@@ -1,8 +1,10 @@
 // cmd_cluster.cpp: `moce cluster`, stage one of MoCE: the feature bank of a pre-trained MAE, balanced Sinkhorn
-// clustering with learnable centroids, and the run folder (moce/cluster/command.h). Only the flags live here.
+// clustering with learnable centroids (or Lloyd's k-means as the peer, --algorithm kmeans), and the run folder
+// (moce/cluster/command.h). Only the flags live here.
 //
 //   moce cluster --checkpoint runs/quickstart/checkpoint-last.safetensors --data fashion-mnist --clusters 10 --out runs/cl10
 //   moce cluster --bank runs/cl10/bank.safetensors --data fashion-mnist --clusters 32 --out runs/cl32   (no extraction)
+//   moce cluster --bank B --data DIR --algorithm kmeans --init kmeans++ --groups DIR/../splits.tsv --out runs/km
 #include "engine/error.h"
 #include "moce/cluster/command.h"
 #include "moce/cmd/commands.h"
@@ -22,6 +24,12 @@ int cmd_cluster(int argc, char** argv) {
       .add("data", "", "the images: an image folder (root/<class>/<image>), fashion-mnist or cifar10-bin:DIR (train split)")
       .add("limit", "0", "use only the first N images of --data (0 = all)")
       .add("clusters", "256", "M, the number of clusters (at least 2, at most the number of images)")
+      .add("algorithm", "sinkhorn", "sinkhorn (the paper's balanced clustering with learned centroids) or kmeans (plain "
+                                    "Euclidean Lloyd on the same bank: the peer; uses --clusters, --init, --seed)")
+      .add("kmeans-iters", "50", "k-means: at most this many Lloyd iterations (it stops earlier when no image moves)")
+      .add("groups", "", "a TSV with a header, the class folder name first (e.g. tiny-imagenet-32/splits.tsv): "
+                         "clusters.json also scores purity and NMI against each image's group (needs --data)")
+      .add("groups-column", "split", "the column of --groups that names the group")
       .add("out", "", "the run folder; one holding another run is refused unless --force")
       .flag("force", "write over an --out folder that holds another run")
       .add("bank", "", "reuse this bank file (e.g. OUT/bank.safetensors of an earlier run) instead of extracting")
@@ -29,7 +37,8 @@ int cmd_cluster(int argc, char** argv) {
       .add("pool", "mean", "feature: mean (of the patch tokens after the final norm, as eval-mae) or cls (the class token)")
       .add("bank-dtype", "f32", "bank storage: f32 or bf16 (half the memory: 1.28M x 768 is 2 GB)")
       .add("extract-batch", "256", "images per encoder pass while extracting")
-      .add("init", "random", "centroid initialisation: random (unit vectors) or kmeans++ (from the bank; recommended, see --lr)")
+      .add("init", "random", "centroid initialisation: random (unit vectors; for kmeans M distinct bank rows) or kmeans++ "
+                             "(from the bank; recommended, see --lr)")
       .add("kmeanspp-sample", "16384", "k-means++ draws from a seeded sample of this many bank rows (0 = all)")
       .add("epochs", "10", "epochs of the alternating optimisation (at least 1)")
       .add("batch", "4096", "images per Sinkhorn / SGD step")
@@ -65,6 +74,10 @@ int cmd_cluster(int argc, char** argv) {
   o.workers = int(a.i64("workers"));
   o.grid_clusters = a.i64("grid-clusters");
   o.grid_images = a.i64("grid-images");
+  o.algorithm = a.str("algorithm");
+  o.kmeans_iterations = int(a.i64("kmeans-iters"));
+  o.groups = a.str("groups");
+  o.groups_column = a.str("groups-column");
   cluster::ClusterConfig& c = o.cluster;
   c.clusters = a.i64("clusters");
   o.clusters_from_centroids = !o.centroids.empty() && !a.given("clusters");
