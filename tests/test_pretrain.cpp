@@ -126,6 +126,35 @@ TEST_SUITE("pretrain") {
                        load_safetensors(root + "/part/weights.safetensors").tensors));
   }
 
+  TEST_CASE("a light checkpoint (no optimizer state) resumes with AdamW's moments restarted, and says so") {
+    std::string root = temp_dir("resume-light");
+    ::mkdir((root + "/data").c_str(), 0755);
+    make_folder(root + "/data", 20);
+    auto args_part = common(root + "/data", root + "/part");
+    args_part.insert(args_part.end(), {"--epochs", "2", "--stop-after", "1"});
+    REQUIRE(run(args_part) == 0);
+    auto args_full = common(root + "/data", root + "/full");
+    args_full.insert(args_full.end(), {"--epochs", "2"});
+    REQUIRE(run(args_full) == 0);
+    // What results/tin-mae30/light_checkpoint.py writes: the same file without the optimizer's tensors and state.
+    const std::string ck_path = root + "/part/checkpoint-last.safetensors";
+    Checkpoint ck = load_checkpoint(ck_path);
+    REQUIRE(!ck.optimizer_state.empty());
+    ck.optimizer_state.clear();
+    ck.optimizer = nlohmann::json::object();
+    save_checkpoint(ck_path, ck);
+    REQUIRE(run({"--resume", root + "/part"}) == 0);
+    auto full = epoch_loss_hex(root + "/full/metrics.jsonl");
+    auto part = epoch_loss_hex(root + "/part/metrics.jsonl");
+    REQUIRE(full.size() == 2);
+    REQUIRE(part.size() == 2);
+    CHECK(part[0] == full[0]);  // the first epoch ran before the checkpoint
+    CHECK(part[1] != full[1]);  // fresh moments: a different second epoch, as the note says
+    std::ifstream m(root + "/part/metrics.jsonl");
+    std::string text((std::istreambuf_iterator<char>(m)), std::istreambuf_iterator<char>());
+    CHECK(text.find("AdamW moments restarted") != std::string::npos);
+  }
+
   TEST_CASE("resume cuts metrics.jsonl back to the checkpoint's epochs: an interrupted epoch's lines go, earlier ones stay") {
     std::string root = temp_dir("resume-metrics");
     ::mkdir((root + "/data").c_str(), 0755);

@@ -9,6 +9,7 @@ int cmd_pretrain(int argc, char** argv);  // cmd_pretrain.cpp: MAE pre-training 
 int cmd_eval_mae(int argc, char** argv);  // cmd_eval_mae.cpp: evaluation of a pre-trained MAE (moce/eval/report.h)
 int cmd_cluster(int argc, char** argv);   // cmd_cluster.cpp: MoCE stage one, clustering (moce/cluster/command.h)
 int cmd_train(int argc, char** argv);     // cmd_train.cpp: MoCE / TokenMoE / dense training (moce/train/pretrain.h)
+int cmd_routing(int argc, char** argv);   // cmd_routing.cpp: routing heatmaps and figures (moce/train/routing_analysis.h)
 int cmd_rank_blocks(int argc, char** argv);  // cmd_rank_blocks.cpp: which blocks get experts (moce/train/rank_blocks.h)
 
 }  // namespace moce

@@ -4,6 +4,7 @@
 //   moce eval-mae ...   reconstruction PSNR, PNG grid, k-NN and linear-probe accuracy (cmd_eval_mae.cpp)
 //   moce cluster ...    MoCE stage one: feature bank, balanced Sinkhorn clustering (cmd_cluster.cpp)
 //   moce train ...      MoCE / TokenMoE / dense training from a dense MAE (cmd_train.cpp)
+//   moce routing ...    class x expert routing of a trained MoCE / TokenMoE model (cmd_routing.cpp)
 //   moce rank-blocks ... the encoder blocks with the largest MLP gradient, for --moe-blocks (cmd_rank_blocks.cpp)
 // `moce <command> --help` lists every flag with its default. Errors print one line and exit with status 1.
 #include <cstdio>
@@ -25,6 +26,7 @@ const Command kCommands[] = {
     {"eval-mae", moce::cmd_eval_mae, "evaluate a pre-trained MAE: PSNR, reconstructions PNG, k-NN, linear probe"},
     {"cluster", moce::cmd_cluster, "cluster the images by MAE features (MoCE stage one): bank, centroids, assignments"},
     {"train", moce::cmd_train, "continue a dense MAE as MoCE, TokenMoE or dense (MAE*): experts, gates, losses"},
+    {"routing", moce::cmd_routing, "where a trained MoCE / TokenMoE model routes each class: heatmaps, NMI, loads"},
     {"rank-blocks", moce::cmd_rank_blocks, "rank the encoder blocks by MLP gradient magnitude; the top ones as --moe-blocks"},
 };
 

@@ -210,7 +210,9 @@ Tensor MoeMlp::operator()(const Tensor& x) const {
   for (int64_t e = 0; e < n; e++) s.expert_load[size_t(e)] = double(info.chosen[size_t(e)]) / double(k * u);
   {
     eng::NoGradGuard no_grad;
-    s.gate_confidence = eng::mean(eng::amax(gates.detach(), {1})).item();
+    s.choices = top.indices.detach();
+    s.unit_confidence = eng::amax(gates.detach(), {1});
+    s.gate_confidence = eng::mean(s.unit_confidence).item();
   }
   s.dropped = info.dropped;
   s.dropped_fraction = double(info.dropped) / double(k * u);

@@ -79,6 +79,8 @@ struct MoeStats {
   int64_t capacity = 0;         // TokenMoE's C (0: no limit)
   int64_t dropped = 0;          // choices dropped by the capacity (TokenMoE)
   double dropped_fraction = 0;  // dropped / (K·U): with K = 1 the share of tokens dropped
+  Tensor choices;               // i64 [U, K]: each unit's experts, before the capacity cut (the routing analysis)
+  Tensor unit_confidence;       // [U]: max_e G_{u,e} of each unit
 };
 
 class MoeMlp : public model::MlpLayer {

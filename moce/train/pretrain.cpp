@@ -128,6 +128,7 @@ class Pretraining {
   int64_t images_this_run_ = 0;
   std::string last_ckpt_;
   bool check_every_step_ = false;
+  bool light_resume_ = false;  // resumed from a checkpoint without optimizer state
   std::vector<PendingStep> pending_;
 };
 
@@ -252,8 +253,15 @@ void Pretraining::build(eng::DType compute_dtype) {
     ckpt_.weights.erase(kCentroidsTensor);  // read again from --clusters (the same values)
     eng::check_state_matches(mae_->state_dict(), ckpt_.weights, ckpt_path_);
     mae_->load_state_dict(ckpt_.weights, ckpt_path_);  // copies onto the model's device
-    opt_->load_state_dict(eng::OptimizerState{ckpt_.optimizer_state, ckpt_.optimizer});
     start_epoch_ = ckpt_.rng.at("next_epoch");
+    // A light checkpoint (weights, config and position, no optimizer state: what carries a long run between machines
+    // in a small file, results/README.md) restarts AdamW's moments; the schedule goes on where it was.
+    light_resume_ = ckpt_.optimizer_state.empty() && !(ckpt_.optimizer.is_object() && ckpt_.optimizer.contains("type"));
+    if (light_resume_)
+      std::printf("note: %s holds no optimizer state (a light checkpoint): AdamW's moments start again at epoch %lld; "
+                  "the run is no longer bit for bit an uninterrupted one\n", ckpt_path_.c_str(), (long long)start_epoch_ + 1);
+    else
+      opt_->load_state_dict(eng::OptimizerState{ckpt_.optimizer_state, ckpt_.optimizer});
     ENG_CHECK(start_epoch_ <= o_.epochs, "{}: the run already finished {} epochs; pass a larger --epochs to go on",
               ckpt_path_, start_epoch_);
     ckpt_ = eng::Checkpoint();  // its host tensors are on the device now
@@ -286,6 +294,7 @@ void Pretraining::open_run_folder() {
   config_json_ = {{"run", options_to_json(o_)}, {"model", model::config_to_json(cfg_)}};
   write_json_file(o_.out + "/config.json", config_json_);
   metrics_ = std::make_unique<MetricsLog>(o_.out, resuming_ ? start_epoch_ : -1);
+  if (light_resume_) metrics_->append(json{{"epoch", start_epoch_}, {"note", "resumed from a light checkpoint: AdamW moments restarted"}});
   const int64_t done_steps = start_epoch_ * steps_per_epoch_;
   for (const json& j : metrics_->earlier()) {
     if (j.contains("loss") && j.contains("step") && j["step"].get<int64_t>() <= done_steps) {
