@@ -158,6 +158,12 @@ void MoeMlp::set_cluster_embeddings(const Tensor& embeddings) {
   cluster_embeddings_ = embeddings.detach();
 }
 
+void MoeMlp::set_capacity_factor(double capacity_factor) {
+  ENG_CHECK(capacity_factor > 0 && std::isfinite(capacity_factor),
+            "MoeMlp::set_capacity_factor: capacity_factor = {} must be positive", capacity_factor);
+  options_.capacity_factor = capacity_factor;
+}
+
 void MoeMlp::visit(const std::string& prefix, const model::Visitor& f) {
   f(prefix + "fc1.weight", experts.fc1_weight);
   f(prefix + "fc1.bias", experts.fc1_bias);

@@ -98,6 +98,8 @@ class MoeMlp : public model::MlpLayer {
   // Explicit gate noise ε [U, N] (tests, the golden fixture): used in training instead of the Philox draw until
   // cleared with an undefined tensor.
   void set_gate_noise(const Tensor& noise) { explicit_noise_ = noise; }
+  // TokenMoE's capacity factor from the next forward on (V-MoE evaluates at a capacity factor of its own choosing).
+  void set_capacity_factor(double capacity_factor);
 
   const MoeStats& stats() const { return stats_; }
   const MoeOptions& options() const { return options_; }
