@@ -3,7 +3,8 @@
 // of the layer (loss = sum(y * r) for a fixed random r, plus the auxiliary losses for the whole layers), timed
 // against the dense MLP (eng::mlp_gelu, what model::Mlp runs) in interleaved pairs:
 //   grouped core    the experts' GEMMs alone on rows already sorted by expert (8 equal groups of 16 images):
-//                   expert_dispatch_combine's inner part, grouped_matmul + GELU + grouped_matmul;
+//                   grouped_matmul + eng::gelu + grouped_matmul (the composition), then grouped_mlp_gelu (the GELU
+//                   and its gradient in the GEMMs' epilogues: what expert_dispatch_combine runs);
 //   moce dispatch   expert_dispatch_combine with given top-1 choices of whole images (sort, gather, experts, scatter,
 //                   gate scaling);
 //   moce layer      the whole MoeMlp under the MoCE gate (gate on the cluster embeddings, noise, top-1, dispatch,
@@ -12,7 +13,8 @@
 // A sample repeats the variant for about 50 ms; samples of the dense MLP and of the variant alternate (the order
 // flipping each pair), so a burst of other load moves both sides of a pair alike; `ratio` is the median over pairs
 // of variant / dense time, with its quartiles.
-// Usage: bench_moe_layer [--quick] [--pairs N]   (--quick: 7 pairs; default 15)
+// Usage: bench_moe_layer [--quick] [--pairs N] [--only TEXT]   (--quick: 7 pairs; default 15; --only: the variants
+// whose name contains TEXT)
 #include <omp.h>
 
 #include <algorithm>
@@ -51,11 +53,13 @@ struct Variant {
 
 int main(int argc, char** argv) {
   int pairs = 15;
+  std::string only;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--quick")) pairs = 7;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--pairs") && i + 1 < argc) pairs = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "bench_moe_layer: unknown flag %s (expected --quick or --pairs N)\n", argv[i]);
+      std::fprintf(stderr, "bench_moe_layer: unknown flag %s (expected --quick, --pairs N or --only TEXT)\n", argv[i]);
       return 2;
     }
   }
@@ -108,6 +112,13 @@ int main(int argc, char** argv) {
          finish(grouped_matmul(h, moce->experts.fc2_weight, group_rows, moce->experts.fc2_bias).reshape(x.shape()),
                 Tensor());
        }},
+      {"grouped core fused (grouped_mlp_gelu)",
+       [&] {
+         Tensor rows = x.reshape({images * tokens, dim});
+         const ex::ExpertWeights& w = moce->experts;
+         finish(grouped_mlp_gelu(rows, w.fc1_weight, w.fc1_bias, w.fc2_weight, w.fc2_bias, group_rows).reshape(x.shape()),
+                Tensor());
+       }},
       {"moce dispatch (given top-1)",
        [&] { finish(ex::expert_dispatch_combine(x, expert_index, combine, moce->experts, 0), Tensor()); }},
       {"moce layer (gate, dispatch, aux)",
@@ -121,6 +132,16 @@ int main(int argc, char** argv) {
          finish(y, ex::auxiliary_loss(token_layers, ex::AuxLossWeights{0.01, 0.01, 0.0}));
        }},
   };
+  if (!only.empty()) {  // --only: the variants whose name contains the text (for a profiler)
+    std::vector<Variant> kept;
+    for (auto& v : variants)
+      if (v.name.find(only) != std::string::npos) kept.push_back(v);
+    if (kept.empty()) {
+      std::fprintf(stderr, "bench_moe_layer: --only %s matches no variant\n", only.c_str());
+      return 2;
+    }
+    variants = kept;
+  }
   auto clear_moe_grads = [&] {
     for (auto* layer : {moce.get(), token.get()}) {
       layer->experts.fc1_weight.zero_grad();

@@ -16,9 +16,10 @@
 // renormalised to sum to 1 (V-MoE's choice, kept for both gates).
 //
 // Dispatch: the (unit, k) choices are sorted by expert (a stable sort: deterministic), the rows gathered in that
-// order, one grouped_matmul per linear layer (the expert sizes read back to the host once per forward), GELU between
-// (eng::gelu, exact erf: no fused grouped GEMM + GELU exists), then the rows are put back in choice order by the
-// inverse permutation, scaled by their gate values and summed over k. All engine ops: forward and backward run on any
+// order, the experts' MLPs in one eng::grouped_mlp_gelu (one grouped GEMM per linear layer, the expert sizes read
+// back to the host once per forward; exact GELU, on the CPU in fc1's GEMM epilogue and its gradient in the epilogue
+// of the backward GEMM, as the dense mlp_gelu), then the rows are put back in choice order by the inverse
+// permutation, scaled by their gate values and summed over k. All engine ops: forward and backward run on any
 // backend, with no atomics in a float reduction.
 #pragma once
 #include <cstdint>
