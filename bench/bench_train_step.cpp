@@ -11,15 +11,16 @@
 //             loss = MAE loss + auxiliary losses (importance, load, imbalance; 0.01 each) + 0.01 * distillation
 //             against a frozen dense copy of the model (its encoder on the same visible patches, no grad);
 //             --no-distill leaves the teacher out;
-//   tokenmoe  V-MoE's TokenMoE: blocks 9 and 11, 8 experts, per-token top-1 gate, capacity factor 1.05, auxiliary
-//             importance and load losses (0.01 each).
+//   tokenmoe  V-MoE's TokenMoE: blocks 9 and 11, 8 experts, per-token top-1 gate, capacity factor 1.05 (or
+//             --capacity-factor: 8 drops nothing), auxiliary importance and load losses (0.01 each).
 // The forward-only mode runs the encoder on all patches: for moce it times the deployed sub-model (one expert per
 // layer, i.e. the dense ViT: that is what MoCE exports) and then the whole MoCE encoder with its gate routing images
 // to all 8 experts; for tokenmoe the whole TokenMoE encoder at --eval-capacity-factor (1.05: the training value).
 //
 // Build and run: make build/bench/bench_train_step && build/bench/bench_train_step [--batch 128] [--steps 7]
 //   [--warmup 2] [--only train|forward] [--threads N] [--config NAME] [--device cpu|cuda[:N]]
-//   [--precision f32|tf32|bf16] [--method dense|moce|tokenmoe] [--no-distill] [--eval-capacity-factor CF]
+//   [--precision f32|tf32|bf16] [--method dense|moce|tokenmoe] [--no-distill] [--capacity-factor CF]
+//   [--eval-capacity-factor CF]
 // The PyTorch peer of the same step is bench/peer_train_step.py (make bench runs both when torch imports).
 // On a GPU (make bench-gpu: MAE ViT-B/16 at 224, batch 256, bf16) each timed step ends with the loss read back, so
 // it covers all the step's GPU work; the line `mfu:` gives the model FLOPs utilisation against the bf16 (or f32 /
@@ -130,7 +131,7 @@ int main(int argc, char** argv) {
   int threads = 0;
   std::string config = "mae_tiny_p4_32", only, device_flag = "cpu", precision = "f32", method = "dense";
   bool distill = true;
-  double eval_capacity_factor = 1.05;
+  double eval_capacity_factor = 1.05, train_capacity_factor = 1.05;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--no-distill")) {
       distill = false;
@@ -151,6 +152,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i - 1], "--precision")) precision = value;
     else if (!std::strcmp(argv[i - 1], "--method")) method = value;
     else if (!std::strcmp(argv[i - 1], "--eval-capacity-factor")) eval_capacity_factor = std::atof(value);
+    else if (!std::strcmp(argv[i - 1], "--capacity-factor")) train_capacity_factor = std::atof(value);
     else {
       std::fprintf(stderr, "bench_train_step: unknown flag %s\n", argv[i - 1]);
       return 2;
@@ -160,8 +162,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_train_step: --method %s: expected dense, moce or tokenmoe\n", method.c_str());
     return 2;
   }
-  if (!(eval_capacity_factor > 0)) {
-    std::fprintf(stderr, "bench_train_step: --eval-capacity-factor %g must be positive\n", eval_capacity_factor);
+  if (!(eval_capacity_factor > 0) || !(train_capacity_factor > 0)) {
+    std::fprintf(stderr, "bench_train_step: --capacity-factor %g and --eval-capacity-factor %g must be positive\n",
+                 train_capacity_factor, eval_capacity_factor);
     return 2;
   }
   if (only != "" && only != "train" && only != "forward") {
@@ -213,7 +216,7 @@ int main(int argc, char** argv) {
       centroids = c * rsqrt(sum(c * c, {1}, true));
     } else {
       o.gate = ex::GateKind::Token;
-      o.capacity_factor = 1.05;
+      o.capacity_factor = train_capacity_factor;
       moe_layers = ex::install_moe_mlps(mae.blocks, {depth - 3, depth - 1}, o);
     }
   }
@@ -223,8 +226,9 @@ int main(int argc, char** argv) {
   auto& alloc = allocator_for(dev);
   std::printf("method %s%s\n", method.c_str(),
               method == "moce"       ? (distill ? " (8 experts in blocks 10, 11; aux + distillation)" : " (8 experts in blocks 10, 11; aux, no distillation)")
-              : method == "tokenmoe" ? " (8 experts in blocks 9, 11; capacity factor 1.05; aux)"
+              : method == "tokenmoe" ? " (8 experts in blocks 9, 11; aux)"
                                      : "");
+  if (method == "tokenmoe") std::printf("tokenmoe capacity factor %.2f in training\n", train_capacity_factor);
   if (dev.is_cpu())
     std::printf("config %s, batch %lld, %d OpenMP threads, SGEMM kernel %s; medians of %lld steps after %lld warm-up\n",
                 config.c_str(), (long long)batch, omp_get_max_threads(), cpu_sgemm_kernel_name(), (long long)steps,
@@ -395,6 +399,8 @@ int main(int argc, char** argv) {
   std::printf("peak RSS of the process: %.0f MiB\n", double(ru.ru_maxrss) / 1024.0);
   if (do_train) std::printf("train_step: %.1f images/s\n", double(batch) / step_wall);
   if (do_train) std::printf("train_step_ms: %.1f ms\n", 1e3 * step_wall);
+  // The process's CPU time per step (all threads): the work done, less moved than wall time by other jobs' load.
+  if (do_train) std::printf("train_step_cpu_ms: %.1f ms\n", 1e3 * step_cpu);
   if (do_forward) std::printf("forward: %.1f images/s\n", double(batch) / fwd_wall);
   if (do_forward && method == "moce") std::printf("forward_routed: %.1f images/s\n", double(batch) / routed_wall);
   return 0;

@@ -37,19 +37,21 @@ done
 
 rm -f "$build"/bench-train-*.out "$build"/bench-peer-*.out "$build"/bench-moe-*.out
 # The expert variants: 5 timed steps after 2 warm-up (the dense step keeps its 7) to hold make bench to minutes.
-variants=(dense moce moce-nodistill tokenmoe)
+variants=(dense moce moce-nodistill tokenmoe tokenmoe-nodrop)
 run_variant() {  # run_variant <variant> <round>
   local v=$1 r=$2 out=$build/bench-moe-$1-$2.out args=(--method "$1" --steps 5 --warmup 2)
   case $v in
     dense) out=$build/bench-train-$r.out args=() ;;
     moce-nodistill) args=(--method moce --no-distill --only train --steps 5 --warmup 2) ;;
+    # Capacity factor 8 = the number of experts: no token is dropped (an untrained token gate drops 35-50% at 1.05).
+    tokenmoe-nodrop) args=(--method tokenmoe --capacity-factor 8 --only train --steps 5 --warmup 2) ;;
   esac
   echo "== round $r/$rounds: ours, $v ($threads threads)"
   OMP_NUM_THREADS=$threads "$build/bench/bench_train_step" "${args[@]}" 2>/dev/null | tee "$out"
 }
 for r in $(seq 1 "$rounds"); do
   # The order rotates each round, so no variant always runs first (or right after the peer).
-  for i in 0 1 2 3; do run_variant "${variants[$(( (i + r) % 4 ))]}" "$r"; done
+  for i in 0 1 2 3 4; do run_variant "${variants[$(( (i + r) % 5 ))]}" "$r"; done
   if [ -n "$py" ]; then
     echo "== round $r/$rounds: PyTorch peer ($py)"
     "$py" "$here/peer_train_step.py" --threads "${BENCH_PEER_THREADS:-0}" | tee "$build/bench-peer-$r.out"
@@ -98,19 +100,24 @@ ratio_summary() {  # ratio_summary <label> <key> <variant-a> <variant-b> [<key-b
     [ -n "$va" ] && [ -n "$vb" ] && awk -v x="$va" -v y="$vb" 'BEGIN{printf "%.4f\n", x / y}'
   done | sort -g | awk -v l="$label" -v n="$rounds" '{v[NR]=$1} END {if (NR) printf "%s: %.3fx (median of %d rounds, range %.3f-%.3f)\n", l, v[int((NR+1)/2)], NR, v[1], v[NR]; else printf "%s: nan\n", l}'
 }
-step_ms() { median "train_step_ms:" 2 "$@"; }
 echo "== expert layers (8 experts; MoCE in blocks 10, 11, TokenMoE in blocks 9, 11): medians of $rounds rounds"
-for v in dense moce moce-nodistill tokenmoe; do
+for v in "${variants[@]}"; do
   files=(); for r in $(seq 1 "$rounds"); do files+=("$(file_of "$v" "$r")"); done
-  echo "train_step_ms $v: $(step_ms "${files[@]}") ms wall per step of 128 images"
+  echo "train_step_ms $v: $(median "train_step_ms:" 2 "${files[@]}") ms wall, $(median "train_step_cpu_ms:" 2 "${files[@]}") ms CPU per step of 128 images"
 done
 for v in dense moce tokenmoe; do
   files=(); for r in $(seq 1 "$rounds"); do files+=("$(file_of "$v" "$r")"); done
   echo "forward $v: $(median "forward:" 2 "${files[@]}") images/s$([ "$v" = moce ] && echo " (the sub-model: a dense ViT); routed whole MoCE model $(median "forward_routed:" 2 "${files[@]}") images/s")"
 done
-ratio_summary "moce_step/dense_step" "train_step_ms:" moce dense
-ratio_summary "moce_nodistill_step/dense_step" "train_step_ms:" moce-nodistill dense
-ratio_summary "moce_step/tokenmoe_step" "train_step_ms:" moce tokenmoe
-ratio_summary "moce_nodistill_step/tokenmoe_step" "train_step_ms:" moce-nodistill tokenmoe
+# Wall-time ratios, then the same on CPU time (the work done: what a share of the machine taken by other jobs moves least).
+for clock in train_step_ms train_step_cpu_ms; do
+  ratio_summary "moce_step/dense_step ($clock)" "$clock:" moce dense
+  ratio_summary "moce_nodistill_step/dense_step ($clock)" "$clock:" moce-nodistill dense
+  ratio_summary "moce_step/tokenmoe_step ($clock)" "$clock:" moce tokenmoe
+  ratio_summary "moce_nodistill_step/tokenmoe_step ($clock)" "$clock:" moce-nodistill tokenmoe
+  ratio_summary "moce_nodistill_step/tokenmoe_nodrop_step ($clock)" "$clock:" moce-nodistill tokenmoe-nodrop
+done
 ratio_summary "forward moce_submodel/tokenmoe_full (throughput)" "forward:" moce tokenmoe
 ratio_summary "forward moce_routed/tokenmoe_full (throughput)" "forward_routed:" moce tokenmoe "forward:"
+# One expert layer against the dense MLP (bench_moe_layer's run above: where the MoE layers' time goes).
+[ -f "$build/bench-bench_moe_layer.out" ] && grep '^moe_layer' "$build/bench-bench_moe_layer.out" || true
