@@ -4,9 +4,23 @@
 // patches through the encoder). Prints medians over several steps after warm-up: wall time, process CPU time,
 // images/s, the GEMM work done (GFLOP/s), the allocator's peak memory, and the allocations of a steady-state step.
 //
+// --method picks the model (issue 13's speed comparison; the same step otherwise):
+//   dense     the plain MAE (the default);
+//   moce      MoCE: the MLPs of encoder blocks 10 and 11 become 8-expert MoeMlp layers under the cluster gate (top-1,
+//             cluster embeddings of 192: each image gets one of 256 fixed random unit centroids, drawn per step);
+//             loss = MAE loss + auxiliary losses (importance, load, imbalance; 0.01 each) + 0.01 * distillation
+//             against a frozen dense copy of the model (its encoder on the same visible patches, no grad);
+//             --no-distill leaves the teacher out;
+//   tokenmoe  V-MoE's TokenMoE: blocks 9 and 11, 8 experts, per-token top-1 gate, capacity factor 1.05 (or
+//             --capacity-factor: 8 drops nothing), auxiliary importance and load losses (0.01 each).
+// The forward-only mode runs the encoder on all patches: for moce it times the deployed sub-model (one expert per
+// layer, i.e. the dense ViT: that is what MoCE exports) and then the whole MoCE encoder with its gate routing images
+// to all 8 experts; for tokenmoe the whole TokenMoE encoder at --eval-capacity-factor (1.05: the training value).
+//
 // Build and run: make build/bench/bench_train_step && build/bench/bench_train_step [--batch 128] [--steps 7]
 //   [--warmup 2] [--only train|forward] [--threads N] [--config NAME] [--device cpu|cuda[:N]]
-//   [--precision f32|tf32|bf16]
+//   [--precision f32|tf32|bf16] [--method dense|moce|tokenmoe] [--no-distill] [--capacity-factor CF]
+//   [--eval-capacity-factor CF]
 // The PyTorch peer of the same step is bench/peer_train_step.py (make bench runs both when torch imports).
 // On a GPU (make bench-gpu: MAE ViT-B/16 at 224, batch 256, bf16) each timed step ends with the loss read back, so
 // it covers all the step's GPU work; the line `mfu:` gives the model FLOPs utilisation against the bf16 (or f32 /
@@ -22,6 +36,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -31,6 +46,8 @@
 #include "engine/optim.h"
 #include "model/mae.h"
 #include "moce/common/device.h"
+#include "moce/experts/losses.h"
+#include "moce/experts/moe_mlp.h"
 #ifdef ENGINE_WITH_CUDA
 #include "engine/backends/cuda/attention_impl.h"
 #endif
@@ -112,20 +129,47 @@ static double gemm_peak_tflops(Device dev, DType dt) {
 int main(int argc, char** argv) {
   int64_t batch = 128, steps = 7, warmup = 2;
   int threads = 0;
-  std::string config = "mae_tiny_p4_32", only, device_flag = "cpu", precision = "f32";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--batch")) batch = std::atoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--steps")) steps = std::atoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--config")) config = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--device")) device_flag = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--precision")) precision = argv[i + 1];
-    else {
-      std::fprintf(stderr, "bench_train_step: unknown flag %s\n", argv[i]);
+  std::string config = "mae_tiny_p4_32", only, device_flag = "cpu", precision = "f32", method = "dense";
+  bool distill = true;
+  double eval_capacity_factor = 1.05, train_capacity_factor = 1.05;
+  for (int i = 1; i < argc; i++) {
+    if (!std::strcmp(argv[i], "--no-distill")) {
+      distill = false;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "bench_train_step: flag %s needs a value\n", argv[i]);
       return 2;
     }
+    const char* value = argv[++i];
+    if (!std::strcmp(argv[i - 1], "--batch")) batch = std::atoll(value);
+    else if (!std::strcmp(argv[i - 1], "--steps")) steps = std::atoll(value);
+    else if (!std::strcmp(argv[i - 1], "--warmup")) warmup = std::atoll(value);
+    else if (!std::strcmp(argv[i - 1], "--config")) config = value;
+    else if (!std::strcmp(argv[i - 1], "--only")) only = value;
+    else if (!std::strcmp(argv[i - 1], "--threads")) threads = std::atoi(value);
+    else if (!std::strcmp(argv[i - 1], "--device")) device_flag = value;
+    else if (!std::strcmp(argv[i - 1], "--precision")) precision = value;
+    else if (!std::strcmp(argv[i - 1], "--method")) method = value;
+    else if (!std::strcmp(argv[i - 1], "--eval-capacity-factor")) eval_capacity_factor = std::atof(value);
+    else if (!std::strcmp(argv[i - 1], "--capacity-factor")) train_capacity_factor = std::atof(value);
+    else {
+      std::fprintf(stderr, "bench_train_step: unknown flag %s\n", argv[i - 1]);
+      return 2;
+    }
+  }
+  if (method != "dense" && method != "moce" && method != "tokenmoe") {
+    std::fprintf(stderr, "bench_train_step: --method %s: expected dense, moce or tokenmoe\n", method.c_str());
+    return 2;
+  }
+  if (!(eval_capacity_factor > 0) || !(train_capacity_factor > 0)) {
+    std::fprintf(stderr, "bench_train_step: --capacity-factor %g and --eval-capacity-factor %g must be positive\n",
+                 train_capacity_factor, eval_capacity_factor);
+    return 2;
+  }
+  if (only != "" && only != "train" && only != "forward") {
+    std::fprintf(stderr, "bench_train_step: --only %s: expected train or forward\n", only.c_str());
+    return 2;
   }
   if (threads > 0) omp_set_num_threads(threads);
   const bool do_train = only.empty() || only == "train", do_forward = only.empty() || only == "forward";
@@ -145,10 +189,46 @@ int main(int argc, char** argv) {
   model::MaskedAutoencoder mae(cfg, 0);
   moce::move_to_device(mae, dev);
   mae.set_compute_dtype(compute);
+  // The expert layers go into the last encoder blocks (mae_tiny_p4_32 has 12: MoCE 10 and 11, TokenMoE 9 and 11).
+  namespace ex = moce::experts;
+  const int64_t depth = int64_t(mae.blocks.size());
+  std::vector<std::shared_ptr<ex::MoeMlp>> moe_layers;
+  std::unique_ptr<model::MaskedAutoencoder> teacher;  // MoCE's distillation teacher: the dense model, frozen
+  Tensor centroids;                                   // MoCE: 256 fixed random unit cluster embeddings [256, 192]
+  const int64_t num_clusters = 256, cluster_dim = 192;
+  if (method != "dense") {
+    ENG_CHECK(depth >= 3, "bench_train_step: --method {} needs at least 3 encoder blocks, config {} has {}", method,
+              config, depth);
+    ex::MoeOptions o;
+    o.num_experts = 8;
+    o.top_k = 1;
+    if (method == "moce") {
+      if (distill) {
+        teacher = std::make_unique<model::MaskedAutoencoder>(cfg, 0);  // seed 0: the same weights as mae before the swap
+        moce::move_to_device(*teacher, dev);
+        teacher->set_compute_dtype(compute);
+      }
+      o.gate = ex::GateKind::Moce;
+      o.cluster_dim = cluster_dim;
+      moe_layers = ex::install_moe_mlps(mae.blocks, {depth - 2, depth - 1}, o);
+      Generator cg(3);
+      Tensor c = cg.normal({num_clusters, cluster_dim}, 0.0, 1.0, DType::F32, dev);
+      centroids = c * rsqrt(sum(c * c, {1}, true));
+    } else {
+      o.gate = ex::GateKind::Token;
+      o.capacity_factor = train_capacity_factor;
+      moe_layers = ex::install_moe_mlps(mae.blocks, {depth - 3, depth - 1}, o);
+    }
+  }
   AdamW opt(param_groups_weight_decay(mae.named_parameters(), 0.05, {}), AdamWOptions{1.5e-4, 0.9, 0.95, 1e-8, 0.05});
   Generator g(1);
   Tensor imgs = g.normal({batch, 3, cfg.img_size, cfg.img_size}, 0.0, 1.0, DType::F32, dev);
   auto& alloc = allocator_for(dev);
+  std::printf("method %s%s\n", method.c_str(),
+              method == "moce"       ? (distill ? " (8 experts in blocks 10, 11; aux + distillation)" : " (8 experts in blocks 10, 11; aux, no distillation)")
+              : method == "tokenmoe" ? " (8 experts in blocks 9, 11; aux)"
+                                     : "");
+  if (method == "tokenmoe") std::printf("tokenmoe capacity factor %.2f in training\n", train_capacity_factor);
   if (dev.is_cpu())
     std::printf("config %s, batch %lld, %d OpenMP threads, SGEMM kernel %s; medians of %lld steps after %lld warm-up\n",
                 config.c_str(), (long long)batch, omp_get_max_threads(), cpu_sgemm_kernel_name(), (long long)steps,
@@ -157,13 +237,41 @@ int main(int argc, char** argv) {
     std::printf("config %s, batch %lld, %s, precision %s; medians of %lld steps after %lld warm-up\n", config.c_str(),
                 (long long)batch, dev.str().c_str(), precision.c_str(), (long long)steps, (long long)warmup);
 
+  // MoCE's per-batch input beside the images: each image's cluster embedding (one of the fixed centroids, seeded per
+  // step), looked up outside the timed region as a data loader would; the gate noise's offset follows the step.
+  Generator cluster_draw(4);
+  auto feed_moe_layers = [&](uint64_t step, bool training) {
+    for (auto& layer : moe_layers) {
+      layer->set_training(training);
+      layer->set_step(step);
+    }
+    if (method != "moce") return;
+    std::vector<float> u = cluster_draw.uniform({batch}, 0.0, 1.0, DType::F32).to_vector<float>();
+    std::vector<int64_t> ids(u.size());
+    for (size_t i = 0; i < u.size(); i++) ids[i] = std::min<int64_t>(int64_t(u[i] * float(num_clusters)), num_clusters - 1);
+    Tensor emb = index_select(centroids, 0, Tensor::from_vector(ids, {batch}).to(dev));
+    for (auto& layer : moe_layers) layer->set_cluster_embeddings(emb);
+  };
+  const ex::AuxLossWeights aux_weights{0.01, 0.01, method == "moce" ? 0.01 : 0.0};
+  const double distill_weight = 0.01;
+
   // One step on the given mask noise (drawn outside the timed region, as the PyTorch peer does); returns the loss.
   auto train_step = [&](const Tensor& noise) {
     model::MaeOutput out = mae.forward(imgs, noise, mask_ratio);
-    out.loss.backward();
+    Tensor loss = out.loss;
+    if (!moe_layers.empty()) loss = add(loss, ex::auxiliary_loss(moe_layers, aux_weights));
+    if (teacher) {
+      Tensor target;
+      {
+        NoGradGuard ng;
+        target = teacher->encode_masked(imgs, noise, mask_ratio).latent;
+      }
+      loss = add(loss, mul(ex::distillation_loss(target, out.latent), distill_weight));
+    }
+    loss.backward();
     opt.step();
     opt.zero_grad();
-    return out.loss;
+    return loss;
   };
 
   double step_wall = 0, step_cpu = 0, fwd_wall = 0, fwd_cpu = 0;
@@ -173,6 +281,7 @@ int main(int argc, char** argv) {
     for (int64_t s = 0; s < warmup + steps; s++) {
       if (s == warmup) alloc.reset_peak();
       Tensor noise = g.uniform({batch, cfg.num_patches()}, 0.0, 1.0, DType::F32, dev);
+      feed_moe_layers(uint64_t(s), true);
       if (dev.is_cuda()) (void)sum(noise).item();  // the timed step starts on an idle GPU
       const double c0 = cpu_seconds();
       const auto t0 = std::chrono::steady_clock::now();
@@ -189,6 +298,7 @@ int main(int argc, char** argv) {
     }
     const size_t peak = alloc.stats().peak_bytes;
     Tensor noise = g.uniform({batch, cfg.num_patches()}, 0.0, 1.0, DType::F32, dev);
+    feed_moe_layers(uint64_t(warmup + steps), true);
     const size_t sys_before = alloc.stats().system_allocs, req_before = alloc.stats().requests;
     const long long heap_before = g_heap_allocs.load();
     train_step(noise);  // one more step: the steady state allocates no tensor memory from the system
@@ -219,34 +329,79 @@ int main(int argc, char** argv) {
       std::printf("%s\n", eng::cuda::cudnn_attention_report().c_str());
     }
 #endif
+    for (size_t l = 0; l < moe_layers.size(); l++) {
+      const ex::MoeStats& st = moe_layers[l]->stats();
+      double busiest = 0;
+      for (double share : st.expert_load) busiest = std::max(busiest, share);
+      std::printf("moe layer %zu (last step): busiest expert %.1f%% of the choices, %.2f%% dropped by the capacity\n", l,
+                  100.0 * busiest, 100.0 * st.dropped_fraction);
+    }
     std::printf("steady-state step: %zu tensor allocations, %zu from the system; %lld small heap objects\n", req, sys,
                 heap);
   }
+  double routed_wall = 0;
   if (do_forward) {
-    std::vector<double> wall, cpu;
     NoGradGuard ng;
-    for (int64_t s = 0; s < warmup + steps; s++) {
-      const double c0 = cpu_seconds();
-      const auto t0 = std::chrono::steady_clock::now();
-      Tensor f = mae.features(imgs);
-      if (dev.is_cuda()) (void)sum(f).item();
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const double dc = cpu_seconds() - c0;
-      if (s >= warmup) {
-        wall.push_back(dt);
-        cpu.push_back(dc);
+    // Median wall and CPU seconds of feature extraction (all patches through the encoder) by `m`.
+    auto time_forward = [&](const model::MaskedAutoencoder& m, double& wall_s, double& cpu_s) {
+      std::vector<double> wall, cpu;
+      for (int64_t s = 0; s < warmup + steps; s++) {
+        const double c0 = cpu_seconds();
+        const auto t0 = std::chrono::steady_clock::now();
+        Tensor f = m.features(imgs);
+        if (dev.is_cuda()) (void)sum(f).item();
+        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double dc = cpu_seconds() - c0;
+        if (s >= warmup) {
+          wall.push_back(dt);
+          cpu.push_back(dc);
+        }
       }
+      wall_s = median(wall);
+      cpu_s = median(cpu);
+    };
+    const double gflop = 2.0 * features_macs(cfg, batch) * 1e-9;  // top-1 experts: the dense model's GEMMs (+ gate)
+    auto report = [&](const char* what, double wall_s, double cpu_s) {
+      std::printf("forward features, %s (all %lld patches, no grad): %.3f s wall (cpu %.3f s), %.1f images/s, %.1f GFLOP/s\n",
+                  what, (long long)cfg.num_patches(), wall_s, cpu_s, double(batch) / wall_s, gflop / wall_s);
+    };
+    if (method == "moce") {
+      // What MoCE deploys: one expert per MoE layer, chosen by the task's cluster, i.e. a plain ViT of the dense
+      // architecture (the expert's weights in the dense MLP's place). Timed on the dense model: same shapes, same ops.
+      std::unique_ptr<model::MaskedAutoencoder> fresh;
+      const model::MaskedAutoencoder* sub = teacher.get();
+      if (!sub) {
+        fresh = std::make_unique<model::MaskedAutoencoder>(cfg, 0);
+        moce::move_to_device(*fresh, dev);
+        fresh->set_compute_dtype(compute);
+        sub = fresh.get();
+      }
+      time_forward(*sub, fwd_wall, fwd_cpu);
+      report("MoCE sub-model = dense ViT", fwd_wall, fwd_cpu);
+      // Before export: the whole MoCE encoder, its gate sending each image (all its tokens) to one of the 8 experts.
+      feed_moe_layers(0, false);
+      double routed_cpu = 0;
+      time_forward(mae, routed_wall, routed_cpu);
+      report("whole MoCE model, 8 experts routed per image", routed_wall, routed_cpu);
+    } else {
+      for (auto& layer : moe_layers) layer->set_capacity_factor(eval_capacity_factor);
+      feed_moe_layers(0, false);
+      time_forward(mae, fwd_wall, fwd_cpu);
+      report(method == "dense" ? "dense" : "whole TokenMoE model", fwd_wall, fwd_cpu);
+      if (method == "tokenmoe")
+        std::printf("tokenmoe eval capacity factor %.2f: capacity %lld tokens per expert, %.2f%% of tokens dropped\n",
+                    eval_capacity_factor, (long long)moe_layers.back()->stats().capacity,
+                    100.0 * moe_layers.back()->stats().dropped_fraction);
     }
-    fwd_wall = median(wall);
-    fwd_cpu = median(cpu);
-    const double gflop = 2.0 * features_macs(cfg, batch) * 1e-9;
-    std::printf("forward features (all %lld patches, no grad): %.3f s wall (cpu %.3f s), %.1f images/s, %.1f GFLOP/s\n",
-                (long long)cfg.num_patches(), fwd_wall, fwd_cpu, double(batch) / fwd_wall, gflop / fwd_wall);
   }
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   std::printf("peak RSS of the process: %.0f MiB\n", double(ru.ru_maxrss) / 1024.0);
   if (do_train) std::printf("train_step: %.1f images/s\n", double(batch) / step_wall);
+  if (do_train) std::printf("train_step_ms: %.1f ms\n", 1e3 * step_wall);
+  // The process's CPU time per step (all threads): the work done, less moved than wall time by other jobs' load.
+  if (do_train) std::printf("train_step_cpu_ms: %.1f ms\n", 1e3 * step_cpu);
   if (do_forward) std::printf("forward: %.1f images/s\n", double(batch) / fwd_wall);
+  if (do_forward && method == "moce") std::printf("forward_routed: %.1f images/s\n", double(batch) / routed_wall);
   return 0;
 }

@@ -132,6 +132,12 @@ Tensor bincount(const Tensor& index, int64_t num_bins);
 // layer for this. Backward: dx (grouped, w not transposed), dw[e] = dy_e^T x_e, db[e] = column sums of dy_e.
 Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_t>& group_sizes,
                       const Tensor& b = Tensor());
+// The expert MLP on rows sorted by group: grouped_matmul(gelu(grouped_matmul(x, w1, sizes, b1)), w2, sizes, b2), w1
+// [E, hidden, in], w2 [E, out, hidden], b1 [E, hidden], b2 [E, out] (biases optional). On the CPU the bias and the
+// exact GELU run in fc1's GEMM epilogue and the GELU's backward in the epilogue of the GEMM making its input's
+// gradient (mlp_gelu's scheme, one grouped call per GEMM); elsewhere it is that composition.
+Tensor grouped_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
+                        const std::vector<int64_t>& group_sizes);
 
 // ---- helpers for op implementations ----
 struct TensorDesc;

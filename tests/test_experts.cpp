@@ -154,6 +154,13 @@ TEST_SUITE("experts") {
     Tensor kept = expert_mlp(layer, 0)(x.reshape({12, 4}).slice(0, 0, 4)) * gate;
     CHECK(max_abs_diff(y.slice(0, 0, 4), kept) < 1e-5);
     CHECK(max_abs_diff(y.slice(0, 4, 12), Tensor::zeros({8, 4})) == 0.0);
+    // A new capacity factor (an evaluation's) holds from the next forward on: C = ceil(12 * 1.5 / 2) = 9 -> 12.
+    layer.set_capacity_factor(1.5);
+    Tensor y_all = layer(x).reshape({12, 4});
+    CHECK(layer.stats().capacity == 12);
+    CHECK(layer.stats().dropped == 0);
+    CHECK(max_abs_diff(y_all, expert_mlp(layer, 0)(x.reshape({12, 4})) * gate) < 1e-5);
+    CHECK(has(error_of([&] { layer.set_capacity_factor(0); }), "set_capacity_factor: capacity_factor = 0 must be positive"));
   }
 
   TEST_CASE("gate noise: Philox by step in training (same step, same draw), none in evaluation") {

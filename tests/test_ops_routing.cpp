@@ -1,10 +1,11 @@
 // test_ops_routing.cpp: registry cases for the routing ops of expert layers (cumsum, one_hot, bincount,
-// grouped_matmul) against naive f64 references and finite differences; and the "routing" suite: range and shape
-// errors, grouped_matmul bitwise equal to one linear per group (forward and backward), and results bitwise
-// independent of the thread count.
+// grouped_matmul, grouped_mlp_gelu) against naive f64 references and finite differences; and the "routing" suite:
+// range and shape errors, grouped_matmul bitwise equal to one linear per group (forward and backward), grouped_mlp_gelu
+// against the composition it fuses, and results bitwise independent of the thread count.
 #include <doctest/doctest.h>
 #include <omp.h>
 
+#include <cmath>
 #include <cstring>
 #include <numeric>
 
@@ -71,6 +72,13 @@ HostArray grouped_ref(const HostArray& x, const HostArray& w, const std::vector<
   return y;
 }
 
+// The expert MLP: grouped fc2(gelu(grouped fc1(x))), exact GELU x Φ(x) in f64.
+HostArray grouped_mlp_ref(const std::vector<HostArray>& h, const std::vector<int64_t>& sizes) {
+  HostArray a = grouped_ref(h[0], h[1], sizes, &h[2]);
+  for (double& v : a.v) v = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+  return grouped_ref(a, h[3], sizes, h.size() > 4 ? &h[4] : nullptr);
+}
+
 // ---------------------------------------------------------------- registry cases
 
 OP_CASE({"cumsum along the last dim", {values({4, 6})}, [](const std::vector<Tensor>& x) { return eng::cumsum(x[0], -1); },
@@ -110,6 +118,20 @@ OP_CASE({"grouped_matmul on the packed GEMM path (forward)",
          {forward_only({128, 48}), forward_only({4, 40, 48}), forward_only({4, 40})},
          [](const std::vector<Tensor>& x) { return eng::grouped_matmul(x[0], x[1], kPackedSizes, x[2]); },
          [](const std::vector<HostArray>& h) { return grouped_ref(h[0], h[1], kPackedSizes, &h[2]); }});
+
+OP_CASE({"grouped_mlp_gelu (GELU and its gradient in the epilogues), unequal groups and an empty one",
+         {values({6, 5}), values({4, 7, 5}), values({4, 7}), values({4, 3, 7}), values({4, 3})},
+         [](const std::vector<Tensor>& x) { return eng::grouped_mlp_gelu(x[0], x[1], x[2], x[3], x[4], kUnequalSizes); },
+         [](const std::vector<HostArray>& h) { return grouped_mlp_ref(h, kUnequalSizes); }});
+OP_CASE({"grouped_mlp_gelu without fc2 bias, empty first and last groups",
+         {values({4, 3}), values({3, 6, 3}), values({3, 6}), values({3, 2, 6})},
+         [](const std::vector<Tensor>& x) { return eng::grouped_mlp_gelu(x[0], x[1], x[2], x[3], Tensor(), kEmptyEdges); },
+         [](const std::vector<HostArray>& h) { return grouped_mlp_ref(h, kEmptyEdges); }});
+OP_CASE({"grouped_mlp_gelu on the packed GEMM path (forward)",
+         {forward_only({128, 48}), forward_only({4, 40, 48}), forward_only({4, 40}), forward_only({4, 24, 40}),
+          forward_only({4, 24})},
+         [](const std::vector<Tensor>& x) { return eng::grouped_mlp_gelu(x[0], x[1], x[2], x[3], x[4], kPackedSizes); },
+         [](const std::vector<HostArray>& h) { return grouped_mlp_ref(h, kPackedSizes); }});
 
 // ---------------------------------------------------------------- helpers for the doctest cases
 
@@ -159,9 +181,73 @@ GroupedResult per_group_linear(const Tensor& x, const Tensor& w, const Tensor& b
   return {y.detach(), xl.grad(), wl.grad(), bl.grad()};
 }
 
+// grouped_mlp_gelu (or, with composed = true, the grouped_matmul + gelu + grouped_matmul it fuses) and its five
+// gradients for the loss sum(y * dy).
+struct MlpResult {
+  Tensor y, dx, dw1, db1, dw2, db2;
+};
+MlpResult grouped_mlp_run(const std::vector<Tensor>& in, const std::vector<int64_t>& sizes, const Tensor& dy, bool composed) {
+  std::vector<Tensor> p;
+  for (const Tensor& t : in) p.push_back(t.detach().requires_grad_(true));
+  Tensor y = composed ? eng::grouped_matmul(eng::gelu(eng::grouped_matmul(p[0], p[1], sizes, p[2])), p[3], sizes, p[4])
+                      : eng::grouped_mlp_gelu(p[0], p[1], p[2], p[3], p[4], sizes);
+  eng::sum(eng::mul(y, dy)).backward();
+  return {y.detach(), p[0].grad(), p[1].grad(), p[2].grad(), p[3].grad(), p[4].grad()};
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) { return eng::amax(eng::abs(eng::sub(a, b))).item(); }
+
 }  // namespace
 
 TEST_SUITE("routing") {
+  TEST_CASE("grouped_mlp_gelu: the composition it fuses within f32 rounding; bitwise equal with 1 and 2 threads") {
+    testutil::ThreadCount guard;
+    // mae_tiny's encoder MLP at a quarter of the rows, skewed groups with an empty one: the threaded packed path.
+    const std::vector<int64_t> sizes = {170, 0, 153, 119, 68, 34};
+    const int64_t R = 544, E = int64_t(sizes.size()), in = 192, hidden = 768, out = 192;
+    const std::vector<Tensor> in_t = {randn({R, in}, 21), eng::mul(randn({E, hidden, in}, 22), 0.05),
+                                      randn({E, hidden}, 23), eng::mul(randn({E, out, hidden}, 24), 0.03),
+                                      randn({E, out}, 25)};
+    Tensor dy = randn({R, out}, 26);
+    MlpResult first;
+    for (int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      MlpResult fused = grouped_mlp_run(in_t, sizes, dy, false);
+      MlpResult composed = grouped_mlp_run(in_t, sizes, dy, true);
+      const std::vector<std::pair<Tensor, Tensor>> pairs = {{fused.y, composed.y},     {fused.dx, composed.dx},
+                                                            {fused.dw1, composed.dw1}, {fused.db1, composed.db1},
+                                                            {fused.dw2, composed.dw2}, {fused.db2, composed.db2}};
+      for (size_t i = 0; i < pairs.size(); i++) {
+        // Relative to the largest entry: the two differ only in how the GELU and its gradient round.
+        const double scale = eng::amax(eng::abs(pairs[i].second)).item();
+        CHECK_MESSAGE(max_abs_diff(pairs[i].first, pairs[i].second) <= 1e-5 * scale, "output " << i << ", threads " << threads);
+      }
+      CHECK(eng::sum(eng::abs(fused.dw1.select(0, 1))).item() == 0.0);  // the empty group's gradients are zeros
+      CHECK(eng::sum(eng::abs(fused.db2.select(0, 1))).item() == 0.0);
+      if (threads == 1) {
+        first = fused;
+        continue;
+      }
+      CHECK(same_bits(fused.y, first.y));
+      CHECK(same_bits(fused.dx, first.dx));
+      CHECK(same_bits(fused.dw1, first.dw1));
+      CHECK(same_bits(fused.db1, first.db1));
+      CHECK(same_bits(fused.dw2, first.dw2));
+      CHECK(same_bits(fused.db2, first.db2));
+    }
+    // One group holding every row is the dense mlp_gelu itself, bit for bit (the same GEMMs and epilogues).
+    Tensor y1 = eng::grouped_mlp_gelu(in_t[0], in_t[1].narrow(0, 0, 1), in_t[2].narrow(0, 0, 1), in_t[3].narrow(0, 0, 1),
+                                      in_t[4].narrow(0, 0, 1), {R});
+    CHECK(same_bits(y1, eng::mlp_gelu(in_t[0], in_t[1].select(0, 0), in_t[2].select(0, 0), in_t[3].select(0, 0),
+                                      in_t[4].select(0, 0))));
+    CHECK(has(error_of([&] { eng::grouped_mlp_gelu(in_t[0], in_t[1], in_t[2], in_t[1], in_t[4], sizes); }),
+              "grouped_mlp_gelu: fc2 weight must be [6, out, 768]"));
+    CHECK(has(error_of([&] { eng::grouped_mlp_gelu(in_t[0], in_t[1], in_t[2], in_t[3], in_t[2], sizes); }),
+              "grouped_mlp_gelu: fc2 bias must be [6, 192]"));
+    CHECK(has(error_of([&] { eng::grouped_mlp_gelu(in_t[0], in_t[1], in_t[2], in_t[3], in_t[4], {R}); }),
+              "grouped_mlp_gelu (fc1): 1 group sizes for the 6 groups"));
+  }
+
   TEST_CASE("routing errors: out-of-range indices, bad sizes, shapes and dtypes are one-line errors naming the argument") {
     std::string e = error_of([] { eng::one_hot(ids({0, 2, 5}), 5); });
     CHECK(has(e, "one_hot: index 5 out of range for 5 classes"));

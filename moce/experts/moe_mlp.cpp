@@ -108,8 +108,8 @@ Tensor expert_dispatch_combine(const Tensor& x, const Tensor& expert_index, cons
     Tensor xs = eng::index_select(x, 0, eng::index_select(unit_of, 0, kept_order)).reshape({total_kept * rows, d});
     std::vector<int64_t> group_rows(static_cast<size_t>(n));
     for (int64_t e = 0; e < n; e++) group_rows[size_t(e)] = kept[size_t(e)] * rows;
-    Tensor h = eng::gelu(eng::grouped_matmul(xs, w.fc1_weight, group_rows, w.fc1_bias));
-    Tensor out = eng::grouped_matmul(h, w.fc2_weight, group_rows, w.fc2_bias).reshape({total_kept, rows, d});
+    Tensor out = eng::grouped_mlp_gelu(xs, w.fc1_weight, w.fc1_bias, w.fc2_weight, w.fc2_bias, group_rows)
+                     .reshape({total_kept, rows, d});
     y = out * eng::index_select(weight_of, 0, kept_order).reshape({total_kept, 1, 1});
   }
   if (dropped > 0) {
@@ -156,6 +156,12 @@ void MoeMlp::set_cluster_embeddings(const Tensor& embeddings) {
             "MoeMlp::set_cluster_embeddings: embeddings must be [B, {}], got {}", options_.cluster_dim,
             shape_of(embeddings));
   cluster_embeddings_ = embeddings.detach();
+}
+
+void MoeMlp::set_capacity_factor(double capacity_factor) {
+  ENG_CHECK(capacity_factor > 0 && std::isfinite(capacity_factor),
+            "MoeMlp::set_capacity_factor: capacity_factor = {} must be positive", capacity_factor);
+  options_.capacity_factor = capacity_factor;
 }
 
 void MoeMlp::visit(const std::string& prefix, const model::Visitor& f) {

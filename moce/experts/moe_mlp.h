@@ -16,9 +16,10 @@
 // renormalised to sum to 1 (V-MoE's choice, kept for both gates).
 //
 // Dispatch: the (unit, k) choices are sorted by expert (a stable sort: deterministic), the rows gathered in that
-// order, one grouped_matmul per linear layer (the expert sizes read back to the host once per forward), GELU between
-// (eng::gelu, exact erf: no fused grouped GEMM + GELU exists), then the rows are put back in choice order by the
-// inverse permutation, scaled by their gate values and summed over k. All engine ops: forward and backward run on any
+// order, the experts' MLPs in one eng::grouped_mlp_gelu (one grouped GEMM per linear layer, the expert sizes read
+// back to the host once per forward; exact GELU, on the CPU in fc1's GEMM epilogue and its gradient in the epilogue
+// of the backward GEMM, as the dense mlp_gelu), then the rows are put back in choice order by the inverse
+// permutation, scaled by their gate values and summed over k. All engine ops: forward and backward run on any
 // backend, with no atomics in a float reduction.
 #pragma once
 #include <cstdint>
@@ -100,6 +101,8 @@ class MoeMlp : public model::MlpLayer {
   // Explicit gate noise ε [U, N] (tests, the golden fixture): used in training instead of the Philox draw until
   // cleared with an undefined tensor.
   void set_gate_noise(const Tensor& noise) { explicit_noise_ = noise; }
+  // TokenMoE's capacity factor from the next forward on (V-MoE evaluates at a capacity factor of its own choosing).
+  void set_capacity_factor(double capacity_factor);
 
   const MoeStats& stats() const { return stats_; }
   const MoeOptions& options() const { return options_; }
