@@ -2,6 +2,7 @@
 #include "moce/common/cli.h"
 
 #include <cstdio>
+#include <sstream>
 
 #include "engine/error.h"
 
@@ -99,6 +100,24 @@ bool Args::on(const std::string& name) const {
   spec(name);
   auto it = values_.find(name);
   return it != values_.end() && it->second == "1";
+}
+
+std::vector<int64_t> parse_index_list(const std::string& text, const std::string& flag, const std::string& expected) {
+  std::vector<int64_t> values;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    ENG_CHECK(used == item.size() && !item.empty() && v >= 0, "{} {}: expected {}", flag, text, expected);
+    values.push_back(v);
+  }
+  ENG_CHECK(!values.empty(), "{}: nothing given; expected {}", flag, expected);
+  return values;
 }
 
 }  // namespace moce

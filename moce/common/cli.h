@@ -38,4 +38,8 @@ class Args {
   std::map<std::string, bool> given_;
 };
 
+// "3,5" -> {3, 5}: non-negative integers separated by commas, nothing else; otherwise throws
+// "<flag> <text>: expected <expected>" (e.g. flag "--moe-blocks", expected "block numbers (0-based) separated by commas").
+std::vector<int64_t> parse_index_list(const std::string& text, const std::string& flag, const std::string& expected);
+
 }  // namespace moce

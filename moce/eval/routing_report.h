@@ -31,6 +31,7 @@ struct RoutingLayer {
   int64_t num_experts = 0;
   std::vector<int64_t> counts;  // [images * num_experts], row-major, >= 0, every image's row summing to > 0
   std::vector<double> confidence;  // optional [images]: orders each expert's sample strip (most confident first)
+  std::vector<double> gate_mean;   // optional [num_experts]: the mean over units of G_{u,e} (before top-K)
 };
 
 struct RoutingInput {

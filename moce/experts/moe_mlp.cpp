@@ -217,7 +217,8 @@ Tensor MoeMlp::operator()(const Tensor& x) const {
   {
     eng::NoGradGuard no_grad;
     s.choices = top.indices.detach();
-    s.unit_confidence = eng::amax(gates.detach(), {1});
+    s.gates = gates.detach();
+    s.unit_confidence = eng::amax(s.gates, {1});
     s.gate_confidence = eng::mean(s.unit_confidence).item();
   }
   s.dropped = info.dropped;

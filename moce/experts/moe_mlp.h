@@ -82,6 +82,7 @@ struct MoeStats {
   double dropped_fraction = 0;  // dropped / (K·U): with K = 1 the share of tokens dropped
   Tensor choices;               // i64 [U, K]: each unit's experts, before the capacity cut (the routing analysis)
   Tensor unit_confidence;       // [U]: max_e G_{u,e} of each unit
+  Tensor gates;                 // [U, N]: G before top-K (no gradient): what an exported expert's scale would be
 };
 
 class MoeMlp : public model::MlpLayer {

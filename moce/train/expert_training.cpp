@@ -6,13 +6,13 @@
 #include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 
 #include "engine/autograd.h"
 #include "engine/error.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/safetensors.h"
 #include "moce/cluster/io.h"
+#include "moce/common/cli.h"
 #include "moce/common/device.h"
 #include "moce/experts/losses.h"
 #include "moce/train/checkpoint.h"
@@ -76,23 +76,7 @@ std::vector<int64_t> default_moe_blocks(TrainMethod m, int64_t depth) {
 }
 
 std::vector<int64_t> parse_block_list(const std::string& text) {
-  std::vector<int64_t> blocks;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    size_t used = 0;
-    long long v = -1;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    ENG_CHECK(used == item.size() && !item.empty() && v >= 0,
-              "--moe-blocks {}: expected block numbers (0-based) separated by commas, e.g. 10,11", text);
-    blocks.push_back(v);
-  }
-  ENG_CHECK(!blocks.empty(), "--moe-blocks: no block given");
-  return blocks;
+  return parse_index_list(text, "--moe-blocks", "block numbers (0-based) separated by commas, e.g. 10,11");
 }
 
 std::vector<int64_t> check_expert_options(TrainMethod m, const ExpertOptions& o, int64_t depth) {
@@ -360,6 +344,12 @@ TrainedModel load_trained_model(const std::string& file) {
 
 // ---------------------------------------------------------------- routing outside training
 
+Tensor pooled_features(const model::MaskedAutoencoder& mae, const Tensor& images, const std::string& pool) {
+  if (pool == "cls") return mae.encode_all(images).select(1, 0);
+  ENG_CHECK(pool == "mean", "cluster pool '{}': expected mean or cls", pool);
+  return mae.features(images);
+}
+
 struct MoceRouter::State {
   std::unique_ptr<model::MaskedAutoencoder> features;  // the dense MAE that made the clusters
   Tensor centroids;                                     // [M, d] on the device
@@ -385,7 +375,7 @@ MoceRouter::MoceRouter(TrainedModel& model, const std::string& feature_checkpoin
     auto st = weak.lock();
     if (!st) return;
     eng::NoGradGuard no_grad;
-    Tensor f = st->pool == "cls" ? st->features->encode_all(images).select(1, 0) : st->features->features(images);
+    Tensor f = pooled_features(*st->features, images, st->pool);
     std::vector<int32_t> ids = cluster::clusters_of_features(f.to(eng::Device::cpu()), st->centroids.to(eng::Device::cpu()));
     std::vector<int64_t> ids64(ids.begin(), ids.end());
     Tensor id_tensor = Tensor::from_vector(ids64, {int64_t(ids64.size())}).to(st->centroids.device());

@@ -146,6 +146,11 @@ class ExpertTraining {
 // The pooling a moce cluster folder's features used, from its clusters.json ("mean" when it does not say).
 std::string cluster_folder_pool(const std::string& cluster_dir);
 
+// The feature a MoCE model routes an image by, as the clusters were made: pool "mean" (MaskedAutoencoder::features,
+// the patch tokens after the final norm, averaged) or "cls" (the class token after the final norm); [N, D], not
+// normalised (the argmax against the centroids does not need it). Throws naming the pool otherwise.
+eng::Tensor pooled_features(const model::MaskedAutoencoder& mae, const eng::Tensor& images, const std::string& pool);
+
 // A model `moce train` wrote (checkpoint-last or weights.safetensors), for the commands after it.
 struct TrainedModel {
   std::unique_ptr<model::MaskedAutoencoder> mae;

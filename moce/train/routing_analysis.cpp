@@ -1,6 +1,7 @@
 // routing_analysis.cpp: the routing counts of a trained MoE model over a data set (see the header).
 #include "moce/train/routing_analysis.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -39,6 +40,7 @@ RoutingInput collect_routing(TrainedModel& model, std::shared_ptr<const data::Da
     layer.num_experts = experts;
     layer.counts.assign(size_t(n * experts), 0);
     layer.confidence.assign(size_t(n), 0.0);
+    layer.gate_mean.assign(size_t(experts), 0.0);
     in.layers.push_back(std::move(layer));
   }
   if (clusters_out) clusters_out->assign(size_t(n), -1);
@@ -49,6 +51,7 @@ RoutingInput collect_routing(TrainedModel& model, std::shared_ptr<const data::Da
   const auto t0 = std::chrono::steady_clock::now();
   data::Batch b;
   int64_t done = 0, batches = 0;
+  std::vector<int64_t> units_seen(model.layers.size(), 0);  // the divisor of each layer's gate_mean
   while (feed.next(b)) {
     feed.prefetch();
     {
@@ -69,6 +72,10 @@ RoutingInput collect_routing(TrainedModel& model, std::shared_ptr<const data::Da
         for (int64_t j = 0; j < k; j++) layer.counts[size_t(img * experts + choice[size_t(u * k + j)])]++;
         layer.confidence[size_t(img)] += conf[size_t(u)] / double(per_image);  // TokenMoE: the mean over tokens
       }
+      const std::vector<double> gates = s.gates.to(eng::Device::cpu()).to_vector<double>();  // [U, N], summed in f64
+      for (int64_t u = 0; u < units; u++)
+        for (int64_t e = 0; e < experts; e++) layer.gate_mean[size_t(e)] += gates[size_t(u * experts + e)];
+      units_seen[l] += units;
     }
     if (clusters_out && router)
       for (int64_t i = 0; i < bs; i++) (*clusters_out)[size_t(index[size_t(i)])] = router->last_clusters()[size_t(i)];
@@ -80,6 +87,8 @@ RoutingInput collect_routing(TrainedModel& model, std::shared_ptr<const data::Da
     }
   }
   ENG_CHECK(done == n, "routing: the loader gave {} of {} images", done, n);
+  for (size_t l = 0; l < in.layers.size(); l++)
+    for (double& g : in.layers[l].gate_mean) g /= double(std::max<int64_t>(units_seen[l], 1));
   return in;
 }
 

@@ -1,7 +1,8 @@
 // routing_analysis.h: `moce routing`'s library: runs a model `moce train` wrote over a labelled data set (all
 // patches, no masking, evaluation mode: no gate noise) and counts where each expert layer sends each image: one count
 // per image and choice for MoCE (its cluster's centroid, by the deployment rule of MoceRouter), one per token and
-// choice for TokenMoE. The counts go to moce/eval/routing_report.h, which writes the heatmaps, strips and JSON.
+// choice for TokenMoE; and per layer the mean gate value of each expert over those units (RoutingLayer::gate_mean, the
+// scale an exported expert drops, moce/export). The counts go to moce/eval/routing_report.h, which writes the heatmaps, strips and JSON.
 #pragma once
 #include <memory>
 #include <string>
