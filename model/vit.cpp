@@ -1,6 +1,7 @@
 // vit.cpp: the ViT classifier's config, forward pass, state dict, and its construction from an MAE.
 #include "model/vit.h"
 
+#include "engine/io/safetensors.h"
 #include "model/mae.h"
 
 namespace model {
@@ -146,6 +147,23 @@ void VisionTransformer::load_state_dict(const std::map<std::string, Tensor>& wei
     ENG_CHECK(mine.count(name) == 1, "{}: tensor '{}' is not part of ViT {} ({} pooling, {} classes)", file, name,
               cfg_.name, pool_name(cfg_.pool), cfg_.num_classes);
   load_tensors(mine, weights, file, cfg_.name);
+}
+
+VisionTransformer load_vit(const std::string& file) {
+  eng::SafetensorsFile f = eng::load_safetensors(file);
+  auto it = f.metadata.find("config");
+  ENG_CHECK(it != f.metadata.end(), "{}: no ViT config in its metadata (not a ViT export)", file);
+  nlohmann::json j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+  ENG_CHECK(j.is_object(), "{}: its metadata config is not a JSON object", file);
+  VitConfig cfg;
+  try {
+    cfg = vit_config_from_json(j);
+  } catch (const eng::Error& e) {
+    ENG_FAIL("{}: {}", file, e.what());
+  }
+  VisionTransformer vit(cfg, 0);
+  vit.load_state_dict(f.tensors, file);
+  return vit;
 }
 
 VisionTransformer vit_from_mae(const MaskedAutoencoder& mae, VitPool pool, int64_t num_classes, uint64_t seed) {

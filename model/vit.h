@@ -86,6 +86,10 @@ class VisionTransformer : public Module {
   Linear head;        // num_classes > 0
 };
 
+// A ViT from a safetensors file whose metadata "config" is a ViT config (config_to_json; `moce export` writes one):
+// built from that config and loaded with the file's tensors (exactly the model's names). Errors name the file.
+VisionTransformer load_vit(const std::string& file);
+
 // A ViT whose encoder (patch embedding, cls_token, pos_embed values, blocks, norm) is a copy of the MAE's: its own
 // tensors, so training one leaves the other alone. Under avg pooling the MAE's norm is dropped and fc_norm starts
 // fresh, as MAE's fine-tuning does; the head is fresh (from `seed`). The MAE's blocks must have dense MLPs.

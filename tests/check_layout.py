@@ -32,8 +32,8 @@ ROOMS = {
     "train": {"common", "eval", "cluster", "experts"},
     "cluster": {"common"},
     "experts": {"common"},
-    "search": {"common", "eval", "experts", "cluster"},
-    "export": {"common", "experts"},
+    "search": {"common", "eval", "experts", "cluster", "train"},
+    "export": {"common", "experts", "train", "search"},
     "cmd": {"common", "eval", "train", "cluster", "experts", "search", "export"},
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')

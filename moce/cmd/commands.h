@@ -11,5 +11,7 @@ int cmd_cluster(int argc, char** argv);   // cmd_cluster.cpp: MoCE stage one, cl
 int cmd_train(int argc, char** argv);     // cmd_train.cpp: MoCE / TokenMoE / dense training (moce/train/pretrain.h)
 int cmd_routing(int argc, char** argv);   // cmd_routing.cpp: routing heatmaps and figures (moce/train/routing_analysis.h)
 int cmd_rank_blocks(int argc, char** argv);  // cmd_rank_blocks.cpp: which blocks get experts (moce/train/rank_blocks.h)
+int cmd_search(int argc, char** argv);    // cmd_search.cpp: MoCE's expert search for a downstream task (moce/search/search.h)
+int cmd_export(int argc, char** argv);    // cmd_export.cpp: the chosen sub-model as a plain ViT (moce/export/export.h)
 
 }  // namespace moce

@@ -6,6 +6,8 @@
 //   moce train ...      MoCE / TokenMoE / dense training from a dense MAE (cmd_train.cpp)
 //   moce routing ...    class x expert routing of a trained MoCE / TokenMoE model (cmd_routing.cpp)
 //   moce rank-blocks ... the encoder blocks with the largest MLP gradient, for --moe-blocks (cmd_rank_blocks.cpp)
+//   moce search ...     MoCE's expert search for a downstream data set (cmd_search.cpp)
+//   moce export ...     the chosen experts' path (or a dense MAE's encoder) as a plain ViT, timm names (cmd_export.cpp)
 // `moce <command> --help` lists every flag with its default. Errors print one line and exit with status 1.
 #include <cstdio>
 #include <cstring>
@@ -28,6 +30,8 @@ const Command kCommands[] = {
     {"train", moce::cmd_train, "continue a dense MAE as MoCE, TokenMoE or dense (MAE*): experts, gates, losses"},
     {"routing", moce::cmd_routing, "where a trained MoCE / TokenMoE model routes each class: heatmaps, NMI, loads"},
     {"rank-blocks", moce::cmd_rank_blocks, "rank the encoder blocks by MLP gradient magnitude; the top ones as --moe-blocks"},
+    {"search", moce::cmd_search, "MoCE's expert search: the cluster most downstream images fall in names the experts"},
+    {"export", moce::cmd_export, "write the chosen experts' path (or a dense MAE's encoder) as a plain ViT (timm names)"},
 };
 
 void usage() {
