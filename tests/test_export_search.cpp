@@ -392,7 +392,7 @@ TEST_SUITE("export search") {
           std::string::npos);
     CHECK(export_error(f.init(), "0").find("dense model") != std::string::npos);
     CHECK(export_error(r.moce, "1,2", {"--pool", "avg"}).find("--pool avg") != std::string::npos);
-    CHECK(export_error(r.moce, "1,2", {"--pool", "max"}).find("unknown ViT pooling 'max'") != std::string::npos);
+    CHECK(export_error(r.moce, "1,2", {"--pool", "max"}).find("--pool max: unknown ViT pooling 'max'") != std::string::npos);
     CHECK(error_of([&] {
             run(moce::cmd_export, "export", {"--model", r.moce, "--experts", "1,2", "--out", out.file("no/dir/v.safetensors")});
           }).find("does not exist") != std::string::npos);

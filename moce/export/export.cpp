@@ -76,7 +76,12 @@ ExportResult run_export(const ExportOptions& o) {
   ENG_CHECK(!o.model_file.empty(), "export: --model FILE is required (a moce train weights.safetensors or a dense MAE)");
   ENG_CHECK(file_exists(o.model_file), "--model {}: no such file", o.model_file);
   ENG_CHECK(!o.out.empty(), "export: --out FILE.safetensors is required");
-  const model::VitPool pool = model::parse_pool(o.pool);
+  model::VitPool pool = model::VitPool::Token;
+  try {
+    pool = model::parse_pool(o.pool);
+  } catch (const eng::Error& e) {
+    ENG_FAIL("--pool {}: {}", o.pool, e.what());
+  }
   ENG_CHECK(pool != model::VitPool::Avg, "--pool avg: the export keeps the encoder's final norm: token or norm_avg");
   const std::filesystem::path out_dir = std::filesystem::path(o.out).parent_path();
   ENG_CHECK(out_dir.empty() || std::filesystem::is_directory(out_dir), "--out {}: its folder {} does not exist", o.out,
