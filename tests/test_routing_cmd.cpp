@@ -44,25 +44,26 @@ TEST_SUITE("routing cmd") {
     const Tensor c = w.tensors.at(moce::kCentroidsTensor);
     const int64_t m = c.size(0), d = c.size(1), n = ds->size();
     const std::vector<float> cv = c.to_vector<float>(), fv = fs.features.to_vector<float>();
-    for (int64_t i = 0; i < n; i++) {
+    // argmax_j of the f64 dot product of x (d values) with row j of rows (count rows of d), first maximum on ties.
+    auto argmax_dot = [d](const float* x, const std::vector<float>& rows, int64_t count) {
       int64_t best = 0;
       double best_dot = -1e300;
-      for (int64_t j = 0; j < m; j++) {
+      for (int64_t j = 0; j < count; j++) {
         double dot = 0;
-        for (int64_t k = 0; k < d; k++) dot += double(fv[size_t(i * d + k)]) * double(cv[size_t(j * d + k)]);
+        for (int64_t k = 0; k < d; k++) dot += double(x[k]) * double(rows[size_t(j * d + k)]);
         if (dot > best_dot) best_dot = dot, best = j;
       }
+      return best;
+    };
+    std::vector<std::vector<float>> gate_weights;
+    for (const moce::RoutingLayer& layer : in.layers)
+      gate_weights.push_back(w.tensors.at("blocks." + std::to_string(layer.block) + ".mlp.gate.weight").to_vector<float>());
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t best = argmax_dot(&fv[size_t(i * d)], cv, m);
       CHECK(clusters[size_t(i)] == best);
       for (size_t l = 0; l < in.layers.size(); l++) {
-        const std::vector<float> g = w.tensors.at("blocks." + std::to_string(in.layers[l].block) + ".mlp.gate.weight").to_vector<float>();
         const int64_t e_n = in.layers[l].num_experts;
-        int64_t top = 0;
-        double top_logit = -1e300;
-        for (int64_t e = 0; e < e_n; e++) {
-          double logit = 0;
-          for (int64_t k = 0; k < d; k++) logit += double(g[size_t(e * d + k)]) * double(cv[size_t(best * d + k)]);
-          if (logit > top_logit) top_logit = logit, top = e;
-        }
+        const int64_t top = argmax_dot(&cv[size_t(best * d)], gate_weights[l], e_n);
         int64_t total = 0;
         for (int64_t e = 0; e < e_n; e++) total += in.layers[l].counts[size_t(i * e_n + e)];
         CHECK(total == 1);  // one image, one top-1 choice
