@@ -63,6 +63,13 @@ Tensor planted_bank(int64_t n, int64_t M, int64_t d, double noise, uint64_t seed
   return eng::l2_normalize(Tensor::from_vector(x, {n, d}), 1);
 }
 
+// "a b c" of a size list, for messages.
+std::string join_sizes(const std::vector<int64_t>& v) {
+  std::string out;
+  for (int64_t x : v) out += (out.empty() ? "" : " ") + std::to_string(x);
+  return out;
+}
+
 }  // namespace
 
 TEST_SUITE("cluster") {
@@ -254,13 +261,52 @@ TEST_SUITE("cluster") {
       int64_t best = 0;
       for (int64_t j = 1; j < M; j++)
         if (P[size_t(i * M + j)] * c[size_t(j)] > P[size_t(i * M + best)] * c[size_t(best)]) best = j;
-      same += a.balanced[size_t(i)] == best;
+      same += a.plan_argmax[size_t(i)] == best;
       int64_t plain = 0;
       for (int64_t j = 1; j < M; j++)
         if (A[size_t(i * M + j)] > A[size_t(i * M + plain)]) plain = j;
       CHECK(a.plain[size_t(i)] == plain);
     }
     CHECK(same >= n - 2);
+
+    // The capacity rounding, from its definition on the f64 reference plan: rows by decreasing largest plan entry,
+    // each to its best cluster with room (floor(n / M) each), the n mod M left over one to a cluster.
+    std::vector<double> top(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; i++) {
+      top[size_t(i)] = 0;
+      for (int64_t j = 0; j < M; j++) top[size_t(i)] = std::max(top[size_t(i)], r[size_t(i)] * P[size_t(i * M + j)] * c[size_t(j)]);
+    }
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; i++) order[size_t(i)] = i;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return top[size_t(x)] > top[size_t(y)]; });
+    std::vector<int64_t> room(static_cast<size_t>(M), n / M), ref_label(static_cast<size_t>(n), -1), left;
+    auto pick = [&](int64_t i) {
+      int64_t best = -1;
+      for (int64_t j = 0; j < M; j++)
+        if (room[size_t(j)] > 0 && (best < 0 || P[size_t(i * M + j)] * c[size_t(j)] > P[size_t(i * M + best)] * c[size_t(best)]))
+          best = j;
+      return best;
+    };
+    for (int64_t i : order) {
+      const int64_t j = pick(i);
+      if (j < 0) { left.push_back(i); continue; }
+      ref_label[size_t(i)] = j;
+      room[size_t(j)]--;
+    }
+    std::fill(room.begin(), room.end(), 1);
+    for (int64_t i : left) ref_label[size_t(i)] = pick(i), room[size_t(ref_label[size_t(i)])]--;
+    int64_t same_rounded = 0;
+    for (int64_t i = 0; i < n; i++) same_rounded += a.balanced[size_t(i)] == ref_label[size_t(i)];
+    CHECK(same_rounded >= n - 3);  // f32 K against f64 may swap the order of two rows of nearly equal top entries
+    std::vector<int64_t> sizes = cluster_sizes(a.balanced, M);
+    int64_t larger = 0;
+    for (int64_t sz : sizes) {
+      CHECK((sz == n / M || sz == n / M + 1));
+      larger += sz == n / M + 1;
+    }
+    CHECK(larger == n % M);
+    MESSAGE("capacity rounding: " << same_rounded << " of " << n << " rows as the f64 reference; plan argmax sizes "
+            << join_sizes(cluster_sizes(a.plan_argmax, M)) << ", rounded " << join_sizes(sizes));
   }
 
   TEST_CASE("planted clusters: the balanced assignment is within 1% of n / M and recovers the groups") {

@@ -3,6 +3,51 @@
 
 namespace moce::cluster {
 
+namespace {
+
+// The greedy capacity rounding of assign_balanced (see the header): kmat [n, M] holds K, log_c the log column scales,
+// row_top each row's largest log plan entry (the order in which rows choose). Within a row the order of log(K_ij c_j)
+// is that of the plan (r_i is common to the row).
+std::vector<int32_t> round_plan_with_capacity(const std::vector<float>& kmat, const std::vector<double>& log_c,
+                                              const std::vector<double>& row_top, int64_t n, int64_t M) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; i++) order[size_t(i)] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return row_top[size_t(a)] > row_top[size_t(b)]; });
+  const int64_t base = n / M;
+  std::vector<int64_t> room(static_cast<size_t>(M), base);
+  std::vector<int32_t> label(static_cast<size_t>(n), -1);
+  // The best cluster of row i among those with room (log(0) = -inf for entries that underflowed: still below any
+  // finite one, and the first cluster with room is taken when every entry with room is -inf).
+  auto best_with_room = [&](int64_t i) {
+    const float* k = kmat.data() + size_t(i) * size_t(M);
+    int64_t best = -1;
+    double best_v = 0;
+    for (int64_t j = 0; j < M; j++) {
+      if (room[size_t(j)] == 0) continue;
+      const double v = std::log(double(k[j])) + log_c[size_t(j)];
+      if (best < 0 || v > best_v) { best = j; best_v = v; }
+    }
+    return best;
+  };
+  std::vector<int64_t> left_over;
+  for (int64_t i : order) {
+    const int64_t j = base > 0 ? best_with_room(i) : -1;
+    if (j < 0) { left_over.push_back(i); continue; }
+    label[size_t(i)] = int32_t(j);
+    room[size_t(j)]--;
+  }
+  std::fill(room.begin(), room.end(), 1);  // n mod M rows are left, each to a different cluster
+  for (int64_t i : left_over) {
+    const int64_t j = best_with_room(i);
+    label[size_t(i)] = int32_t(j);
+    room[size_t(j)]--;
+  }
+  return label;
+}
+
+}  // namespace
+
 Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& centroids, const AssignOptions& opt) {
   ENG_CHECK(bank.n > 0, "feature bank{}: is empty (no images to assign)", bank.source.empty() ? "" : " " + bank.source);
   ENG_CHECK(centroids.dim() == 2, "centroids must be [clusters, dims], got {}", eng::shape_str(centroids.shape()));
@@ -15,7 +60,7 @@ Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& centroids
   eng::Tensor ct = centroids.to(eng::Device::cpu()).to(eng::DType::F32).t().contiguous();  // [d, M]
   Assignment out;
   out.plain.resize(size_t(n));
-  out.balanced.resize(size_t(n));
+  out.plan_argmax.resize(size_t(n));
   out.row_max.resize(size_t(n));
   std::vector<float> kmat(size_t(n) * size_t(M));
   const float inv_eps = float(1.0 / opt.eps);
@@ -71,6 +116,8 @@ Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& centroids
       break;
     }
   }
+  std::vector<double> log_c(static_cast<size_t>(M)), row_top(static_cast<size_t>(n));
+  for (int64_t j = 0; j < M; j++) log_c[size_t(j)] = std::log(c[size_t(j)]);
   parallel_for(0, n, 64, [&](int64_t i) {
     const float* k = kmat.data() + size_t(i) * size_t(M);
     int64_t best = 0;
@@ -79,8 +126,10 @@ Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& centroids
       const double v = double(k[j]) * c[size_t(j)];
       if (v > best_v) { best_v = v; best = j; }
     }
-    out.balanced[size_t(i)] = int32_t(best);
+    out.plan_argmax[size_t(i)] = int32_t(best);
+    row_top[size_t(i)] = std::log(r[size_t(i)]) + std::log(best_v);  // the row's largest log plan entry
   });
+  out.balanced = round_plan_with_capacity(kmat, log_c, row_top, n, M);
   out.row_scale = std::move(r);
   out.col_scale = std::move(c);
   return out;

@@ -21,7 +21,8 @@ struct AssignOptions {
 };
 
 struct Assignment {
-  std::vector<int32_t> balanced;     // argmax_j of the balanced plan, per bank row
+  std::vector<int32_t> balanced;     // the plan rounded under equal capacities (sizes floor(n/M) or that + 1), per row
+  std::vector<int32_t> plan_argmax;  // argmax_j of the balanced plan, per bank row (balanced only in its soft mass)
   std::vector<int32_t> plain;        // argmax_j of A, per bank row
   std::vector<double> row_scale;     // r (the last one; with the per-row max taken out of K, see below)
   std::vector<double> col_scale;     // c
@@ -39,7 +40,13 @@ constexpr int64_t kAssignChunk = 2048;
 // c (M) are f64. Each iteration is one pass over K: r_i = (1/n) / sum_j K_ij c_j, and in the same pass the column
 // masses s_j = sum_i r_i K_ij (per chunk of kAssignChunk rows, chunks added in order); then the column error
 // max_j |M c_j s_j - 1| (SeLa's |c / c_new - 1|) and c_j = (1/M) / s_j. The row max taken out of K only rescales r_i,
-// so no exp overflows for any eps. Hard labels: argmax_j K_ij c_j (first maximum on ties).
+// so no exp overflows for any eps. Hard labels, two of them: plan_argmax = argmax_j K_ij c_j (first maximum on ties),
+// whose sizes are far from equal on real features (the soft plan is balanced, its argmax need not be: Fashion-MNIST,
+// M = 32, sizes 0 to 1590); and `balanced`, the plan rounded greedily under capacities: rows in decreasing order of
+// their largest plan entry log(r_i K_ij c_j) (ties: lower row first), each takes the cluster of largest plan entry
+// that still has room, every cluster holding floor(n / M) rows, then the n mod M rows left over take their best
+// cluster among those not yet given an extra row. Sizes are then exactly floor(n / M) or floor(n / M) + 1.
+// Sequential and O(n M), so the same for any thread count.
 Assignment assign_balanced(const FeatureBank& bank, const eng::Tensor& centroids, const AssignOptions& opt = {});
 
 // The cluster of each new feature (rows of feats [N, d], any scale): argmax_j f . c_j, the paper's A_task = F C^T.

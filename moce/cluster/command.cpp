@@ -248,6 +248,7 @@ ClusterCommandResult run_cluster_command(const ClusterOptions& opt_in) {
     run.centroids.centroids = eng::l2_normalize(lloyd.centroids, 1).contiguous();
     run.assignment.balanced = lloyd.assign;
     run.assignment.plain = lloyd.assign;
+    run.assignment.plan_argmax = lloyd.assign;
     run.assignment.converged = lloyd.converged;
     run.assignment.iterations = int(lloyd.iterations.size());
   } else if (opt.centroids.empty()) {
@@ -314,10 +315,13 @@ ClusterCommandResult run_cluster_command(const ClusterOptions& opt_in) {
     res.report["groups"] = {{"file", opt.groups}, {"column", opt.groups_column}, {"names", groups.names},
                             {"images_per_group", per_group}};
     res.report["balanced"]["groups"] = {{"purity", purity(a.balanced, group_labels)}, {"nmi", nmi(a.balanced, group_labels)}};
+    res.report["plan_argmax"]["groups"] = {{"purity", purity(a.plan_argmax, group_labels)},
+                                           {"nmi", nmi(a.plan_argmax, group_labels)}};
     res.report["plain_argmax"]["groups"] = {{"purity", purity(a.plain, group_labels)}, {"nmi", nmi(a.plain, group_labels)}};
   }
-  for (const char* which : {"balanced", "plain_argmax"}) {
-    if (kmeans && std::string(which) == "plain_argmax") continue;  // the same assignment
+  if (kmeans) res.report.erase("plan_argmax");  // Lloyd has no plan: its one assignment is in "balanced"
+  for (const char* which : {"balanced", "plan_argmax", "plain_argmax"}) {
+    if (kmeans && std::string(which) != "balanced") continue;  // the same assignment
     const json& s = res.report[which];
     if (s["num_empty"].get<int64_t>() > 0)
       say(fmt::format("warning: {} assignment leaves {} of {} clusters empty: {}", which, s["num_empty"].get<int64_t>(),

@@ -207,6 +207,7 @@ nlohmann::json clusters_report(const FeatureBank& bank, const ClusterConfig& cfg
           {"epochs", epochs},
           {"final_sinkhorn", {{"iterations", a.iterations}, {"marginal_error", a.marginal_error}, {"converged", a.converged}}},
           {"balanced", assignment_summary(a.balanced, cfg.clusters, labels)},
+          {"plan_argmax", assignment_summary(a.plan_argmax, cfg.clusters, labels)},
           {"plain_argmax", assignment_summary(a.plain, cfg.clusters, labels)}};
 }
 

@@ -8,7 +8,8 @@
 #
 # Environment: LIMIT=N clusters only the first N images (a quick check of the script; 0 = all), DATA (the data set's
 # folder, holding train/ and splits.tsv), MOCE (the binary), EPOCHS (Sinkhorn epochs, the paper's 10), BATCH (images
-# per Sinkhorn step, 4096: 13 steps per epoch on 50,000 images, where the paper's 1.28M gave 313), SEED,
+# per Sinkhorn step, 4096: 13 steps per epoch on 50,000 images, where the paper's 1.28M gave 313), SEED (0; another
+# seed writes <algorithm>-M<m>-seed<S>/, which summarize.py reads as the spread over seeds),
 # FORCE=1 (redo runs that are already finished; otherwise they are skipped). Each run writes
 # results/tin-cluster/<algorithm>-M<m>/; only clusters.json and cluster_samples.png go into git (.gitignore there).
 set -euo pipefail
@@ -44,6 +45,7 @@ run() {  # run NAME M FLAGS...
   local name=$1 m=$2
   shift 2
   local dir=$OUT/$name-M$m
+  [ "$SEED" = 0 ] || dir=$dir-seed$SEED  # seed 0 is the main run; other seeds give the spread
   if [ -f "$dir/clusters.json" ] && [ "${FORCE:-0}" != 1 ]; then
     echo "== $dir: finished before, skipped (FORCE=1 redoes it)"
     return
