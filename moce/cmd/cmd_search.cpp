@@ -1,8 +1,11 @@
-// cmd_search.cpp: `moce search`, MoCE's expert search for a downstream task: the flags, then moce::search::search_experts
-// (moce/search/search.h) and search.json.
+// cmd_search.cpp: `moce search`, the expert search for a downstream task: the flags, then MoCE's rule
+// (moce/search/search.h) and the paper's comparisons over the candidate sub-models, k-NN and LogME
+// (moce/search/methods.h), and search.json.
 //
 //   moce search --model runs/moce/weights.safetensors --data ../shared/data/tiny-imagenet-32/train --out runs/moce/search.json
+//   moce search --model runs/moce/weights.safetensors --data DOWNSTREAM_DIR --method all
 #include <cstdio>
+#include <filesystem>
 
 #include "engine/error.h"
 #include "moce/cmd/commands.h"
@@ -10,27 +13,41 @@
 #include "moce/common/dataset.h"
 #include "moce/common/device.h"
 #include "moce/common/run_folder.h"
+#include "moce/search/methods.h"
 #include "moce/search/search.h"
 
 namespace moce {
 
 int cmd_search(int argc, char** argv) {
-  Args a("search", "MoCE's expert search: the downstream training images vote for their nearest cluster (dense MAE\n"
-                   "features, argmax f.C); the winner's gate names the expert of every MoE layer.");
+  Args a("search", "Expert search. moce (MoCE's rule): the downstream training images vote for their nearest cluster\n"
+                   "(dense MAE features, argmax f.C); the winner's gate names the expert of every MoE layer. knn, logme:\n"
+                   "every candidate sub-model (the distinct expert paths the gates give the clusters) scored by the k-NN\n"
+                   "top-1 of its features on a held-out split of --data, or by their LogME; the best is chosen.");
   a.add("model", "", "a moce train --method moce output: weights.safetensors or checkpoint-last.safetensors (required)")
       .add("data", "", "the downstream training images: an ImageFolder root, fashion-mnist, or cifar10-bin:DIR (required)")
-      .add("out", "", "search.json to write (default: <model's folder>/search.json)")
+      .add("out", "", "search.json to write, or a folder to write it in (default: <model's folder>/search.json)")
+      .add("method", "moce", "moce, knn, logme, a comma list of them, or all: each prints its choice, scores and cost")
+      .add("knn-k", "20", "knn: neighbours (cosine, temperature-weighted vote)")
+      .add("val-fraction", "0.2", "knn: the share of each class of --data held out to score the candidates")
+      .add("split-seed", "0", "knn: the seed of the held-out split")
       .add("features-checkpoint", "", "the dense MAE the clusters were made with (default: the run's --init)")
       .add("limit", "0", "use only the first N images (0 = all)")
       .add("batch", "128", "images per batch")
       .add("workers", "2", "data loader threads")
       .add("top", "5", "clusters shown in the printed vote histogram")
-      .add("device", "cpu", "cpu, or cuda / cuda:N: the feature pass on that GPU");
+      .add("device", "cpu", "cpu, or cuda / cuda:N: MoCE's rule's feature pass on that GPU (knn and logme run on the CPU)");
   if (!a.parse(argc, argv, 2)) return 0;
   const std::string model_file = a.str("model");
   ENG_CHECK(!model_file.empty(), "search: --model FILE is required (a moce train --method moce weights.safetensors)");
   ENG_CHECK(file_exists(model_file), "--model {}: no such file", model_file);
   ENG_CHECK(!a.str("data").empty(), "search: --data DIR is required (the downstream training images)");
+  const std::vector<std::string> methods = search::parse_methods(a.str("method"));
+  search::MethodOptions mo;
+  mo.knn.k = a.i64("knn-k");
+  ENG_CHECK(mo.knn.k > 0, "--knn-k must be positive, got {}", mo.knn.k);
+  mo.val_fraction = a.f64("val-fraction");
+  ENG_CHECK(mo.val_fraction > 0 && mo.val_fraction < 1, "--val-fraction must lie in (0, 1), got {}", mo.val_fraction);
+  mo.split_seed = uint64_t(a.i64("split-seed"));
   search::SearchOptions o;
   o.features_checkpoint = a.str("features-checkpoint");
   o.batch = a.i64("batch");
@@ -40,12 +57,14 @@ int cmd_search(int argc, char** argv) {
   if (out.empty()) {
     const size_t slash = model_file.find_last_of('/');
     out = (slash == std::string::npos ? std::string(".") : model_file.substr(0, slash)) + "/search.json";
+  } else if (std::filesystem::is_directory(out)) {
+    out += "/search.json";
   }
   TrainedModel model = load_trained_model(model_file);
   auto ds = limit_dataset(open_dataset(a.str("data"), true), a.i64("limit"));
-  search::SearchResult r = search::search_experts(model, ds, a.str("data"), o);
-  std::printf("%s", search::search_summary(r, a.i64("top")).c_str());
-  write_json_file(out, search::search_to_json(r, model_file));
+  search::MethodsReport r = search::run_search_methods(model, ds, a.str("data"), methods, o, mo);
+  std::printf("%s", search::methods_summary(r, a.i64("top")).c_str());
+  write_json_file(out, search::methods_to_json(r, model_file));
   std::printf("wrote %s\n", out.c_str());
   return 0;
 }

@@ -32,30 +32,6 @@ std::vector<int64_t> parse_expert_list(const std::string& text, const TrainedMod
   return experts;
 }
 
-model::VisionTransformer dense_vit_of(const TrainedModel& model, const std::vector<int64_t>& experts,
-                                      model::VitPool pool) {
-  ENG_CHECK(experts.size() == model.layers.size(), "dense_vit_of: {} experts for {} MoE layers", experts.size(),
-            model.layers.size());
-  ENG_CHECK(pool == model::VitPool::Token || pool == model::VitPool::NormAvg,
-            "--pool {}: the export keeps the encoder's final norm: token or norm_avg", model::pool_name(pool));
-  // A copy of the MAE whose MoE blocks hold the chosen experts as dense MLPs (views of the stacked weights:
-  // vit_from_mae copies the values); set_mlp on the copy leaves the model's own blocks alone.
-  model::MaskedAutoencoder path = *model.mae;
-  for (size_t l = 0; l < model.layers.size(); l++) {
-    const experts::MoeMlp& layer = *model.layers[l];
-    const int64_t e = experts[l];
-    ENG_CHECK(e >= 0 && e < layer.options().num_experts, "dense_vit_of: expert {} of block {} is out of range", e,
-              model.blocks[l]);
-    auto mlp = std::make_shared<model::Mlp>();
-    mlp->fc1.weight = layer.experts.fc1_weight.select(0, e);
-    mlp->fc1.bias = layer.experts.fc1_bias.select(0, e);
-    mlp->fc2.weight = layer.experts.fc2_weight.select(0, e);
-    mlp->fc2.bias = layer.experts.fc2_bias.select(0, e);
-    path.blocks[size_t(model.blocks[l])].set_mlp(mlp);
-  }
-  return model::vit_from_mae(path, pool, 0, 0);
-}
-
 namespace {
 
 // Elements of the model's tensors, all of them or the encoder's only (not the decoder's, not the mask token).

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/vit.h"
+#include "moce/search/candidates.h"
 #include "moce/search/search.h"
 #include "moce/train/expert_training.h"
 
@@ -63,9 +64,8 @@ struct ExportResult {
 
 // "E1,E2" -> one expert per MoE layer of `model`, each in [0, num_experts); errors name --experts.
 std::vector<int64_t> parse_expert_list(const std::string& text, const TrainedModel& model);
-// The dense ViT through the chosen experts (one per MoE layer, in block order; none for a dense model), with a copy of
-// every tensor (the model is left as it is). pool: token or norm_avg (both keep the encoder's final norm).
-model::VisionTransformer dense_vit_of(const TrainedModel& model, const std::vector<int64_t>& experts, model::VitPool pool);
+// The dense ViT through the chosen experts: moce/search/candidates.h (the search methods score the same models).
+using search::dense_vit_of;
 
 // moce export: loads the model, chooses the experts (searching with "auto"), builds the ViT, measures the gate figures
 // with --data, writes --out (and search.json with auto), prints the parameter counts. Every check of the flags and
