@@ -20,6 +20,7 @@
 #include "engine/ops.h"
 #include "model/vit.h"
 #include "moce/cmd/commands.h"
+#include "moce/common/plot.h"
 #include "moce/finetune/downstream.h"
 #include "moce/finetune/finetune.h"
 #include "moce/finetune/linprobe.h"
@@ -276,6 +277,47 @@ TEST_SUITE("finetune") {
       // Colour classes: the probe on standardised features separates them well above chance (1/3).
       CHECK(p["test_top1"].get<double>() > 0.6);
     }
+  }
+
+  TEST_CASE("loss-curve PNG: PlotText adds the title, the axis titles and a legend in each series' colour") {
+    testutil::TempDir dir("finetune_plot");
+    moce::Series a, b;
+    a.x = b.x = {1, 2, 3};
+    a.y = {1.0, 0.8, 0.5};
+    b.y = {1.1, 0.9, 0.7};
+    moce::series_colour(1, b);  // orange (255, 127, 14)
+    b.label = "LR 0.1";
+    const std::string plain = dir.file("plain.png"), titled = dir.file("titled.png");
+    moce::write_line_plot(plain, {a, b}, 400, 300);
+    moce::write_line_plot(titled, {a, b}, moce::PlotText{"TITLE", "STEP", "LOSS"}, 400, 300);
+    data::Image p = data::decode_image(plain), t = data::decode_image(titled);
+    REQUIRE(p.width == 400);
+    REQUIRE(t.height == 300);
+    auto dark_in = [](const data::Image& im, int x0, int x1, int y0, int y1) {
+      int n = 0;
+      for (int y = y0; y < y1; y++)
+        for (int x = x0; x < x1; x++) {
+          const uint8_t* px = &im.pixels[(size_t(y) * size_t(im.width) + size_t(x)) * 3];
+          n += px[0] == 60 && px[1] == 60 && px[2] == 60;  // the text colour
+        }
+      return n;
+    };
+    CHECK(dark_in(p, 100, 300, 0, 14) == 0);  // no title without PlotText
+    CHECK(dark_in(t, 100, 300, 0, 18) > 20);  // "TITLE" centred on top
+    CHECK(dark_in(t, 0, 40, 26, 40) > 10);    // "LOSS" above the y axis
+    CHECK(dark_in(t, 150, 250, 300 - 34, 300 - 18) > 10);  // "STEP" under the x tick labels
+    // The legend entry: the series' colour at the top right, where the plain chart has none of it.
+    auto orange_in = [](const data::Image& im) {
+      int n = 0;
+      for (int y = 44; y < 62; y++)
+        for (int x = 300; x < 380; x++) {
+          const uint8_t* px = &im.pixels[(size_t(y) * size_t(im.width) + size_t(x)) * 3];
+          n += px[0] == 255 && px[1] == 127 && px[2] == 14;
+        }
+      return n;
+    };
+    CHECK(orange_in(t) > 30);
+    CHECK(orange_in(p) == 0);
   }
 
   TEST_CASE("bad input: one line naming the file or flag, or the stated handling") {
