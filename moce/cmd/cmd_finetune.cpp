@@ -23,8 +23,8 @@ int cmd_finetune(int argc, char** argv) {
   add_downstream_flags(a);
   a.add("lrs", "1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1,3e-1", "the learning-rate grid (the paper's)")
       .add("seeds", "3", "seeds of the final runs at the chosen lr")
-      .add("steps", "120", "steps of every run (the paper: 2500; the default fits the whole grid x 3 seeds of a "
-                           "3-class task in about 20 minutes on 2 cores, moce/finetune/README.md)")
+      .add("steps", "120", "steps of every run (the paper: 2500; the default is sized for the whole grid x 3 seeds "
+                           "of a 3-class task in about 20 minutes on 2 free cores: moce/finetune/README.md)")
       .add("batch", "64", "images per step")
       .add("eval-batch", "128", "images per batch when scoring")
       .flag("no-augment", "train without the random crop and flip")
