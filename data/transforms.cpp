@@ -295,6 +295,24 @@ eng::Tensor RandomHorizontalFlip::apply(const eng::Tensor& image, eng::Generator
 
 std::string RandomHorizontalFlip::describe() const { return fmt::format("RandomHorizontalFlip({})", p_); }
 
+RandomCrop::RandomCrop(int64_t size, int64_t padding) : size_(size), padding_(padding) {
+  ENG_CHECK(size > 0 && padding >= 0, "RandomCrop: size {} must be positive and padding {} non-negative", size, padding);
+}
+
+eng::Tensor RandomCrop::apply(const eng::Tensor& image, eng::Generator& gen) const {
+  eng::Tensor img = checked_chw(image, "RandomCrop");
+  const int64_t h = img.size(1) + 2 * padding_, w = img.size(2) + 2 * padding_;
+  ENG_CHECK(h >= size_ && w >= size_, "RandomCrop: a {}x{} window does not fit a {}x{} image padded by {}", size_, size_,
+            img.size(1), img.size(2), padding_);
+  CropBox box;
+  box.top = draw_below(gen, h - size_ + 1) - padding_;
+  box.left = draw_below(gen, w - size_ + 1) - padding_;
+  box.height = box.width = size_;
+  return crop(img, box);  // outside the image is zero: the padding
+}
+
+std::string RandomCrop::describe() const { return fmt::format("RandomCrop({}, padding {})", size_, padding_); }
+
 Resize::Resize(int64_t height, int64_t width, Interpolation interpolation, bool antialias)
     : height_(height), width_(width), interpolation_(interpolation), antialias_(antialias) {
   ENG_CHECK(height > 0 && width > 0, "Resize: size {}x{} must be positive", height, width);

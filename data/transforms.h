@@ -103,6 +103,19 @@ class RandomHorizontalFlip : public Transform {
   double p_;
 };
 
+// torchvision's RandomCrop(size, padding): the image padded with `padding` zero pixels on every side, then a
+// size x size window at a uniformly random position (2 counters: top, then left). The light augmentation of the
+// downstream fine-tuning (moce finetune), as CIFAR training recipes do it.
+class RandomCrop : public Transform {
+ public:
+  RandomCrop(int64_t size, int64_t padding);
+  eng::Tensor apply(const eng::Tensor& image, eng::Generator& gen) const override;
+  std::string describe() const override;
+
+ private:
+  int64_t size_, padding_;
+};
+
 // Resizes to exactly height x width.
 class Resize : public Transform {
  public:

@@ -34,7 +34,8 @@ ROOMS = {
     "experts": {"common"},
     "search": {"common", "eval", "experts", "cluster", "train"},
     "export": {"common", "experts", "train", "search"},
-    "cmd": {"common", "eval", "train", "cluster", "experts", "search", "export"},
+    "finetune": {"common", "eval", "train"},
+    "cmd": {"common", "eval", "train", "cluster", "experts", "search", "export", "finetune"},
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 SOURCE = (".h", ".cpp", ".cu", ".cuh", ".inc")

@@ -674,6 +674,41 @@ TEST_CASE("RandomResizedCrop: output size, bounds, determinism per key, fallback
   CHECK(same_bytes(ev.apply(img, 0, 0, 0), data::Normalize().apply(img, g0)));
 }
 
+TEST_CASE("transforms: RandomCrop with padding is a window of the zero-padded image, every offset reachable") {
+  // A 3x5x4 image of distinct values; the reference pads it in f64 and reads the window at every offset.
+  const int64_t h = 5, w = 4, pad = 2, size = 4;
+  std::vector<float> v(size_t(3 * h * w));
+  for (size_t i = 0; i < v.size(); i++) v[i] = float(i + 1) / 100.0f;
+  Tensor img = Tensor::from_vector(v, {3, h, w});
+  data::RandomCrop rc(size, pad);
+  std::set<std::pair<int64_t, int64_t>> offsets;
+  for (int64_t i = 0; i < 400; i++) {
+    eng::Generator g = data::augment_generator(3, 0, i, 0);
+    std::vector<float> got = rc.apply(img, g).to_vector<float>();
+    REQUIRE(got.size() == size_t(3 * size * size));
+    // Find the offset (top, left) in [0, h + 2 pad - size] x [0, w + 2 pad - size] whose padded window matches.
+    bool found = false;
+    for (int64_t t = 0; t <= h + 2 * pad - size && !found; t++)
+      for (int64_t l = 0; l <= w + 2 * pad - size && !found; l++) {
+        bool same = true;
+        for (int64_t c = 0; c < 3 && same; c++)
+          for (int64_t y = 0; y < size && same; y++)
+            for (int64_t x = 0; x < size && same; x++) {
+              const int64_t sy = t + y - pad, sx = l + x - pad;
+              const double want = (sy < 0 || sy >= h || sx < 0 || sx >= w) ? 0.0 : double(v[size_t((c * h + sy) * w + sx)]);
+              same = double(got[size_t((c * size + y) * size + x)]) == want;
+            }
+        if (same) offsets.insert({t, l}), found = true;
+      }
+    CHECK(found);
+  }
+  CHECK(offsets.size() == size_t((h + 2 * pad - size + 1) * (w + 2 * pad - size + 1)));  // 4 x 3 positions all drawn
+  eng::Generator a = data::augment_generator(3, 0, 7, 0), b = data::augment_generator(3, 0, 7, 0);
+  CHECK(same_bytes(rc.apply(img, a), rc.apply(img, b)));
+  CHECK(error_of([&] { data::RandomCrop(10, 1).apply(img, a); }).find("does not fit") != std::string::npos);
+  CHECK(error_of([] { data::RandomCrop(0, 1); }).find("RandomCrop") != std::string::npos);
+}
+
 // ---- loader -------------------------------------------------------------------------------------------------
 
 TEST_CASE("loader: same batches with 0, 1 and 3 workers; epoch order is the seeded permutation") {

@@ -13,5 +13,7 @@ int cmd_routing(int argc, char** argv);   // cmd_routing.cpp: routing heatmaps a
 int cmd_rank_blocks(int argc, char** argv);  // cmd_rank_blocks.cpp: which blocks get experts (moce/train/rank_blocks.h)
 int cmd_search(int argc, char** argv);    // cmd_search.cpp: MoCE's expert search for a downstream task (moce/search/search.h)
 int cmd_export(int argc, char** argv);    // cmd_export.cpp: the chosen sub-model as a plain ViT (moce/export/export.h)
+int cmd_finetune(int argc, char** argv);  // cmd_finetune.cpp: downstream fine-tuning, the paper's protocol (moce/finetune/finetune.h)
+int cmd_linprobe(int argc, char** argv);  // cmd_linprobe.cpp: linear probe on frozen features (moce/finetune/linprobe.h)
 
 }  // namespace moce

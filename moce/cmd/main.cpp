@@ -8,6 +8,8 @@
 //   moce rank-blocks ... the encoder blocks with the largest MLP gradient, for --moe-blocks (cmd_rank_blocks.cpp)
 //   moce search ...     MoCE's expert search for a downstream data set (cmd_search.cpp)
 //   moce export ...     the chosen experts' path (or a dense MAE's encoder) as a plain ViT, timm names (cmd_export.cpp)
+//   moce finetune ...   downstream fine-tuning: lr grid on a validation split, seeds at the best lr (cmd_finetune.cpp)
+//   moce linprobe ...   linear probe of a ViT encoder on frozen downstream features (cmd_linprobe.cpp)
 // `moce <command> --help` lists every flag with its default. Errors print one line and exit with status 1.
 #include <cstdio>
 #include <cstring>
@@ -32,6 +34,8 @@ const Command kCommands[] = {
     {"rank-blocks", moce::cmd_rank_blocks, "rank the encoder blocks by MLP gradient magnitude; the top ones as --moe-blocks"},
     {"search", moce::cmd_search, "MoCE's expert search: the cluster most downstream images fall in names the experts"},
     {"export", moce::cmd_export, "write the chosen experts' path (or a dense MAE's encoder) as a plain ViT (timm names)"},
+    {"finetune", moce::cmd_finetune, "fine-tune a ViT on a downstream task: lr grid on val, then seeds; test top-1 mean, std"},
+    {"linprobe", moce::cmd_linprobe, "linear probe of a ViT encoder on frozen downstream features (token or avg pool)"},
 };
 
 void usage() {

@@ -96,6 +96,18 @@ std::string tick_label(double v) {
 }  // namespace
 
 void write_line_plot(const std::string& path, const std::vector<Series>& series, int width, int height) {
+  write_line_plot(path, series, PlotText{}, width, height);
+}
+
+void series_colour(size_t i, Series& s) {
+  static const unsigned char tab10[10][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39, 40},
+                                             {148, 103, 189}, {140, 86, 75},  {227, 119, 194}, {127, 127, 127},
+                                             {188, 189, 34},  {23, 190, 207}};
+  s.r = tab10[i % 10][0], s.g = tab10[i % 10][1], s.b = tab10[i % 10][2];
+}
+
+void write_line_plot(const std::string& path, const std::vector<Series>& series, const PlotText& text, int width,
+                     int height) {
   double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
   for (const auto& s : series)
     for (size_t i = 0; i < s.x.size() && i < s.y.size(); i++) {
@@ -109,7 +121,8 @@ void write_line_plot(const std::string& path, const std::vector<Series>& series,
   double pad = 0.05 * (ymax - ymin);
   ymin -= pad, ymax += pad;
   Canvas c(width, height);
-  const int left = 90, right = 20, top = 20, bottom = 40;
+  const bool titled = !text.title.empty() || !text.y_label.empty();
+  const int left = 90, right = 20, top = titled ? 44 : 20, bottom = text.x_label.empty() ? 40 : 62;
   auto X = [&](double x) { return left + (x - xmin) / (xmax - xmin) * (width - left - right); };
   auto Y = [&](double y) { return height - bottom - (y - ymin) / (ymax - ymin) * (height - top - bottom); };
   for (int k = 0; k <= 5; k++) {  // grid and tick labels
@@ -122,6 +135,10 @@ void write_line_plot(const std::string& path, const std::vector<Series>& series,
   }
   c.line(left, top, left, height - bottom, 0, 0, 0);
   c.line(left, height - bottom, width - right, height - bottom, 0, 0, 0);
+  if (!text.title.empty()) c.text((width - text_width(text.title, 2)) / 2, 6, text.title);
+  if (!text.y_label.empty()) c.text(4, top - 16, text.y_label);
+  if (!text.x_label.empty())
+    c.text(left + (width - left - right - text_width(text.x_label, 2)) / 2, height - bottom + 30, text.x_label);
   for (const auto& s : series) {
     bool have = false;
     double px = 0, py = 0;
@@ -131,6 +148,15 @@ void write_line_plot(const std::string& path, const std::vector<Series>& series,
       if (have) c.line(px, py, qx, qy, s.r, s.g, s.b, 2);
       px = qx, py = qy, have = true;
     }
+  }
+  // The legend last, so no line crosses it.
+  int legend_y = top + 6;
+  for (const auto& s : series) {
+    if (s.label.empty()) continue;
+    const int x = width - right - 6 - text_width(s.label, 2) - 22;
+    c.line(x, legend_y + 5, x + 16, legend_y + 5, s.r, s.g, s.b, 2);
+    rasterise_text(c.px.data(), c.w, c.h, x + 22, legend_y, s.label, 2, s.r, s.g, s.b);
+    legend_y += 14;
   }
   data::Image img;
   img.width = width;

@@ -14,10 +14,21 @@ namespace moce {
 struct Series {
   std::vector<double> x, y;
   unsigned char r = 31, g = 119, b = 180;  // line colour
+  std::string label;                       // its legend entry ("" = none)
 };
 
-// Writes a width x height PNG (atomically, through data::write_png). Non-finite points are skipped.
+// The words around a chart: a title on top, the x axis title under the tick labels, the y axis title above the y axis.
+struct PlotText {
+  std::string title, x_label, y_label;
+};
+
+// Writes a width x height PNG (atomically, through data::write_png). Non-finite points are skipped. With `text`, the
+// titles are drawn and every labelled series gets a legend entry (top right, in its colour).
 void write_line_plot(const std::string& path, const std::vector<Series>& series, int width = 640, int height = 400);
+void write_line_plot(const std::string& path, const std::vector<Series>& series, const PlotText& text, int width = 640,
+                     int height = 400);
+// The i-th of 10 distinct line colours (matplotlib's tab10), for charts with several series.
+void series_colour(size_t i, Series& s);
 
 // A heatmap of `values` (rows x cols, row-major) in [0, 1] (clamped; NaN drawn grey), white (0) to dark blue (1),
 // written as PNG (atomically): a title on top, column labels above the cells and row labels at their left (each only

@@ -40,14 +40,6 @@ using eng::Tensor;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-std::string fmt_duration(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  int64_t t = int64_t(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t % 3600) / 60);
-  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
-}
-
 // TF32 is a process-wide switch of the CUDA backend: on for this run only.
 struct Tf32Scope {
   explicit Tf32Scope(bool on) { eng::set_cuda_tf32(on); }

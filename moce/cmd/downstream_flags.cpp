@@ -1,0 +1,37 @@
+// downstream_flags.cpp: the shared flags of moce finetune and moce linprobe.
+#include "moce/cmd/downstream_flags.h"
+
+namespace moce {
+
+void add_downstream_flags(Args& a) {
+  a.add("model", "", "the encoder: a moce export (ViT), a dense MAE (moce pretrain checkpoint or weights) or a "
+                     "timm-style ViT safetensors (required)")
+      .add("heads", "0", "timm-style files only: attention heads (0 = embed_dim / 64)")
+      .add("data", "", "downstream training images: an image folder, fashion-mnist or cifar10-bin:DIR (required)")
+      .add("test-data", "", "test images (fashion-mnist / cifar10-bin: their test split); empty: carve --test-fraction")
+      .add("test-fraction", "0.2", "without --test-data: the share of --data held out as test (seeded by --split-seed)")
+      .add("val-fraction", "0.2", "the share of the training images held out for the lr choice")
+      .add("split-seed", "0", "seed of the test and validation splits")
+      .add("classes", "", "keep only these classes, names or indices, comma-separated (e.g. Sandal,Sneaker,\"Ankle boot\")")
+      .add("limit", "0", "the first N training images after --classes (0 = all)")
+      .add("limit-test", "0", "the first N test images (0 = all)")
+      .add("workers", "2", "data loader threads")
+      .add("out", "", "output folder (required)");
+}
+
+void read_downstream_flags(const Args& a, std::string& model_file, int64_t& heads, finetune::DownstreamOptions& data,
+                           std::string& out) {
+  model_file = a.str("model");
+  heads = a.i64("heads");
+  data.data = a.str("data");
+  data.test_data = a.str("test-data");
+  data.test_fraction = a.f64("test-fraction");
+  data.val_fraction = a.f64("val-fraction");
+  data.split_seed = uint64_t(a.i64("split-seed"));
+  data.classes = a.str("classes");
+  data.limit = a.i64("limit");
+  data.limit_test = a.i64("limit-test");
+  out = a.str("out");
+}
+
+}  // namespace moce
