@@ -82,7 +82,7 @@ BENCH_SRC:= $(wildcard bench/*.cpp)
 BENCH_BIN:= $(BENCH_SRC:bench/%.cpp=$(BUILD)/bench/%)
 MOCE_BIN := $(BUILD)/bin/moce
 
-.PHONY: all deps test test-gpu bench clean fuzz run
+.PHONY: all deps test test-gpu bench clean fuzz run run-method
 
 # The main job on the built-in data (Debian's Fashion-MNIST): a short MAE pre-training of the reference model,
 # then its evaluation (PSNR, reconstructions PNG, k-NN and linear probe). A few minutes on 2 cores.
@@ -95,6 +95,12 @@ run: $(MOCE_BIN)
 	@echo "checkpoint: $(RUN_DIR)/checkpoint-last.safetensors"
 	@echo "pictures:   $(RUN_DIR)/eval/reconstructions.png"
 	@echo "figures:    $(RUN_DIR)/eval/eval.json, training metrics: $(RUN_DIR)/metrics.jsonl"
+
+# The whole MoCE method on Fashion-MNIST (scripts/moce_method.sh): pre-train, cluster, MoCE and dense, search, export,
+# fine-tune, the table. Every step skips what its run folder already holds.
+METHOD_DIR ?= runs/method
+run-method: $(MOCE_BIN)
+	RUN_DIR=$(METHOD_DIR) MOCE=$(MOCE_BIN) bash scripts/moce_method.sh
 
 all: $(LIB) $(TEST_BIN) $(MOCE_BIN)
 

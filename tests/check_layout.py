@@ -32,8 +32,8 @@ ROOMS = {
     "train": {"common", "eval", "cluster", "experts"},
     "cluster": {"common"},
     "experts": {"common"},
-    "search": {"common", "eval", "experts", "cluster", "train"},
-    "export": {"common", "experts", "train", "search"},
+    "search": {"common", "eval", "experts", "cluster", "train", "finetune"},
+    "export": {"common", "experts", "train", "search", "finetune"},
     "finetune": {"common", "eval", "train"},
     "cmd": {"common", "eval", "train", "cluster", "experts", "search", "export", "finetune"},
 }

@@ -28,6 +28,7 @@
 #include "moce/cmd/commands.h"
 #include "moce/common/dataset.h"
 #include "moce/eval/features.h"
+#include "moce/finetune/finetune.h"
 #include "moce/search/candidates.h"
 #include "moce/search/logme.h"
 #include "moce/search/methods.h"
@@ -319,6 +320,64 @@ TEST_SUITE("search methods") {
       CHECK(mr.own.wall_seconds > 0);
     }
     CHECK(rep.features.cpu_seconds > 0);
+  }
+
+  TEST_CASE("early-stop and exhaustive: each candidate's score is its own fine-tuning run; the best, the worst, the JSON") {
+    MethodsRun& r = methods_run();
+    moce::TrainedModel m = moce::load_trained_model(r.model);
+    auto ds = moce::open_dataset(moce_fixture().data, true);
+    moce::search::MethodOptions o = quiet_options();
+    o.early_steps = 4;
+    o.full_steps = 8;
+    o.finetune_batch = 16;
+    o.finetune_lr = 0.05;
+    o.finetune_log_every = 0;
+    const moce::search::MethodsReport rep =
+        moce::search::run_search_methods(m, ds, "fixture", {"early-stop", "exhaustive"}, one_worker(), o);
+    REQUIRE(rep.methods.size() == 2);
+    REQUIRE(!rep.candidates.empty());
+    CHECK(rep.knn_val == 15);
+    CHECK(rep.knn_train == 57);
+    // Each score again from the definition: the candidate's dense ViT fine-tuned on the split's training part and
+    // scored on its held-out part, with the same lr, seed, steps and batch.
+    std::vector<int64_t> labels;
+    for (int64_t i = 0; i < ds->size(); i++) labels.push_back(ds->label(i));
+    const moce::search::Split split = moce::search::stratified_split(labels, o.val_fraction, o.split_seed);
+    auto train = std::make_shared<data::SubsetDataset>(ds, split.train);
+    auto val = std::make_shared<data::SubsetDataset>(ds, split.val);
+    for (size_t k = 0; k < 2; k++) {
+      const moce::search::MethodResult& mr = rep.methods[k];
+      CHECK(mr.method == (k == 0 ? "early-stop" : "exhaustive"));
+      CHECK(mr.score_name == "finetune_val_top1");
+      REQUIRE(mr.scores.size() == rep.candidates.size());
+      for (size_t i = 0; i < rep.candidates.size(); i++) {
+        moce::finetune::RunOptions ro;
+        ro.lr = o.finetune_lr;
+        ro.steps = k == 0 ? o.early_steps : o.full_steps;
+        ro.batch = o.finetune_batch;
+        ro.workers = 1;
+        ro.log_every = 0;
+        const model::VisionTransformer vit = moce::search::dense_vit_of(m, rep.candidates[i].experts, model::VitPool::NormAvg);
+        CHECK(mr.scores[i] == moce::finetune::finetune_once(vit, train, val, rep.classes, ro).top1);
+      }
+      CHECK(mr.scores[size_t(mr.choice)] == *std::max_element(mr.scores.begin(), mr.scores.end()));
+      CHECK(mr.own.cpu_seconds > 0);
+    }
+    const json j = moce::search::methods_to_json(rep, r.model);
+    const json& ex = j["methods"]["exhaustive"];
+    const std::vector<double> sc = rep.methods[1].scores;
+    CHECK(ex["worst"].get<int64_t>() == int64_t(std::min_element(sc.begin(), sc.end()) - sc.begin()));
+    CHECK(ex["finetune"]["steps"] == 8);
+    CHECK(j["methods"]["early-stop"]["finetune"]["steps"] == 4);
+    CHECK(j["methods"]["early-stop"]["split"]["val"] == 15);
+    const std::string summary = moce::search::methods_summary(rep);
+    CHECK(summary.find("the worst: candidate") != std::string::npos);
+    // The budgets are checked before any work.
+    o.full_steps = 0;
+    CHECK(error_of([&] { moce::search::run_search_methods(m, ds, "fixture", {"exhaustive"}, one_worker(), o); })
+              .find("--full-steps (0)") != std::string::npos);
+    CHECK(moce::search::parse_methods("every").size() == 5);
+    CHECK(error_of([&] { moce::search::parse_methods("early"); }).find("early-stop, exhaustive") != std::string::npos);
   }
 
   TEST_CASE("moce search --method all: search.json holds each method, its scores recomputed from the candidates' ViTs") {

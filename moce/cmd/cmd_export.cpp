@@ -22,7 +22,8 @@ int cmd_export(int argc, char** argv) {
       .add("features-checkpoint", "", "MoCE: the dense MAE the clusters were made with (default: the run's --init)")
       .add("pool", "token", "the ViT's global pool recorded in its config: token (timm's default) or norm_avg")
       .add("search-out", "", "with auto: search.json's path (default: <out without .safetensors>.search.json)")
-      .add("limit", "0", "use only the first N images of --data (0 = all)")
+      .add("classes", "", "of --data, only these classes: names or indices, comma-separated (as moce finetune)")
+      .add("limit", "0", "use only the first N images of --data (0 = all; after --classes)")
       .add("batch", "128", "images per batch")
       .add("workers", "2", "data loader threads")
       .add("device", "cpu", "cpu, or cuda / cuda:N: the passes over --data on that GPU");
@@ -36,6 +37,7 @@ int cmd_export(int argc, char** argv) {
   o.pool = a.str("pool");
   o.search_json = a.str("search-out");
   o.limit = a.i64("limit");
+  o.classes = a.str("classes");
   o.batch = a.i64("batch");
   o.workers = int(a.i64("workers"));
   o.device = device_from_flag(a.str("device"));

@@ -11,6 +11,7 @@
 #include "moce/common/cli.h"
 #include "moce/common/dataset.h"
 #include "moce/common/device.h"
+#include "moce/finetune/downstream.h"
 #include "moce/common/run_folder.h"
 #include "moce/train/routing_analysis.h"
 
@@ -69,7 +70,7 @@ ExportResult run_export(const ExportOptions& o) {
   const bool auto_experts = o.experts == "auto";
   std::shared_ptr<const data::Dataset> ds;
   if (!o.data.empty()) {
-    ds = limit_dataset(open_dataset(o.data, true), o.limit);
+    ds = finetune::select_classes(open_dataset(o.data, true), o.classes, o.limit);
     ENG_CHECK(ds->size() > 0, "--data {}: no images", o.data);
   }
   if (!has_experts(model.method)) {
@@ -140,6 +141,7 @@ ExportResult run_export(const ExportOptions& o) {
   if (r.search) r.metadata["search"] = search::search_to_json(*r.search, o.model_file);
   if (!gates.empty()) r.metadata["gates"] = gates;
   if (ds) r.metadata["data"] = o.data;
+  if (ds && !o.classes.empty()) r.metadata["classes"] = o.classes;
 
   eng::save_safetensors(o.out, vit.state_dict(),
                         {{"format", kExportFormat}, {"config", model::config_to_json(r.config).dump()},

@@ -35,6 +35,7 @@ struct ExportOptions {
   std::string out;                  // the .safetensors to write
   std::string experts = "auto";     // "auto" (MoCE: moce::search on --data) or "E1,E2" (one per MoE layer, block order)
   std::string data;                 // downstream training images: the search's, and the gate figures (optional)
+  std::string classes;              // of --data, only these classes (as moce finetune's --classes; "" = all)
   std::string features_checkpoint;  // MoCE: the dense MAE of the clustering ("" = the run's --init)
   std::string pool = "token";       // the ViT's pooling: token (timm's default) or norm_avg (the MAE's features)
   std::string search_json;          // with auto: where search.json goes ("" = beside --out)

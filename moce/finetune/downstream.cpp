@@ -117,6 +117,12 @@ std::set<int64_t> labels_present(const data::Dataset& d) {
 
 }  // namespace
 
+std::shared_ptr<const data::Dataset> select_classes(std::shared_ptr<const data::Dataset> ds, const std::string& spec,
+                                                    int64_t limit) {
+  if (spec.empty()) return limit_dataset(ds, limit);
+  return filtered(ds, chosen_classes(spec, ds->classes()), limit);
+}
+
 Downstream open_downstream(const DownstreamOptions& o) {
   ENG_CHECK(!o.data.empty(), "--data: no downstream data given");
   ENG_CHECK(o.val_fraction > 0 && o.val_fraction < 1, "--val-fraction {} must lie in (0, 1)", o.val_fraction);

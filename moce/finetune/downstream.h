@@ -40,6 +40,12 @@ struct Downstream {
 // outside (0, 1), a --classes entry that names no class.
 Downstream open_downstream(const DownstreamOptions& o);
 
+// The images of `ds` of the classes `spec` names (names or indices, comma-separated, as --classes; "" = all),
+// relabelled 0.. in the order given, the first `limit` of them (0 = all): a task's images for the commands that read
+// one without splitting it (moce search, moce export). Errors name --classes.
+std::shared_ptr<const data::Dataset> select_classes(std::shared_ptr<const data::Dataset> ds, const std::string& spec,
+                                                    int64_t limit = 0);
+
 // The note printed once when the images are not the model's size ("" when they are): they are resized.
 std::string resize_note(const Downstream& d, int64_t img_size);
 

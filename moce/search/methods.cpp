@@ -12,6 +12,7 @@
 #include "engine/error.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "moce/finetune/finetune.h"
 #include "moce/search/logme.h"
 
 namespace moce::search {
@@ -20,18 +21,21 @@ using eng::Tensor;
 using nlohmann::json;
 
 namespace {
-const std::vector<std::string> kMethods = {"moce", "knn", "logme"};
+const std::vector<std::string> kMethods = {"moce", "knn", "logme"};  // "all": the ones that do not fine-tune
+const std::vector<std::string> kEveryMethod = {"moce", "knn", "logme", "early-stop", "exhaustive"};
 }
 
 std::vector<std::string> parse_methods(const std::string& text) {
   if (text == "all") return kMethods;
+  if (text == "every") return kEveryMethod;
   std::vector<std::string> out;
   size_t start = 0;
   while (true) {
     const size_t comma = text.find(',', start);
     const std::string name = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    ENG_CHECK(std::find(kMethods.begin(), kMethods.end(), name) != kMethods.end(),
-              "--method {}: '{}' is not a search method (moce, knn, logme, a comma list of them, or all)", text, name);
+    ENG_CHECK(std::find(kEveryMethod.begin(), kEveryMethod.end(), name) != kEveryMethod.end(),
+              "--method {}: '{}' is not a search method (moce, knn, logme, early-stop, exhaustive, a comma list of "
+              "them, all or every)", text, name);
     ENG_CHECK(std::find(out.begin(), out.end(), name) == out.end(), "--method {}: '{}' is given twice", text, name);
     out.push_back(name);
     if (comma == std::string::npos) break;
@@ -94,10 +98,17 @@ MethodsReport run_search_methods(const TrainedModel& model, std::shared_ptr<cons
             "search needs a MoCE model (its clusters choose the experts); this is a {} model", train_method_name(model.method));
   ENG_CHECK(ds && ds->size() > 0, "search: --data {} holds no images", data_name);
   ENG_CHECK(!methods.empty(), "search: no --method given");
-  const bool scores_features = std::count(methods.begin(), methods.end(), "knn") + std::count(methods.begin(), methods.end(), "logme") > 0;
-  if (scores_features)
-    ENG_CHECK(ds->num_classes() >= 2, "search --method knn/logme: --data {} has {} class; k-NN and LogME score how well a "
-              "candidate's features separate the classes: give at least two", data_name, ds->num_classes());
+  auto asked = [&](const char* m) { return std::count(methods.begin(), methods.end(), m) > 0; };
+  if (asked("knn") || asked("logme") || asked("early-stop") || asked("exhaustive"))
+    ENG_CHECK(ds->num_classes() >= 2, "search --method {}: --data {} has {} class; the methods other than moce score how "
+              "well a candidate separates the classes: give at least two", fmt::join(methods, ","), data_name,
+              ds->num_classes());
+  if (asked("early-stop") || asked("exhaustive"))
+    ENG_CHECK(options.early_steps > 0 && options.full_steps > 0 && options.finetune_lr > 0 &&
+                  std::isfinite(options.finetune_lr) && options.finetune_batch > 0,
+              "search --method early-stop/exhaustive: --early-steps ({}), --full-steps ({}), --finetune-lr ({}) and "
+              "--finetune-batch ({}) must be positive", options.early_steps, options.full_steps, options.finetune_lr,
+              options.finetune_batch);
   MethodsReport r;
   r.data = data_name;
   r.classes = ds->num_classes();
@@ -150,12 +161,49 @@ MethodsReport run_search_methods(const TrainedModel& model, std::shared_ptr<cons
           "logme", "logme", r.candidates,
           [&](size_t i, const Candidate&) { return logme(cf.features[i], cf.labels, "search --method logme").score; },
           cf.cost));
+    } else if (m == "early-stop" || m == "exhaustive") {
+      // The labels from the data set itself: these methods need no feature pass.
+      std::vector<int64_t> labels(size_t(ds->size()));
+      for (int64_t i = 0; i < ds->size(); i++) labels[size_t(i)] = ds->label(i);
+      const Split ft_split = stratified_split(labels, options.val_fraction, options.split_seed);
+      ENG_CHECK(!ft_split.val.empty() && !ft_split.train.empty(), "search --method {}: --data {} has too few images ({}) "
+                "for a {:.0f}% validation split of each class", m, data_name, ds->size(), 100 * options.val_fraction);
+      r.knn_train = int64_t(ft_split.train.size());
+      r.knn_val = int64_t(ft_split.val.size());
+      if (r.images == 0) r.images = ds->size();
+      const auto train = std::make_shared<data::SubsetDataset>(ds, ft_split.train);
+      const auto val = std::make_shared<data::SubsetDataset>(ds, ft_split.val);
+      const int64_t steps = m == "early-stop" ? options.early_steps : options.full_steps;
+      (m == "early-stop" ? r.early_steps : r.full_steps) = steps;
+      r.finetune_lr = options.finetune_lr;
+      r.methods.push_back(choose_by_score(
+          m, "finetune_val_top1", r.candidates,
+          [&](size_t i, const Candidate& c) {
+            const model::VisionTransformer encoder = dense_vit_of(model, c.experts, model::VitPool::NormAvg);
+            finetune::RunOptions ro;
+            ro.lr = options.finetune_lr;
+            ro.seed = options.finetune_seed;
+            ro.steps = steps;
+            ro.batch = options.finetune_batch;
+            ro.workers = search_options.workers;
+            ro.log_every = options.finetune_log_every;
+            ro.tag = fmt::format("{} candidate {}/{} (experts {})", m, i + 1, r.candidates.size(), path_text(c.experts));
+            return finetune::finetune_once(encoder, train, val, r.classes, ro).top1;
+          },
+          Cost{}));
     } else {
       ENG_FAIL("search: unknown method '{}'", m);
     }
   }
   return r;
 }
+
+namespace {
+// The lowest score's candidate (the first on a tie): exhaustive search's worst expert.
+int64_t worst_candidate(const std::vector<double>& scores) {
+  return int64_t(std::min_element(scores.begin(), scores.end()) - scores.begin());
+}
+}  // namespace
 
 json methods_to_json(const MethodsReport& r, const std::string& model_file) {
   json j = r.moce ? search_to_json(*r.moce, model_file)
@@ -175,6 +223,15 @@ json methods_to_json(const MethodsReport& r, const std::string& model_file) {
               {"shared_wall_seconds", m.shared.wall_seconds}};
     if (m.method == "knn")
       e["split"] = {{"train", r.knn_train}, {"val", r.knn_val}, {"k", std::min(r.knn_k, r.knn_train)}};
+    if (m.method == "early-stop" || m.method == "exhaustive") {
+      e["split"] = {{"train", r.knn_train}, {"val", r.knn_val}};
+      e["finetune"] = {{"lr", r.finetune_lr}, {"steps", m.method == "early-stop" ? r.early_steps : r.full_steps}};
+    }
+    if (m.method == "exhaustive") {
+      const int64_t worst = worst_candidate(m.scores);
+      e["worst"] = worst;
+      e["worst_experts"] = r.candidates[size_t(worst)].experts;
+    }
     methods[m.method] = e;
   }
   j["candidates"] = candidates;
@@ -198,6 +255,12 @@ std::string methods_summary(const MethodsReport& r, int64_t top) {
     for (size_t i = 0; i < r.candidates.size(); i++)
       s += fmt::format("  {} candidate {:>3} experts {:<12} {:.6g}\n", int64_t(i) == m.choice ? "*" : " ", i,
                        path_text(r.candidates[i].experts), m.scores[i]);
+    if (m.method == "exhaustive") {
+      const int64_t worst = worst_candidate(m.scores);
+      s += fmt::format("  the best: candidate {} ({:.4f}); the worst: candidate {} (experts {}, {:.4f})\n", m.choice,
+                       m.scores[size_t(m.choice)], worst, path_text(r.candidates[size_t(worst)].experts),
+                       m.scores[size_t(worst)]);
+    }
     s += fmt::format("  cost: {:.2f} CPU-s, {:.2f} s wall", m.total().cpu_seconds, m.total().wall_seconds);
     if (m.shared.wall_seconds > 0)
       s += fmt::format(" (of which the candidates' feature pass, shared with the other feature methods: {:.2f} CPU-s, "

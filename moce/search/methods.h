@@ -3,10 +3,14 @@
 // downstream training images, and LogME (logme.h) of each candidate's features with the labels. Each method names its
 // choice, every candidate's score and its cost (process CPU seconds and wall seconds).
 //
-// The seam for the methods that fine-tune (early stop: every candidate for a short budget, the best on validation;
-// exhaustive: all of them to the end): a method is a CandidateScore, one number per candidate (higher is better), and
-// choose_by_score times it and takes the best; add the method's name to parse_methods and its scorer to
-// run_search_methods.
+// The methods that fine-tune (moce/finetune's finetune_once, MAE's fine-tuning classifier on the candidate's dense
+// ViT): **early-stop** fine-tunes every candidate for a short budget (`early_steps`) on the k-NN's split of the
+// downstream training images and keeps the best val top-1; **exhaustive** fine-tunes every candidate for the full
+// budget (`full_steps`) and reports the best and the worst (the paper's Table 5 upper and lower bounds). Both use
+// one learning rate and one seed for every candidate (`finetune_lr`, `finetune_seed`), not the protocol's whole lr
+// grid: a grid per candidate would multiply the cost by its length; `moce finetune` runs the protocol on the choice.
+// A method is a CandidateScore, one number per candidate (higher is better), and choose_by_score times it and takes
+// the best.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -25,7 +29,8 @@
 
 namespace moce::search {
 
-// "moce", "knn", "logme", a comma list of them, or "all" (the three); in that order of the list given, no repeats.
+// "moce", "knn", "logme", "early-stop", "exhaustive", a comma list of them, or "all" (moce, knn, logme: the ones
+// that do not fine-tune) or "every" (all five); in the order of the list given, no repeats.
 // Throws naming --method otherwise.
 std::vector<std::string> parse_methods(const std::string& text);
 
@@ -59,6 +64,12 @@ struct MethodOptions {
   double val_fraction = 0.2;  // k-NN: the held-out share of the downstream training images
   uint64_t split_seed = 0;
   int64_t progress_every = 10;  // batches between the feature pass's progress lines (0: none)
+  // early-stop and exhaustive: fine-tuning each candidate on split.train, scored on split.val
+  int64_t early_steps = 30, full_steps = 120;
+  double finetune_lr = 1e-2;  // one lr for all candidates (the middle of the paper's grid)
+  uint64_t finetune_seed = 0;
+  int64_t finetune_batch = 64;
+  int finetune_log_every = 10;  // a progress line every N steps (0: none)
 };
 
 // k-NN top-1 of features [N, D] trained on split.train, tested on split.val.
@@ -73,7 +84,9 @@ struct MethodsReport {
   std::vector<MethodResult> methods;  // in the order asked
   int64_t shared_blocks = 0;          // blocks the feature pass ran once for all candidates
   Cost features;                      // the candidates' feature pass (zero when no method needed it)
-  int64_t knn_train = 0, knn_val = 0, knn_k = 0;  // the k-NN split's sizes and k
+  int64_t knn_train = 0, knn_val = 0, knn_k = 0;  // the k-NN split's sizes and k (also the fine-tuning methods')
+  int64_t early_steps = 0, full_steps = 0;        // the fine-tuning methods' budgets (when they ran)
+  double finetune_lr = 0;
 };
 
 // Runs the methods on `ds` (the downstream training images). Throws one line for a model that is not MoCE, an empty
