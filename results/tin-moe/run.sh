@@ -12,7 +12,8 @@
 #   results/tin-moe/run.sh [MAE_WEIGHTS]       (from the repository root)
 #
 # Every run resumes where it stopped (moce train --resume): run the script again after an interruption. Environment:
-# EPOCHS (5), BATCH (128), LIMIT (0 = all 50,000 images; a small number checks the script), DATA, MOCE, SEED (0).
+# EPOCHS (5), BATCH (128), LIMIT (0 = all 50,000 images; a small number checks the script), DATA, MOCE, SEED (0),
+# RUNS (which of the four, in order; default all: "moce tokenmoe dense moce-nodistill").
 # Only small files go into git (.gitignore here): metrics, configs, eval/routing JSON and PNGs.
 set -euo pipefail
 
@@ -25,6 +26,7 @@ LIMIT=${LIMIT:-0}
 SEED=${SEED:-0}
 OUT=results/tin-moe
 CLUSTERS=${CLUSTERS:-results/tin-cluster/sinkhorn-M256}
+RUNS=${RUNS:-moce tokenmoe dense moce-nodistill}
 
 [ -f "$MAE" ] || { echo "run.sh: MAE weights $MAE not found (argument 1)" >&2; exit 2; }
 [ -x "$MOCE" ] || { echo "run.sh: $MOCE not built (make build/bin/moce)" >&2; exit 2; }
@@ -60,10 +62,15 @@ route() {  # route NAME
     --limit "$LIMIT" --out "$dir/routing"
 }
 
-train moce moce --clusters "$CLUSTERS"
-train tokenmoe tokenmoe
-train dense dense
-train moce-nodistill moce --clusters "$CLUSTERS" --distill-weight 0
-for r in moce tokenmoe dense moce-nodistill; do evaluate $r; done
-for r in moce tokenmoe moce-nodistill; do route $r; done
+for r in $RUNS; do
+  case $r in
+    moce) train moce moce --clusters "$CLUSTERS" ;;
+    tokenmoe) train tokenmoe tokenmoe ;;
+    dense) train dense dense ;;
+    moce-nodistill) train moce-nodistill moce --clusters "$CLUSTERS" --distill-weight 0 ;;
+    *) echo "run.sh: RUNS holds '$r', not one of moce tokenmoe dense moce-nodistill" >&2; exit 2 ;;
+  esac
+done
+for r in $RUNS; do evaluate $r; done
+for r in $RUNS; do [ $r = dense ] || route $r; done
 python3 $OUT/summarize.py
