@@ -72,5 +72,8 @@ for r in $RUNS; do
   esac
 done
 for r in $RUNS; do evaluate $r; done
+# The MAE every run starts from, evaluated the same way (the table's "init" row).
+[ -f "$OUT/init/eval/eval.json" ] || "$MOCE" eval-mae --checkpoint "$MAE" --train-data "$DATA/train" \
+  --test-data "$DATA/val" --limit-train "$LIMIT" --limit-test "$LIMIT" --out "$OUT/init/eval"
 for r in $RUNS; do [ $r = dense ] || route $r; done
 python3 $OUT/summarize.py
