@@ -115,6 +115,7 @@ MethodsReport run_search_methods(const TrainedModel& model, std::shared_ptr<cons
   r.candidates = candidate_paths(model);
   CandidateFeatures cf;
   Split split;
+  std::shared_ptr<const data::Dataset> ft_train, ft_val;  // early-stop and exhaustive: the split's two parts
   auto need_features = [&] {
     if (!cf.features.empty()) return;
     cf = candidate_features(model, r.candidates, ds, {search_options.batch, search_options.workers}, options.progress_every);
@@ -162,17 +163,20 @@ MethodsReport run_search_methods(const TrainedModel& model, std::shared_ptr<cons
           [&](size_t i, const Candidate&) { return logme(cf.features[i], cf.labels, "search --method logme").score; },
           cf.cost));
     } else if (m == "early-stop" || m == "exhaustive") {
-      // The labels from the data set itself: these methods need no feature pass.
-      std::vector<int64_t> labels(size_t(ds->size()));
-      for (int64_t i = 0; i < ds->size(); i++) labels[size_t(i)] = ds->label(i);
-      const Split ft_split = stratified_split(labels, options.val_fraction, options.split_seed);
-      ENG_CHECK(!ft_split.val.empty() && !ft_split.train.empty(), "search --method {}: --data {} has too few images ({}) "
-                "for a {:.0f}% validation split of each class", m, data_name, ds->size(), 100 * options.val_fraction);
-      r.knn_train = int64_t(ft_split.train.size());
-      r.knn_val = int64_t(ft_split.val.size());
-      if (r.images == 0) r.images = ds->size();
-      const auto train = std::make_shared<data::SubsetDataset>(ds, ft_split.train);
-      const auto val = std::make_shared<data::SubsetDataset>(ds, ft_split.val);
+      if (!ft_train) {  // once for both fine-tuning methods; the labels from the data set itself (no feature pass)
+        std::vector<int64_t> labels(size_t(ds->size()));
+        for (int64_t i = 0; i < ds->size(); i++) labels[size_t(i)] = ds->label(i);
+        const Split ft_split = stratified_split(labels, options.val_fraction, options.split_seed);
+        ENG_CHECK(!ft_split.val.empty() && !ft_split.train.empty(), "search --method {}: --data {} has too few images "
+                  "({}) for a {:.0f}% validation split of each class", m, data_name, ds->size(), 100 * options.val_fraction);
+        r.knn_train = int64_t(ft_split.train.size());
+        r.knn_val = int64_t(ft_split.val.size());
+        if (r.images == 0) r.images = ds->size();
+        ft_train = std::make_shared<data::SubsetDataset>(ds, ft_split.train);
+        ft_val = std::make_shared<data::SubsetDataset>(ds, ft_split.val);
+      }
+      const auto& train = ft_train;
+      const auto& val = ft_val;
       const int64_t steps = m == "early-stop" ? options.early_steps : options.full_steps;
       (m == "early-stop" ? r.early_steps : r.full_steps) = steps;
       r.finetune_lr = options.finetune_lr;
