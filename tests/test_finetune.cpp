@@ -7,6 +7,7 @@
 // file of another shape or no ViT, a zero or negative lr, zero steps) is a one-line error or the stated handling.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -165,6 +166,57 @@ TEST_SUITE("finetune") {
     CHECK(r.top1 > 0.8);
     CHECK(r.losses.back() < r.losses.front());
     CHECK(r.cpu_seconds > 0);
+  }
+
+  TEST_CASE("--per-class: the first N images of every class of a folder stored class by class, before --limit") {
+    testutil::TempDir dir("finetune_per_class");
+    write_folder(dir.file("data"), {"a", "b", "c"}, 6, 8);
+    std::shared_ptr<const data::Dataset> base = std::make_shared<data::ImageFolder>(dir.file("data"));
+    // Counted from the definition: walk the base in order, keep an image while its class has fewer than N kept.
+    auto expected = [&](int64_t n, int64_t limit, const std::vector<int64_t>& keep) {
+      std::vector<int64_t> idx, taken(3, 0);
+      for (int64_t i = 0; i < base->size(); i++) {
+        const int64_t c = base->label(i);
+        if (std::find(keep.begin(), keep.end(), c) == keep.end() || taken[size_t(c)] >= n) continue;
+        if (limit > 0 && int64_t(idx.size()) >= limit) break;
+        taken[size_t(c)]++;
+        idx.push_back(i);
+      }
+      return idx;
+    };
+    auto labels_of = [](const data::Dataset& d) {
+      std::vector<int64_t> v;
+      for (int64_t i = 0; i < d.size(); i++) v.push_back(d.label(i));
+      return v;
+    };
+    auto base_labels = [&](const std::vector<int64_t>& idx, const std::vector<int64_t>& keep) {
+      std::vector<int64_t> v;
+      for (int64_t i : idx)
+        v.push_back(int64_t(std::find(keep.begin(), keep.end(), base->label(i)) - keep.begin()));
+      return v;
+    };
+    // A plain --limit keeps the first class only; --per-class keeps every class.
+    CHECK(labels_of(*ft::select_classes(base, "", 4)) == std::vector<int64_t>{0, 0, 0, 0});
+    auto two = ft::select_classes(base, "", 0, 2);
+    CHECK(two->size() == 6);
+    CHECK(labels_of(*two) == base_labels(expected(2, 0, {0, 1, 2}), {0, 1, 2}));
+    auto cb = ft::select_classes(base, "c,a", 3, 2);  // per class first, then the limit
+    CHECK(labels_of(*cb) == base_labels(expected(2, 3, {2, 0}), {2, 0}));
+    CHECK(cb->classes() == std::vector<std::string>{"c", "a"});
+    // The downstream task: --per-class on the training data, --per-class-test on the test folder.
+    ft::DownstreamOptions o;
+    o.data = o.test_data = dir.file("data");
+    o.per_class = 4;
+    o.per_class_test = 1;
+    ft::Downstream task = ft::open_downstream(o);
+    CHECK(task.train->size() == 12);
+    CHECK(task.test->size() == 3);
+    CHECK(labels_of(*task.test) == std::vector<int64_t>{0, 1, 2});
+    o.per_class = -1;
+    CHECK_THROWS_WITH_AS(ft::open_downstream(o), doctest::Contains("--per-class -1"), eng::Error);
+    o.per_class = 2;
+    o.test_data.clear();  // a carved test set follows --per-class; --per-class-test alone is refused
+    CHECK_THROWS_WITH_AS(ft::open_downstream(o), doctest::Contains("--per-class-test needs --test-data"), eng::Error);
   }
 
   TEST_CASE("fine-tuning: the same seed gives the same bits, another seed other bits; the encoder is left as it was") {

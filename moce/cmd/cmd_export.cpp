@@ -23,7 +23,8 @@ int cmd_export(int argc, char** argv) {
       .add("pool", "token", "the ViT's global pool recorded in its config: token (timm's default) or norm_avg")
       .add("search-out", "", "with auto: search.json's path (default: <out without .safetensors>.search.json)")
       .add("classes", "", "of --data, only these classes: names or indices, comma-separated (as moce finetune)")
-      .add("limit", "0", "use only the first N images of --data (0 = all; after --classes)")
+      .add("limit", "0", "use only the first N images of --data (0 = all; after --classes and --per-class)")
+      .add("per-class", "0", "use only the first N images of each class of --data (0 = all)")
       .add("batch", "128", "images per batch")
       .add("workers", "2", "data loader threads")
       .add("device", "cpu", "cpu, or cuda / cuda:N: the passes over --data on that GPU");
@@ -37,6 +38,7 @@ int cmd_export(int argc, char** argv) {
   o.pool = a.str("pool");
   o.search_json = a.str("search-out");
   o.limit = a.i64("limit");
+  o.per_class = a.i64("per-class");
   o.classes = a.str("classes");
   o.batch = a.i64("batch");
   o.workers = int(a.i64("workers"));

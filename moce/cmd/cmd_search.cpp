@@ -43,7 +43,8 @@ int cmd_search(int argc, char** argv) {
       .add("finetune-seed", "0", "early-stop, exhaustive: the seed of every candidate's run")
       .add("features-checkpoint", "", "the dense MAE the clusters were made with (default: the run's --init)")
       .add("classes", "", "of --data, only these classes: names or indices, comma-separated (as moce finetune)")
-      .add("limit", "0", "use only the first N images (0 = all; after --classes)")
+      .add("limit", "0", "use only the first N images (0 = all; after --classes and --per-class)")
+      .add("per-class", "0", "use only the first N images of each class (0 = all; an image folder is stored class by class)")
       .add("batch", "128", "images per batch")
       .add("workers", "2", "data loader threads")
       .add("top", "5", "clusters shown in the printed vote histogram")
@@ -83,7 +84,8 @@ int cmd_search(int argc, char** argv) {
     out += "/search.json";
   }
   TrainedModel model = load_trained_model(model_file);
-  auto ds = finetune::select_classes(open_dataset(a.str("data"), true), a.str("classes"), a.i64("limit"));
+  auto ds = finetune::select_classes(open_dataset(a.str("data"), true), a.str("classes"), a.i64("limit"),
+                                       a.i64("per-class"));
   search::MethodsReport r = search::run_search_methods(model, ds, a.str("data"), methods, o, mo);
   std::printf("%s", search::methods_summary(r, a.i64("top")).c_str());
   write_json_file(out, search::methods_to_json(r, model_file));

@@ -15,6 +15,9 @@ void add_downstream_flags(Args& a) {
       .add("classes", "", "keep only these classes, names or indices, comma-separated (e.g. Sandal,Sneaker,\"Ankle boot\")")
       .add("limit", "0", "the first N training images after --classes (0 = all)")
       .add("limit-test", "0", "the first N test images (0 = all)")
+      .add("per-class", "0", "the first N training images of each class (0 = all; an image folder is stored class by "
+                             "class, so --limit alone keeps its first classes)")
+      .add("per-class-test", "0", "the first N test images of each class (0 = all; with --test-data)")
       .add("workers", "2", "data loader threads")
       .add("out", "", "output folder (required)");
 }
@@ -31,6 +34,8 @@ void read_downstream_flags(const Args& a, std::string& model_file, int64_t& head
   data.classes = a.str("classes");
   data.limit = a.i64("limit");
   data.limit_test = a.i64("limit-test");
+  data.per_class = a.i64("per-class");
+  data.per_class_test = a.i64("per-class-test");
   out = a.str("out");
 }
 

@@ -70,7 +70,7 @@ ExportResult run_export(const ExportOptions& o) {
   const bool auto_experts = o.experts == "auto";
   std::shared_ptr<const data::Dataset> ds;
   if (!o.data.empty()) {
-    ds = finetune::select_classes(open_dataset(o.data, true), o.classes, o.limit);
+    ds = finetune::select_classes(open_dataset(o.data, true), o.classes, o.limit, o.per_class);
     ENG_CHECK(ds->size() > 0, "--data {}: no images", o.data);
   }
   if (!has_experts(model.method)) {

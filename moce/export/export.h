@@ -39,7 +39,7 @@ struct ExportOptions {
   std::string features_checkpoint;  // MoCE: the dense MAE of the clustering ("" = the run's --init)
   std::string pool = "token";       // the ViT's pooling: token (timm's default) or norm_avg (the MAE's features)
   std::string search_json;          // with auto: where search.json goes ("" = beside --out)
-  int64_t limit = 0, batch = 128;
+  int64_t limit = 0, per_class = 0, batch = 128;  // --limit, --per-class (of --data), images per pass
   int workers = 2;
   eng::Device device = eng::Device::cpu();
 };

@@ -81,22 +81,35 @@ std::vector<int64_t> chosen_classes(const std::string& spec, const std::vector<s
   return out;
 }
 
-// The first `limit` images (0: all) of `base` whose label_of[label] >= 0, labelled label_of[label], as class `names`.
+// The first `limit` images (0: all) of `base` whose label_of[label] >= 0, labelled label_of[label], as class `names`;
+// with per_class > 0 only the first per_class images of each class count (an image folder is stored class by class,
+// so a plain limit would keep its first classes only).
 std::shared_ptr<const data::Dataset> relabeled(std::shared_ptr<const data::Dataset> base, std::vector<int64_t> label_of,
-                                               std::vector<std::string> names, int64_t limit) {
-  std::vector<int64_t> idx;
-  for (int64_t i = 0; i < base->size() && (limit <= 0 || int64_t(idx.size()) < limit); i++)
-    if (label_of[size_t(base->label(i))] >= 0) idx.push_back(i);
+                                               std::vector<std::string> names, int64_t limit, int64_t per_class = 0) {
+  std::vector<int64_t> idx, taken(names.size(), 0);
+  for (int64_t i = 0; i < base->size() && (limit <= 0 || int64_t(idx.size()) < limit); i++) {
+    const int64_t label = label_of[size_t(base->label(i))];
+    if (label < 0 || (per_class > 0 && taken[size_t(label)] >= per_class)) continue;
+    taken[size_t(label)]++;
+    idx.push_back(i);
+  }
   return std::make_shared<RelabeledDataset>(base, std::move(idx), std::move(label_of), std::move(names));
 }
 
-// The images of `base` whose class is one of `keep` (base indices), relabelled 0.. in that order; the first `limit`.
+// The images of `base` whose class is one of `keep` (base indices), relabelled 0.. in that order; the first `limit`
+// (and of each class the first `per_class`).
 std::shared_ptr<const data::Dataset> filtered(std::shared_ptr<const data::Dataset> base, const std::vector<int64_t>& keep,
-                                              int64_t limit) {
+                                              int64_t limit, int64_t per_class = 0) {
   std::vector<int64_t> label_of(size_t(base->num_classes()), -1);
   std::vector<std::string> names;
   for (size_t k = 0; k < keep.size(); k++) label_of[size_t(keep[k])] = int64_t(k), names.push_back(base->classes()[size_t(keep[k])]);
-  return relabeled(base, std::move(label_of), std::move(names), limit);
+  return relabeled(base, std::move(label_of), std::move(names), limit, per_class);
+}
+
+std::vector<int64_t> every_class(const data::Dataset& ds) {
+  std::vector<int64_t> keep;
+  for (int64_t c = 0; c < ds.num_classes(); c++) keep.push_back(c);
+  return keep;
 }
 
 // Positions 0..n-1 split by a seeded permutation: the first `count` of it, and the rest (each in ascending order, so a
@@ -118,9 +131,11 @@ std::set<int64_t> labels_present(const data::Dataset& d) {
 }  // namespace
 
 std::shared_ptr<const data::Dataset> select_classes(std::shared_ptr<const data::Dataset> ds, const std::string& spec,
-                                                    int64_t limit) {
-  if (spec.empty()) return limit_dataset(ds, limit);
-  return filtered(ds, chosen_classes(spec, ds->classes()), limit);
+                                                    int64_t limit, int64_t per_class) {
+  ENG_CHECK(limit >= 0, "--limit {} must be >= 0 (0 = all)", limit);
+  ENG_CHECK(per_class >= 0, "--per-class {} must be >= 0 (0 = all)", per_class);
+  if (spec.empty() && per_class == 0) return limit_dataset(ds, limit);
+  return filtered(ds, spec.empty() ? every_class(*ds) : chosen_classes(spec, ds->classes()), limit, per_class);
 }
 
 Downstream open_downstream(const DownstreamOptions& o) {
@@ -129,12 +144,11 @@ Downstream open_downstream(const DownstreamOptions& o) {
   ENG_CHECK(!o.test_data.empty() || (o.test_fraction > 0 && o.test_fraction < 1),
             "--test-fraction {} must lie in (0, 1) (or give --test-data)", o.test_fraction);
   std::shared_ptr<const data::Dataset> all = open_dataset(o.data, /*train=*/true);
-  std::vector<int64_t> keep;
-  if (o.classes.empty())
-    for (int64_t c = 0; c < all->num_classes(); c++) keep.push_back(c);
-  else
-    keep = chosen_classes(o.classes, all->classes());
-  std::shared_ptr<const data::Dataset> train = filtered(all, keep, o.limit);
+  ENG_CHECK(o.limit >= 0 && o.limit_test >= 0, "--limit {} / --limit-test {} must be >= 0 (0 = all)", o.limit, o.limit_test);
+  ENG_CHECK(o.per_class >= 0 && o.per_class_test >= 0, "--per-class {} / --per-class-test {} must be >= 0 (0 = all)",
+            o.per_class, o.per_class_test);
+  const std::vector<int64_t> keep = o.classes.empty() ? every_class(*all) : chosen_classes(o.classes, all->classes());
+  std::shared_ptr<const data::Dataset> train = filtered(all, keep, o.limit, o.per_class);
   Downstream d;
   d.classes = train->classes();
   ENG_CHECK(d.classes.size() >= 2, "{}: {} class{} ({}): fine-tuning and the probe need at least 2", o.data,
@@ -146,6 +160,7 @@ Downstream open_downstream(const DownstreamOptions& o) {
     ENG_CHECK(n_test > 0 && n_test < n, "{}: {} images leave no test or no training images at --test-fraction {}", o.data,
               n, o.test_fraction);
     auto [test_idx, train_idx] = carve(n, n_test, o.split_seed, 1);
+    ENG_CHECK(o.per_class_test == 0, "--per-class-test needs --test-data (a carved test set follows --per-class)");
     d.test = limit_dataset(std::make_shared<data::SubsetDataset>(train, test_idx), o.limit_test);
     train = std::make_shared<data::SubsetDataset>(train, train_idx);
   } else {
@@ -165,7 +180,7 @@ Downstream open_downstream(const DownstreamOptions& o) {
     std::vector<int64_t> label_of(size_t(test_all->num_classes()), -1);
     for (int64_t c : test_keep)
       label_of[size_t(c)] = int64_t(std::find(d.classes.begin(), d.classes.end(), test_all->classes()[size_t(c)]) - d.classes.begin());
-    d.test = relabeled(test_all, std::move(label_of), d.classes, o.limit_test);
+    d.test = relabeled(test_all, std::move(label_of), d.classes, o.limit_test, o.per_class_test);
     ENG_CHECK(d.test->size() > 0, "{}: no test images of the chosen classes", o.test_data);
   }
   const std::set<int64_t> train_labels = labels_present(*train);

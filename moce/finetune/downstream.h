@@ -23,6 +23,7 @@ struct DownstreamOptions {
   double val_fraction = 0.2;        // of the training images, for the learning-rate grid
   uint64_t split_seed = 0;
   int64_t limit = 0, limit_test = 0;  // the first N images (after the class filter; 0 = all)
+  int64_t per_class = 0, per_class_test = 0;  // the first N images of each class (0 = all; before the limits)
 };
 
 struct Downstream {
@@ -41,10 +42,11 @@ struct Downstream {
 Downstream open_downstream(const DownstreamOptions& o);
 
 // The images of `ds` of the classes `spec` names (names or indices, comma-separated, as --classes; "" = all),
-// relabelled 0.. in the order given, the first `limit` of them (0 = all): a task's images for the commands that read
-// one without splitting it (moce search, moce export). Errors name --classes.
+// relabelled 0.. in the order given, the first `per_class` of each class (0 = all), then the first `limit` of them
+// (0 = all): a task's images for the commands that read one without splitting it (moce search, moce export). Errors
+// name --classes, --limit and --per-class.
 std::shared_ptr<const data::Dataset> select_classes(std::shared_ptr<const data::Dataset> ds, const std::string& spec,
-                                                    int64_t limit = 0);
+                                                    int64_t limit = 0, int64_t per_class = 0);
 
 // The note printed once when the images are not the model's size ("" when they are): they are resized.
 std::string resize_note(const Downstream& d, int64_t img_size);
