@@ -330,8 +330,13 @@ TEST_CASE("evaluate_mae end to end on a tiny random-init model: figures, eval.js
   CHECK(j["reconstruction"]["psnr_masked_zero_prediction_db"].get<double>() > 0);
   data::Image png = data::decode_image(tmp.file("out/reconstructions.png"));
   CHECK(png.width == 4 * (128 + 2) + 2);
-  CHECK(png.height == 8 * (128 + 2) + 2);
+  CHECK(png.height == 8 * (128 + 2) + 2 + moce::kReconstructionTitleStrip);
   CHECK(j["reconstruction"]["png"]["width"] == png.width);
+  CHECK(j["reconstruction"]["png"]["height"] == png.height);
+  // The title strip on top: white with dark text pixels; the grid below starts with its white padding row.
+  int64_t dark = 0;
+  for (int64_t p = 0; p < png.width * moce::kReconstructionTitleStrip; p++) dark += png.pixels[size_t(3 * p)] < 128;
+  CHECK(dark > 100);
 
   // The same inputs give the same figures, whatever the worker count.
   o.extract.workers = 0;
@@ -379,7 +384,7 @@ TEST_CASE("moce eval-mae on a checkpoint and a weights file over image folders")
   CHECK(a["knn"]["total"] == 20);
   CHECK(a["train_data"]["images"] == 48);
   CHECK(fs::exists(tmp.file("a/reconstructions.png")));
-  CHECK(data::decode_image(tmp.file("a/reconstructions.png")).height == 4 * 130 + 2);
+  CHECK(data::decode_image(tmp.file("a/reconstructions.png")).height == 4 * 130 + 2 + moce::kReconstructionTitleStrip);
 
   // A bare weights file needs --config; then it gives the same figures as the checkpoint.
   eng::save_safetensors(tmp.file("w.safetensors"), mae.state_dict());

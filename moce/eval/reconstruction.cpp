@@ -13,6 +13,7 @@
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "moce/common/batch_feed.h"
+#include "moce/common/plot.h"
 #include "moce/eval/features.h"
 
 namespace moce {
@@ -110,6 +111,49 @@ Tensor reconstruction_grid(const Reconstruction& r, int64_t count, int64_t facto
   return data::make_grid(upscale_nearest(eng::stack(tiles, 0), factor), 4, 2, 1.0f);
 }
 
+const std::vector<std::string>& reconstruction_columns() {
+  static const std::vector<std::string> columns = {"original", "masked", "reconstruction", "reconstruction + visible"};
+  return columns;
+}
+
+data::Image titled_reconstruction_picture(const Tensor& grid, int64_t tile) {
+  const data::Image body = data::tensor_to_image(grid, "reconstruction grid");
+  const int64_t pad = 2, strip = kReconstructionTitleStrip;  // make_grid's padding; scale-2 text and a margin
+  data::Image out;
+  out.width = body.width;
+  out.height = body.height + strip;
+  out.pixels.assign(size_t(out.width * out.height * 3), 255);
+  std::copy(body.pixels.begin(), body.pixels.end(), out.pixels.begin() + strip * out.width * 3);
+  // Drawn upper case: the plot font draws a lower-case 'e' as its small exponent sign.
+  std::vector<std::string> titles = reconstruction_columns();
+  for (auto& t : titles) std::transform(t.begin(), t.end(), t.begin(), [](unsigned char ch) { return char(std::toupper(ch)); });
+  for (size_t k = 0; k < titles.size(); k++) {
+    int scale = 2;
+    while (scale > 1 && text_width(titles[k], scale) > tile) scale--;
+    const int64_t x0 = pad + int64_t(k) * (tile + pad);
+    const int x = int(x0 + std::max<int64_t>(0, (tile - text_width(titles[k], scale)) / 2));
+    draw_text(out, x, int((strip - 5 * scale) / 2), titles[k], scale, 0, 0, 0);
+  }
+  return out;
+}
+
+bool is_grayscale(const Tensor& pictures) {
+  ENG_CHECK(pictures.dim() == 4 && pictures.size(1) == 3, "is_grayscale: expected [N, 3, H, W], got {}",
+            eng::shape_str(pictures.shape()));
+  const std::vector<float> v = pictures.to(eng::DType::F32).contiguous().to_vector<float>();
+  const int64_t hw = pictures.size(2) * pictures.size(3);
+  for (int64_t n = 0; n < pictures.size(0); n++)
+    for (int64_t p = 0; p < hw; p++) {
+      const float* px = v.data() + n * 3 * hw + p;
+      if (std::fabs(px[0] - px[hw]) > 2.0f / 255 || std::fabs(px[0] - px[2 * hw]) > 2.0f / 255) return false;
+    }
+  return true;
+}
+
+Tensor channel_mean_as_gray(const Tensor& pictures) {
+  return eng::mean(pictures, {1}, /*keepdim=*/true).expand(pictures.shape()).contiguous();
+}
+
 ReconResult evaluate_reconstruction(const model::MaskedAutoencoder& model, std::shared_ptr<const data::Dataset> ds,
                                     const ReconOptions& options) {
   ENG_CHECK(ds && ds->size() > 0, "reconstruction: {} has no images", ds ? ds->describe() : "no dataset");
@@ -165,6 +209,8 @@ ReconResult evaluate_reconstruction(const model::MaskedAutoencoder& model, std::
     g.masked = eng::cat(grid_parts[1], 0);
     g.recon = eng::cat(grid_parts[2], 0);
     g.pasted = eng::cat(grid_parts[3], 0);
+    res.grid_gray = is_grayscale(g.original);
+    if (res.grid_gray) g.recon = channel_mean_as_gray(g.recon), g.pasted = channel_mean_as_gray(g.pasted);
     res.grid_factor = upscale_factor(cfg.img_size);
     res.grid = reconstruction_grid(g, grid_have, res.grid_factor);
   }

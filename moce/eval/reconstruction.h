@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "data/dataset.h"
+#include "data/image.h"
 #include "engine/tensor.h"
 #include "model/mae.h"
 
@@ -60,6 +61,17 @@ int64_t upscale_factor(int64_t size, int64_t target = 128);
 // One row per image: original | masked | reconstruction | reconstruction with visible patches pasted,
 // for the first min(count, N) images, upscaled by `factor`; [3, H', W'] via data::make_grid (padding 2).
 eng::Tensor reconstruction_grid(const Reconstruction& r, int64_t count, int64_t factor);
+// The titles of reconstruction_grid's four columns, in order.
+const std::vector<std::string>& reconstruction_columns();
+// The grid as a picture with a strip of column titles on top (each title centred over its column, in the plot font
+// at the largest scale, up to 2, that fits the column).
+constexpr int64_t kReconstructionTitleStrip = 18;  // pixels of the title strip
+data::Image titled_reconstruction_picture(const eng::Tensor& grid, int64_t factor_tile);
+// True when every pixel of the [N, 3, H, W] pictures has equal channels (within 2/255): grey data (Fashion-MNIST,
+// replicated to 3 channels). Its reconstructions are then shown as the mean of their channels, in grey, because the
+// per-channel colour the model adds to a grey input is noise, not content.
+bool is_grayscale(const eng::Tensor& pictures);
+eng::Tensor channel_mean_as_gray(const eng::Tensor& pictures);
 
 struct ReconOptions {
   double mask_ratio = 0.75;
@@ -81,6 +93,7 @@ struct ReconResult {
   int64_t images = 0, skipped = 0;
   eng::Tensor grid;  // [3, H', W'] when grid_images > 0
   int64_t grid_factor = 1;
+  bool grid_gray = false;  // grey data: the grid's reconstructions are the mean of their channels
 };
 
 ReconResult evaluate_reconstruction(const model::MaskedAutoencoder& model, std::shared_ptr<const data::Dataset> ds,

@@ -121,13 +121,16 @@ json reconstruction_report(const model::MaskedAutoencoder& model, std::shared_pt
                                                             "patch flat at its true mean) scores"
                                                           : "")}};
   if (rr.grid.defined()) {
-    data::write_png(png, rr.grid);
+    const int64_t tile = model.config().img_size * rr.grid_factor;
+    data::write_png(png, titled_reconstruction_picture(rr.grid, tile));
     recon["png"] = {{"path", png},
                     {"images", std::min(recon_options.grid_images, rr.images)},
-                    {"columns", {"original", "masked", "reconstruction", "reconstruction + visible"}},
+                    {"columns", reconstruction_columns()},
+                    {"grayscale", rr.grid_gray ? "grey data: reconstructions shown as the mean of their 3 channels"
+                                               : "colour data: as predicted"},
                     {"upscale", rr.grid_factor},
                     {"width", rr.grid.size(2)},
-                    {"height", rr.grid.size(1)}};
+                    {"height", rr.grid.size(1) + kReconstructionTitleStrip}};
   }
   say(fmt::format("reconstruction (mask {}): PSNR {:.2f} dB on removed patches, {:.2f} dB whole image with visible "
                   "pasted{}; loss {:.4f}; {} images in {:.1f} s",

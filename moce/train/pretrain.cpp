@@ -85,6 +85,7 @@ class Pretraining {
   bool settle(int64_t epoch, EpochTotals& t);
   void log_line(int64_t epoch, int64_t s, EpochTotals& t);
   void end_epoch(int64_t epoch, const EpochTotals& t);
+  PlotText loss_plot_text() const;
   std::string last_checkpoint_note() const;
   std::string experts_note() const;
 
@@ -484,6 +485,15 @@ void Pretraining::log_line(int64_t epoch, int64_t s, EpochTotals& t) {
   t.t_window = Clock::now();
 }
 
+// loss.png's titles: what is trained and what the curve is (the reconstruction part of the loss, the mean over each
+// --log-every window; the auxiliary and distillation terms of an expert method are in metrics.jsonl).
+PlotText Pretraining::loss_plot_text() const {
+  const std::string what = method_ == TrainMethod::Mae ? std::string("MAE PRE-TRAINING")
+                                                       : fmt::format("{} TRAINING FROM THE MAE", train_method_name(method_));
+  return {what + ": RECONSTRUCTION LOSS", "STEP",
+          fmt::format("MSE ON REMOVED PATCHES{}", mae_->config().norm_pix_loss ? " (NORMALISED PIXELS)" : "")};
+}
+
 // The epoch's metrics line, the loss curve, and a checkpoint every --save-every epochs and at the end.
 void Pretraining::end_epoch(int64_t epoch, const EpochTotals& t) {
   double mean_loss = t.epoch_loss / double(steps_per_epoch_);
@@ -493,7 +503,7 @@ void Pretraining::end_epoch(int64_t epoch, const EpochTotals& t) {
   if (method_ != TrainMethod::Mae) line["train_mae_loss"] = t.epoch_recon / double(steps_per_epoch_);
   metrics_->append(line);
   if (loader_->skipped() > 0) std::printf("%s\n", loader_->skip_summary().c_str());
-  write_line_plot(o_.out + "/loss.png", {curve_});
+  write_line_plot(o_.out + "/loss.png", {curve_}, loss_plot_text(), 800, 500);
   result_.epochs_done = epoch + 1;
   if ((epoch + 1) % o_.save_every == 0 || epoch + 1 == end_epoch_) {
     last_ckpt_ = o_.out + "/checkpoint-last.safetensors";
