@@ -34,7 +34,7 @@ ROOMS = {
     "experts": {"common"},
     "search": {"common", "eval", "experts", "cluster", "train", "finetune"},
     "export": {"common", "experts", "train", "search", "finetune"},
-    "finetune": {"common", "eval", "train"},
+    "finetune": {"common", "eval", "train", "experts"},
     "cmd": {"common", "eval", "train", "cluster", "experts", "search", "export", "finetune"},
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')

@@ -32,6 +32,7 @@ int cmd_finetune(int argc, char** argv) {
   if (!a.parse(argc, argv, 2)) return 0;
   finetune::FinetuneCommand c;
   read_downstream_flags(a, c.model_file, c.heads, c.data, c.out);
+  c.protocol.run.capacity_factor = a.f64("capacity-factor");
   c.protocol.lrs = finetune::parse_lr_grid(a.str("lrs"));
   c.protocol.seeds = a.i64("seeds");
   c.protocol.run.steps = a.i64("steps");

@@ -27,6 +27,7 @@ int cmd_linprobe(int argc, char** argv) {
   if (!a.parse(argc, argv, 2)) return 0;
   finetune::LinprobeCommand c;
   read_downstream_flags(a, c.model_file, c.heads, c.data, c.out);
+  c.probe.capacity_factor = a.f64("capacity-factor");
   c.probe.pool = finetune::parse_probe_pool(a.str("pool"));
   c.probe.probe.epochs = a.i64("epochs");
   c.probe.probe.lr = a.f64("lr");

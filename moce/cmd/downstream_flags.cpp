@@ -4,9 +4,10 @@
 namespace moce {
 
 void add_downstream_flags(Args& a) {
-  a.add("model", "", "the encoder: a moce export (ViT), a dense MAE (moce pretrain checkpoint or weights) or a "
-                     "timm-style ViT safetensors (required)")
+  a.add("model", "", "the encoder: a moce export (ViT), a dense MAE (moce pretrain checkpoint or weights), a "
+                     "TokenMoE model (moce train --method tokenmoe) or a timm-style ViT safetensors (required)")
       .add("heads", "0", "timm-style files only: attention heads (0 = embed_dim / 64)")
+      .add("capacity-factor", "1.5", "TokenMoE models only: expert capacity factor (V-MoE's fine-tuning value)")
       .add("data", "", "downstream training images: an image folder, fashion-mnist or cifar10-bin:DIR (required)")
       .add("test-data", "", "test images (fashion-mnist / cifar10-bin: their test split); empty: carve --test-fraction")
       .add("test-fraction", "0.2", "without --test-data: the share of --data held out as test (seeded by --split-seed)")

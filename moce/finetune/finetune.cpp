@@ -92,11 +92,18 @@ RunResult finetune_once(const model::VisionTransformer& encoder, std::shared_ptr
   ENG_CHECK(std::isfinite(o.lr) && o.lr > 0, "fine-tuning: learning rate {} must be positive", o.lr);
   ENG_CHECK(num_classes >= 2, "fine-tuning: {} classes, at least 2 needed", num_classes);
   ENG_CHECK(train && train->size() > 0 && eval && eval->size() > 0, "fine-tuning: an empty training or evaluation set");
+  check_capacity_factor(o.capacity_factor);
+  ENG_CHECK(o.importance_weight >= 0 && o.load_weight >= 0,
+            "fine-tuning: auxiliary loss weights (importance {}, load {}) must be >= 0", o.importance_weight,
+            o.load_weight);
   ENG_CHECK(encoder.config().in_chans == 3, "fine-tuning: the model takes {} channels; the data sets give 3",
             encoder.config().in_chans);
   const auto t0 = std::chrono::steady_clock::now();
   const double c0 = cpu_now();
   model::VisionTransformer m = classifier_from_encoder(encoder, num_classes, model::VitPool::Avg, o.seed);
+  const MoeLayers moe = moe_layers(m);
+  set_moe_mode(moe, /*training=*/true, o.capacity_factor);
+  const experts::AuxLossWeights aux_weights{o.importance_weight, o.load_weight, /*imbalance=*/0.0};
   std::vector<Tensor> params;
   for (auto& [name, t] : m.named_parameters()) params.push_back(t);
   eng::SGD opt(params, eng::SGDOptions{o.lr, o.momentum, o.weight_decay, false});
@@ -113,13 +120,20 @@ RunResult finetune_once(const model::VisionTransformer& encoder, std::shared_ptr
   RunResult r;
   auto t_window = std::chrono::steady_clock::now();
   int64_t window_images = 0, window_steps = 0;
-  double window_loss = 0;
+  double window_loss = 0, window_aux = 0;
   for (int64_t epoch = 0; int64_t(r.losses.size()) < o.steps && !r.diverged; epoch++) {
     loader.start_epoch(epoch);
     data::Batch b;
     while (int64_t(r.losses.size()) < o.steps && loader.next(b)) {
       const int64_t step = int64_t(r.losses.size());
+      for (const auto& layer : moe.layers) layer->set_step(uint64_t(step));  // this step's gate noise
       Tensor loss = eng::cross_entropy(m.forward(b.images), b.labels);
+      if (!moe.empty()) {
+        Tensor aux = experts::auxiliary_loss(moe.layers, aux_weights);
+        r.aux_losses.push_back(aux.defined() ? aux.item() : 0.0);
+        window_aux += r.aux_losses.back();
+        if (aux.defined()) loss = eng::add(loss, aux);
+      }
       const double lv = loss.item();
       if (!std::isfinite(lv)) {
         std::printf("[finetune] %s: non-finite loss at step %lld: diverged (counted as top-1 0)\n", o.tag.c_str(),
@@ -146,16 +160,18 @@ RunResult finetune_once(const model::VisionTransformer& encoder, std::shared_ptr
           plan = fmt::format(", all {}", fmt_duration(seconds_since(o.plan_start) / double(plan_done) *
                                                       double(o.plan_total - plan_done)));
         }
-        std::printf("[finetune] %s  step %lld/%lld  loss %.4f  lr %.3e  %.1f img/s  ETA %s%s\n", o.tag.c_str(),
-                    (long long)done, (long long)o.steps, window_loss / double(window_steps),
+        const std::string aux = moe.empty() ? "" : fmt::format(" (aux {:.4f})", window_aux / double(window_steps));
+        std::printf("[finetune] %s  step %lld/%lld  loss %.4f%s  lr %.3e  %.1f img/s  ETA %s%s\n", o.tag.c_str(),
+                    (long long)done, (long long)o.steps, window_loss / double(window_steps), aux.c_str(),
                     opt.lr(), ips, fmt_duration(run_eta).c_str(), plan.c_str());
         std::fflush(stdout);
         t_window = std::chrono::steady_clock::now();
         window_images = window_steps = 0;
-        window_loss = 0;
+        window_loss = window_aux = 0;
       }
     }
   }
+  set_moe_mode(moe, /*training=*/false, o.capacity_factor);
   if (!r.diverged) std::tie(r.top1, r.eval_loss) = evaluate(m, eval, num_classes, o);
   else r.eval_loss = std::numeric_limits<double>::infinity();
   r.seconds = seconds_since(t0);
@@ -179,6 +195,7 @@ void check_protocol_options(const ProtocolOptions& o) {
   ENG_CHECK(o.seeds > 0, "--seeds {} must be positive", o.seeds);
   ENG_CHECK(o.run.steps > 0, "--steps {} must be positive", o.run.steps);
   ENG_CHECK(o.run.batch > 0, "--batch {} must be positive", o.run.batch);
+  check_capacity_factor(o.run.capacity_factor);
 }
 
 ProtocolResult run_protocol(const model::VisionTransformer& encoder, const Downstream& task, const ProtocolOptions& o) {
@@ -242,6 +259,9 @@ json run_finetune_command(const FinetuneCommand& c) {
   std::printf("[finetune] model %s (%s): ViT %lld px, patch %lld, dim %lld, depth %lld, heads %lld\n",
               c.model_file.c_str(), enc.kind.c_str(), (long long)cfg.img_size, (long long)cfg.patch_size,
               (long long)cfg.embed_dim, (long long)cfg.depth, (long long)cfg.num_heads);
+  if (std::string moe = moe_summary(enc.vit, c.protocol.run.capacity_factor); !moe.empty())
+    std::printf("[finetune] %s; auxiliary losses importance %g + load %g, gate noise in training\n", moe.c_str(),
+                c.protocol.run.importance_weight, c.protocol.run.load_weight);
   std::printf("[finetune] data: %s\n", task.description.c_str());
   if (std::string note = resize_note(task, cfg.img_size); !note.empty()) std::printf("[finetune] %s\n", note.c_str());
   std::printf("[finetune] protocol: %zu learning rates x seed 0 on train minus val, then %lld seeds at the best; %lld "
@@ -282,6 +302,7 @@ json run_finetune_command(const FinetuneCommand& c) {
               {"model", c.model_file},
               {"model_kind", enc.kind},
               {"vit", model::config_to_json(cfg)},
+              {"experts", moe_json(enc.vit, c.protocol.run.capacity_factor)},
               {"data", task.description},
               {"classes", task.classes},
               {"train_images", task.train->size()},
@@ -304,6 +325,10 @@ json run_finetune_command(const FinetuneCommand& c) {
               {"test_top1_std", r.std_top1},
               {"steps", c.protocol.run.steps},
               {"seconds", r.seconds}};
+  if (!out["experts"].is_null()) {
+    out["experts"]["importance_weight"] = c.protocol.run.importance_weight;
+    out["experts"]["load_weight"] = c.protocol.run.load_weight;
+  }
   write_json_file(c.out + "/finetune.json", out);
   if (!curves.empty())
     write_line_plot(c.out + "/loss_curves.png", curves, PlotText{"FINE-TUNING LOSS PER STEP", "STEP", "TRAINING LOSS (CROSS-ENTROPY)"}, 800, 500);

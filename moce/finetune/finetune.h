@@ -12,6 +12,12 @@
 // The protocol (run_protocol): for each lr of the grid, fine-tune on train minus val with seed 0 and score on val;
 // the best val top-1 wins (ties: the lower val loss, then the smaller lr); then per seed 0..S-1 fine-tune on the whole
 // training set at that lr and score on test; the mean and the sample standard deviation (n - 1) of those test top-1.
+//
+// A TokenMoE model (model_file.h, kind "tokenmoe") fine-tunes whole: every expert and the gate train. In training
+// its layers run in training mode (the gate noise, drawn per step from the run's seed) and the auxiliary losses
+// (importance and load over tokens, weights 0.01 each: the paper's) are added to the cross-entropy, as in
+// pre-training, so the routing stays balanced while the experts move; in evaluation the layers run without noise.
+// Both at `capacity_factor` (V-MoE's fine-tuning value 1.5, against 1.05 in pre-training: fewer tokens dropped).
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -43,6 +49,10 @@ struct RunOptions {
   int64_t eval_batch = 128;
   int64_t log_every = 10;  // a progress line every N steps (0: none)
   std::string tag;         // what the progress line calls this run ("lr 1e-3 seed 0 val")
+  // TokenMoE models only (a dense ViT ignores them): the expert capacity factor of training and evaluation, and the
+  // weights of the auxiliary losses added to the cross-entropy.
+  double capacity_factor = 1.5;
+  double importance_weight = 0.01, load_weight = 0.01;
   // For the ETA of a whole protocol: steps of the plan done before this run, all the plan's steps, and its start.
   int64_t plan_done = 0, plan_total = 0;
   std::chrono::steady_clock::time_point plan_start = std::chrono::steady_clock::now();
@@ -53,7 +63,8 @@ struct RunResult {
   double eval_loss = 0;    // mean cross-entropy there
   double seconds = 0;      // wall time of the whole run (training and evaluation)
   double cpu_seconds = 0;  // process CPU time over the run (all threads)
-  std::vector<double> losses;  // the training loss of every step
+  std::vector<double> losses;  // the training loss of every step (with a TokenMoE model: cross-entropy + auxiliary)
+  std::vector<double> aux_losses;  // TokenMoE: the weighted auxiliary loss of every step (empty for a dense ViT)
   bool diverged = false;       // a non-finite loss stopped the run (at step losses.size())
 };
 
@@ -84,7 +95,8 @@ struct ProtocolResult {
 // The grid point the protocol picks: the best val top-1; ties: the lower val loss, then the earlier entry.
 size_t best_grid_point(const std::vector<GridPoint>& grid);
 
-// Checks the options (a positive lr grid, steps, batch, seeds) before any training: one line naming the flag.
+// Checks the options (a positive lr grid, steps, batch, seeds, capacity factor) before any training: one line naming
+// the flag.
 void check_protocol_options(const ProtocolOptions& o);
 ProtocolResult run_protocol(const model::VisionTransformer& encoder, const Downstream& task, const ProtocolOptions& o);
 

@@ -20,8 +20,10 @@ model::VitPool parse_probe_pool(const std::string& name) {
 
 LinprobeResult linprobe(const model::VisionTransformer& encoder, const Downstream& task, const LinprobeOptions& o) {
   ENG_CHECK(o.pool == model::VitPool::Token || o.pool == model::VitPool::Avg, "--pool: the probe takes token or avg");
+  check_capacity_factor(o.capacity_factor);
   const auto t0 = std::chrono::steady_clock::now();
   model::VisionTransformer m = classifier_from_encoder(encoder, 0, o.pool, o.probe.seed);
+  set_moe_mode(moe_layers(m), /*training=*/false, o.capacity_factor);
   const data::Pipeline pipeline = data::eval_pipeline(m.config().img_size);
   auto fn = [&](const eng::Tensor& imgs) { return m.features(imgs); };
   FeatureSet train = extract_features(fn, task.train, pipeline, o.extract);
@@ -38,12 +40,15 @@ json run_linprobe_command(const LinprobeCommand& c) {
   ENG_CHECK(c.probe.probe.epochs > 0 && c.probe.probe.lr > 0 && c.probe.probe.batch_size > 0,
             "--epochs ({}), --lr ({}) and --batch ({}) must be positive", c.probe.probe.epochs, c.probe.probe.lr,
             c.probe.probe.batch_size);
+  check_capacity_factor(c.probe.capacity_factor);
   EncoderFile enc = load_encoder(c.model_file, c.heads);
   Downstream task = open_downstream(c.data);
   const model::VitConfig& cfg = enc.vit.config();
   std::printf("[linprobe] model %s (%s): ViT %lld px, dim %lld, depth %lld; pool %s\n", c.model_file.c_str(),
               enc.kind.c_str(), (long long)cfg.img_size, (long long)cfg.embed_dim, (long long)cfg.depth,
               model::pool_name(c.probe.pool).c_str());
+  if (std::string moe = moe_summary(enc.vit, c.probe.capacity_factor); !moe.empty())
+    std::printf("[linprobe] %s; features without gate noise\n", moe.c_str());
   std::printf("[linprobe] data: %s\n", task.description.c_str());
   if (std::string note = resize_note(task, cfg.img_size); !note.empty()) std::printf("[linprobe] %s\n", note.c_str());
   std::fflush(stdout);
@@ -53,6 +58,7 @@ json run_linprobe_command(const LinprobeCommand& c) {
               {"model", c.model_file},
               {"model_kind", enc.kind},
               {"vit", model::config_to_json(cfg)},
+              {"experts", moe_json(enc.vit, c.probe.capacity_factor)},
               {"data", task.description},
               {"classes", task.classes},
               {"pool", model::pool_name(c.probe.pool)},

@@ -4,7 +4,8 @@
 // class token after the final norm, as MAE's main_linprobe.py; `--pool avg` the mean of the patch tokens under a fresh
 // fc_norm (unit weight, zero bias: the ViT's avg pooling as the probe finds it). The probe (moce/eval/linear_probe.h)
 // standardises them with the training statistics, which is MAE's BatchNorm1d(affine=False) before the head at
-// evaluation, then trains the linear head; its top-1 on the test set is the result.
+// evaluation, then trains the linear head; its top-1 on the test set is the result. A TokenMoE model's features come
+// from its expert layers in evaluation mode (no gate noise) at `capacity_factor` (V-MoE's fine-tuning value 1.5).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -20,6 +21,7 @@ namespace moce::finetune {
 
 struct LinprobeOptions {
   model::VitPool pool = model::VitPool::Token;  // Token or Avg
+  double capacity_factor = 1.5;                 // TokenMoE models only
   ProbeOptions probe;
   ExtractOptions extract;
 };
