@@ -144,6 +144,12 @@ test:
 	python3 tests/check_layout.py
 	$(TEST_BIN) $(TEST_ARGS)
 
+# Optional: the exports load in timm's VisionTransformer and give our features within 1e-5 (suite `export timm`,
+# tests/fixtures/timm_features.py). The python is $(MOCE_TIMM_PYTHON), else python3; without timm and torch it skips.
+.PHONY: test-timm
+test-timm: $(TEST_BIN)
+	$(TEST_BIN) -ts='export timm' $(TEST_ARGS)
+
 bench: $(BENCH_BIN)
 	bash bench/run_bench.sh $(BUILD)
 

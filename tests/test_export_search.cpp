@@ -9,14 +9,21 @@
 //   - search: a downstream set drawn from one known cluster picks that cluster, with the experts the argmax of each
 //     layer's gate on its centroid computed here in f64 from the file's tensors; the votes over the whole training set
 //     equal the clustering's own argmax assignment; `export --experts auto` and its gate figures agree with it;
-//   - bad input as one-line errors naming the flag or file.
+//   - bad input as one-line errors naming the flag or file;
+//   - suite `export timm` (optional, `make test-timm`): timm's VisionTransformer loads each export strictly
+//     (tests/fixtures/timm_features.py) and its tokens and pooled features on real images equal model/vit's within
+//     1e-5; skips with a message where no python ($MOCE_TIMM_PYTHON, else python3) imports timm and torch.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 
 #include "data/dataset.h"
+#include "data/idx.h"
+#include "data/transforms.h"
 #include "engine/autograd.h"
 #include "engine/io/safetensors.h"
 #include "engine/ops.h"
@@ -398,5 +405,161 @@ TEST_SUITE("export search") {
           }).find("does not exist") != std::string::npos);
     CHECK(!std::filesystem::exists(out.file("v.safetensors")));
     CHECK(error_of([&] { model::load_vit(r.moce); }).find(r.moce) == 0);  // a MoCE file is not a ViT
+  }
+}
+
+// ---- timm: the export loads in timm's VisionTransformer and gives the same features --------------------------------
+// Optional: PyTorch and timm are never needed to build, run or test the engine. The interpreter is $MOCE_TIMM_PYTHON,
+// else python3; where neither imports timm and torch the suite skips with a message (`make test-timm`).
+namespace {
+
+// s as one single-quoted shell word.
+std::string shell_quoted(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// The first of $MOCE_TIMM_PYTHON, python3 that imports timm, torch and safetensors ("" when none does), and what was
+// tried (for the skip message).
+std::string timm_python(std::string& tried) {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("MOCE_TIMM_PYTHON"); env && *env) candidates.push_back(env);
+  candidates.push_back("python3");
+  for (const std::string& py : candidates) {
+    tried += (tried.empty() ? "" : ", ") + py;
+    const std::string probe = shell_quoted(py) + " -c 'import timm, torch, safetensors' >/dev/null 2>&1";
+    if (std::system(probe.c_str()) == 0) return py;
+  }
+  return "";
+}
+
+std::string timm_script() {
+  // tests run from the repository root; __FILE__ is the path the compiler was given.
+  std::string script = (std::filesystem::path(__FILE__).parent_path() / "fixtures/timm_features.py").string();
+  return std::filesystem::exists(script) ? script : "tests/fixtures/timm_features.py";
+}
+
+// A few real images at the fixture's 16x16, normalised as for evaluation (data::eval_pipeline: resize the shorter side,
+// center crop, ImageNet mean/std): Fashion-MNIST test images (grey, as three channels) and CIFAR-10 test images from
+// ../shared/data where each is present; `sources` says which. Undefined when neither is.
+Tensor real_images(std::string& sources) {
+  const data::Pipeline eval = data::eval_pipeline(16);
+  std::vector<Tensor> images;
+  if (!data::fashion_mnist_dir().empty()) {
+    auto fm = data::fashion_mnist("t10k", 40);
+    for (int64_t i = 0; i < 40; i += 10) images.push_back(eval.apply(fm->get(i).image, 0, 0, i));
+    sources = "4 Fashion-MNIST";
+  }
+  const std::string cifar = "../shared/data/cifar10/test";
+  if (std::filesystem::is_directory(cifar)) {
+    data::ImageFolder folder(cifar);
+    for (int64_t k = 0; k < 4; k++) {
+      const int64_t i = k * folder.size() / 4;  // four classes (the folder lists class by class)
+      images.push_back(eval.apply(folder.get(i).image, 0, 0, i));
+    }
+    sources += std::string(sources.empty() ? "" : " + ") + "4 CIFAR-10";
+  }
+  return images.empty() ? Tensor() : eng::stack(images, 0);
+}
+
+struct TimmFeatures {
+  Tensor tokens, pooled;
+  std::map<std::string, std::string> metadata;
+};
+
+// Runs tests/fixtures/timm_features.py on `export_file` and `images`; CHECKs its exit code (its output shown on
+// failure) and returns what it wrote.
+TimmFeatures timm_features(const std::string& python, const std::string& export_file, const Tensor& images,
+                           const TempDir& dir) {
+  const std::string in = dir.file("images.safetensors"), out = dir.file("timm.safetensors"), log = dir.file("timm.log");
+  std::filesystem::remove(out);
+  eng::save_safetensors(in, {{"images", images}});
+  const std::string cmd = shell_quoted(python) + " " + shell_quoted(timm_script()) + " " + shell_quoted(export_file) +
+                          " " + shell_quoted(in) + " " + shell_quoted(out) + " >" + shell_quoted(log) + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  INFO("timm_features.py said: " << read_text(log));
+  REQUIRE(rc == 0);
+  eng::SafetensorsFile f = eng::load_safetensors(out);
+  return {f.tensors.at("tokens"), f.tensors.at("pooled"), f.metadata};
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double d = 0;
+  for (size_t i = 0; i < x.size(); i++) d = std::max(d, std::abs(x[i] - y[i]));
+  return d;
+}
+
+// The export against timm on `images`: timm's strict load found no missing or unexpected key, and its tokens [N, 1 + L, D]
+// and pooled features equal model/vit's within 1e-5 (both after the final norm, so of scale ~1). Returns timm's tokens.
+Tensor check_against_timm(const std::string& python, const std::string& export_file, const std::string& what,
+                          const Tensor& images, const TempDir& dir) {
+  CAPTURE(what);
+  const TimmFeatures t = timm_features(python, export_file, images, dir);
+  CHECK(t.metadata.at("missing_keys") == "[]");
+  CHECK(t.metadata.at("unexpected_keys") == "[]");
+  model::VisionTransformer ours = model::load_vit(export_file);
+  CHECK(t.metadata.at("global_pool") == model::pool_name(ours.config().pool));
+  eng::NoGradGuard ng;
+  const Tensor tokens = ours.forward_tokens(images), pooled = ours.features(images);
+  CHECK(t.tokens.shape() == eng::Shape{images.size(0), 1 + ours.config().num_patches(), ours.config().embed_dim});
+  const double dt = max_abs_diff(tokens, t.tokens), dp = max_abs_diff(pooled, t.pooled);
+  MESSAGE(what << " (" << pool_name(ours.config().pool) << ", timm " << t.metadata.at("timm_version")
+                << "): max |ours - timm| tokens " << dt << ", pooled " << dp << " (max |token| "
+                << eng::amax(eng::abs(tokens)).item() << ")");
+  CHECK(dt <= 1e-5);
+  CHECK(dp <= 1e-5);
+  return t.tokens;
+}
+
+}  // namespace
+
+TEST_SUITE("export timm") {
+  TEST_CASE("the export loads strictly in timm's VisionTransformer and gives our features within 1e-5") {
+    std::string tried, sources;
+    const std::string python = timm_python(tried);
+    if (python.empty()) {
+      MESSAGE("skipped: timm/torch not importable (set MOCE_TIMM_PYTHON to a python that has them; tried " << tried
+                                                                                                         << ")");
+      return;
+    }
+    const Tensor images = real_images(sources);
+    if (!images.defined()) {
+      MESSAGE("skipped: no real images (neither Fashion-MNIST, Debian's dataset-fashion-mnist, nor ../shared/data/cifar10)");
+      return;
+    }
+    MESSAGE("timm check with " << python << " on " << sources << " test images");
+    Runs& r = runs();
+    TempDir out("export_timm");
+    moce::exporter::ExportOptions o;
+    for (const std::string pool : {"token", "norm_avg"}) {
+      CAPTURE(pool);
+      o.pool = pool;
+      // The dense MAE's encoder.
+      o.model_file = moce_fixture().init();
+      o.experts = "auto";
+      o.out = out.file("mae_" + pool + ".safetensors");
+      export_quietly(o);
+      const Tensor dense = check_against_timm(python, o.out, "dense MAE export", images, out);
+      // A MoCE path: the chosen experts' MLPs in blocks 0 and 1.
+      o.model_file = r.moce;
+      o.experts = "3,6";
+      o.out = out.file("moce_" + pool + ".safetensors");
+      export_quietly(o);
+      const Tensor moce_path = check_against_timm(python, o.out, "MoCE export, experts 3,6", images, out);
+      // The comparison can tell models apart: the expert path's tokens are not the dense encoder's.
+      const double apart = max_abs_diff(moce_path, dense);
+      MESSAGE("max |MoCE path - dense MAE| under timm: " << apart);
+      CHECK(apart > 1e-3);
+    }
+    // A TokenMoE path (block 1's expert 5), token pooling.
+    o.model_file = r.tokenmoe;
+    o.experts = "5";
+    o.pool = "token";
+    o.out = out.file("tok.safetensors");
+    export_quietly(o);
+    check_against_timm(python, o.out, "TokenMoE export, expert 5", images, out);
   }
 }
