@@ -82,25 +82,26 @@ BENCH_SRC:= $(wildcard bench/*.cpp)
 BENCH_BIN:= $(BENCH_SRC:bench/%.cpp=$(BUILD)/bench/%)
 MOCE_BIN := $(BUILD)/bin/moce
 
-.PHONY: all deps test test-gpu bench clean fuzz run run-method
+.PHONY: all deps test test-gpu bench clean fuzz run run-mae
 
-# The main job on the built-in data (Debian's Fashion-MNIST): a short MAE pre-training of the reference model,
-# then its evaluation (PSNR, reconstructions PNG, k-NN and linear probe). A few minutes on 2 cores.
+# The main job on the built-in data (Debian's Fashion-MNIST): the whole MoCE method (scripts/moce_method.sh):
+# pre-train a tiny MAE, cluster its features, continue it as MoCE and as dense, then for two downstream tasks search
+# the expert, export it, fine-tune it beside the dense MAE* and the worst expert, and print the table. About 15 minutes
+# on 2 cores; every step skips what its run folder already holds, so a second `make run` resumes.
 RUN_DIR ?= runs/quickstart
 run: $(MOCE_BIN)
-	$(MOCE_BIN) pretrain --data fashion-mnist --config mae_tiny_p4_32 --limit 10000 --epochs 2 --batch 128 \
-	  --base-lr 1e-3 --warmup-epochs 1 --log-every 10 --out $(RUN_DIR)
-	$(MOCE_BIN) eval-mae --checkpoint $(RUN_DIR)/checkpoint-last.safetensors --train-data fashion-mnist \
-	  --test-data fashion-mnist --limit-train 5000 --limit-test 1000 --out $(RUN_DIR)/eval
-	@echo "checkpoint: $(RUN_DIR)/checkpoint-last.safetensors"
-	@echo "pictures:   $(RUN_DIR)/eval/reconstructions.png"
-	@echo "figures:    $(RUN_DIR)/eval/eval.json, training metrics: $(RUN_DIR)/metrics.jsonl"
+	RUN_DIR=$(RUN_DIR) MOCE=$(MOCE_BIN) bash scripts/moce_method.sh
 
-# The whole MoCE method on Fashion-MNIST (scripts/moce_method.sh): pre-train, cluster, MoCE and dense, search, export,
-# fine-tune, the table. Every step skips what its run folder already holds.
-METHOD_DIR ?= runs/method
-run-method: $(MOCE_BIN)
-	RUN_DIR=$(METHOD_DIR) MOCE=$(MOCE_BIN) bash scripts/moce_method.sh
+# MAE pre-training and its evaluation alone (PSNR, reconstructions PNG, k-NN and linear probe): a few minutes.
+MAE_DIR ?= runs/mae-quickstart
+run-mae: $(MOCE_BIN)
+	$(MOCE_BIN) pretrain --data fashion-mnist --config mae_tiny_p4_32 --limit 10000 --epochs 2 --batch 128 \
+	  --base-lr 1e-3 --warmup-epochs 1 --log-every 10 --out $(MAE_DIR)
+	$(MOCE_BIN) eval-mae --checkpoint $(MAE_DIR)/checkpoint-last.safetensors --train-data fashion-mnist \
+	  --test-data fashion-mnist --limit-train 5000 --limit-test 1000 --out $(MAE_DIR)/eval
+	@echo "checkpoint: $(MAE_DIR)/checkpoint-last.safetensors"
+	@echo "pictures:   $(MAE_DIR)/loss.png, $(MAE_DIR)/eval/reconstructions.png"
+	@echo "figures:    $(MAE_DIR)/eval/eval.json, training metrics: $(MAE_DIR)/metrics.jsonl"
 
 all: $(LIB) $(TEST_BIN) $(MOCE_BIN)
 
