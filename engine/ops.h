@@ -138,6 +138,12 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_
 // gradient (mlp_gelu's scheme, one grouped call per GEMM); elsewhere it is that composition.
 Tensor grouped_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
                         const std::vector<int64_t>& group_sizes);
+// Row blocks of x (its dim 0) in another order, each times its own factor: y[i] = scale[i] * x[perm[i]], perm (i64
+// [n]) a permutation of [0, n = x.size(0)), scale [n] optional (x's dtype; undefined: factor 1). An expert layer's
+// sort of whole units by expert and its inverse with the gate values. Backward: dx[perm[i]] = scale[i] * dy[i] (one
+// pass, the permutation's inverse), dscale[i] = <dy[i], x[perm[i]]>. On the CPU its own kernels (perm checked to be a
+// permutation); elsewhere the composition mul(index_select(x, 0, perm), scale), which takes any in-range perm.
+Tensor permute_rows(const Tensor& x, const Tensor& perm, const Tensor& scale = Tensor());
 
 // ---- helpers for op implementations ----
 struct TensorDesc;

@@ -1,5 +1,5 @@
 // test_ops_routing.cpp: registry cases for the routing ops of expert layers (cumsum, one_hot, bincount,
-// grouped_matmul, grouped_mlp_gelu) against naive f64 references and finite differences; and the "routing" suite:
+// grouped_matmul, grouped_mlp_gelu, permute_rows) against naive f64 references and finite differences; and the "routing" suite:
 // range and shape errors, grouped_matmul bitwise equal to one linear per group (forward and backward), grouped_mlp_gelu
 // against the composition it fuses, and results bitwise independent of the thread count.
 #include <doctest/doctest.h>
@@ -132,6 +132,26 @@ OP_CASE({"grouped_mlp_gelu on the packed GEMM path (forward)",
           forward_only({4, 24})},
          [](const std::vector<Tensor>& x) { return eng::grouped_mlp_gelu(x[0], x[1], x[2], x[3], x[4], kPackedSizes); },
          [](const std::vector<HostArray>& h) { return grouped_mlp_ref(h, kPackedSizes); }});
+
+// y[i] = s[i] * x[perm[i]] over the row blocks of x (dim 0); no s: factor 1.
+HostArray permute_rows_ref(const HostArray& x, const std::vector<int64_t>& perm, const HostArray* s) {
+  const int64_t n = x.size(0), width = x.numel() / n;
+  HostArray y = x;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < width; j++)
+      y.v[size_t(i * width + j)] = (s ? s->v[size_t(i)] : 1.0) * x.v[size_t(perm[size_t(i)] * width + j)];
+  return y;
+}
+const std::vector<int64_t> kPerm5 = {3, 0, 4, 1, 2}, kPerm4 = {2, 3, 1, 0};
+Tensor perm_on(const std::vector<int64_t>& p, const Tensor& like) {
+  return Tensor::from_vector(p, {int64_t(p.size())}).to(like.device());
+}
+OP_CASE({"permute_rows of 3-D row blocks times a factor each", {values({5, 3, 2}), values({5})},
+         [](const std::vector<Tensor>& x) { return eng::permute_rows(x[0], perm_on(kPerm5, x[0]), x[1]); },
+         [](const std::vector<HostArray>& h) { return permute_rows_ref(h[0], kPerm5, &h[1]); }});
+OP_CASE({"permute_rows without a factor, transposed x", {transposed_values({4, 3})},
+         [](const std::vector<Tensor>& x) { return eng::permute_rows(x[0], perm_on(kPerm4, x[0])); },
+         [](const std::vector<HostArray>& h) { return permute_rows_ref(h[0], kPerm4, nullptr); }});
 
 // ---------------------------------------------------------------- helpers for the doctest cases
 
@@ -367,5 +387,45 @@ TEST_SUITE("routing") {
       CHECK_MESSAGE(same_bits(g.dw, first.dw), "grouped_matmul dw");
       CHECK_MESSAGE(same_bits(g.db, first.db), "grouped_matmul db");
     }
+  }
+  TEST_CASE("permute_rows: bitwise its composition (index_select, mul) forward and dx, the factor's gradient within "
+            "f32 rounding, bitwise with 1 and 2 threads; a non-permutation is an error") {
+    testutil::ThreadCount guard;
+    // MoCE's dispatch at the reference size: 128 images of 17 x 192 floats, in a shuffled order.
+    const int64_t n = 128, t = 17, d = 192;
+    std::vector<int64_t> p(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; i++) p[size_t(i)] = (i * 37 + 11) % n;  // 37 is prime to 128: a permutation
+    Tensor x = randn({n, t, d}, 31), s = randn({n}, 32), dy = randn({n, t, d}, 33);
+    std::vector<Tensor> first;
+    for (int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      Tensor xa = x.detach().requires_grad_(true), sa = s.detach().requires_grad_(true);
+      Tensor ya = eng::permute_rows(xa, ids(p), sa);
+      eng::sum(eng::mul(ya, dy)).backward();
+      Tensor xb = x.detach().requires_grad_(true), sb = s.detach().requires_grad_(true);
+      Tensor yb = eng::mul(eng::index_select(xb, 0, ids(p)), sb.reshape({n, 1, 1}));
+      eng::sum(eng::mul(yb, dy)).backward();
+      CHECK(same_bits(ya, yb));
+      CHECK(same_bits(xa.grad(), xb.grad()));  // one product per element, added to nothing
+      const double scale = eng::amax(eng::abs(sb.grad())).item();
+      CHECK(max_abs_diff(sa.grad(), sb.grad()) <= 1e-5 * scale);
+      // The inverse permutation undoes it, bit for bit (no factor).
+      std::vector<int64_t> inv(p.size());
+      for (size_t i = 0; i < p.size(); i++) inv[size_t(p[i])] = int64_t(i);
+      CHECK(same_bits(eng::permute_rows(eng::permute_rows(x, ids(p)), ids(inv)), x));
+      if (threads == 1) {
+        first = {ya, xa.grad(), sa.grad()};
+        continue;
+      }
+      CHECK(same_bits(ya, first[0]));
+      CHECK(same_bits(xa.grad(), first[1]));
+      CHECK(same_bits(sa.grad(), first[2]));
+    }
+    CHECK(has(error_of([&] { eng::permute_rows(x, ids(std::vector<int64_t>(size_t(n), 0))); }),
+              "permute_rows: perm is not a permutation of [0, 128): perm[1] = 0"));
+    CHECK(has(error_of([&] { eng::permute_rows(x.narrow(0, 0, 3), ids({0, 1, 3})); }),
+              "permute_rows: perm is not a permutation of [0, 3): perm[2] = 3"));
+    CHECK(has(error_of([&] { eng::permute_rows(x, ids({0, 1})); }), "permute_rows: perm must be [128]"));
+    CHECK(has(error_of([&] { eng::permute_rows(x, ids(p), Tensor::ones({3})); }), "permute_rows: scale must be [128]"));
   }
 }

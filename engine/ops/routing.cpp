@@ -286,3 +286,59 @@ Tensor grouped_mlp_gelu(const Tensor& x, const Tensor& w1, const Tensor& b1, con
 }
 
 }  // namespace eng
+
+namespace eng {
+
+// ---------------------------------------------------------------- permute_rows
+
+Tensor permute_rows(const Tensor& x, const Tensor& perm, const Tensor& scale) {
+  ENG_CHECK(x.defined() && x.dim() >= 1, "permute_rows: x must have at least one dim, got {}",
+            x.defined() ? shape_str(x.shape()) : std::string("undefined"));
+  ENG_CHECK(is_floating(x.dtype()), "permute_rows: x must be a floating dtype, got {}", dtype_name(x.dtype()));
+  const int64_t n = x.size(0);
+  check_index(perm, "permute_rows");
+  ENG_CHECK(perm.dim() == 1 && perm.size(0) == n, "permute_rows: perm must be [{}] (x's rows), got {}", n,
+            shape_str(perm.shape()));
+  check_same_device(x, perm, "permute_rows");
+  if (scale.defined()) {
+    ENG_CHECK(scale.dim() == 1 && scale.size(0) == n, "permute_rows: scale must be [{}], got {}", n,
+              shape_str(scale.shape()));
+    ENG_CHECK(scale.dtype() == x.dtype(), "permute_rows: scale is {} but x is {}", dtype_name(scale.dtype()),
+              dtype_name(x.dtype()));
+    check_same_device(x, scale, "permute_rows");
+  }
+  if (!x.device().is_cpu()) {  // the composition (index_select's backward accumulates; right for any in-range perm)
+    Tensor y = index_select(x, 0, perm);
+    if (!scale.defined()) return y;
+    Shape s(size_t(x.dim()), 1);
+    s[0] = n;
+    return mul(y, scale.reshape(s));
+  }
+  Tensor xc = x.detach().contiguous(), pc = perm.contiguous();
+  Tensor sc = scale.defined() ? scale.detach().contiguous() : Tensor();
+  Backend& be = backend_for(x.device());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  TensorDesc no_scale;  // data == nullptr: factor 1
+  const TensorDesc scale_desc = sc.defined() ? desc_of(sc) : no_scale;
+  if (y.numel()) be.permute_rows(desc_of(y), desc_of(xc), desc_of(pc), scale_desc, false);
+  if (!any_requires_grad({&x, &scale})) return y;
+  const bool gx = x.requires_grad(), gs = scale.defined() && scale.requires_grad();
+  Tensor xs = gs ? xc : Tensor();  // only what the wanted gradients read
+  return record("permute_rows", y, {x, scale}, [=](const Tensor& grad) {
+    Tensor dy = grad.contiguous();
+    Backend& b = backend_for(dy.device());
+    Tensor dx, ds;
+    if (gx) {
+      dx = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
+      TensorDesc none;
+      if (dx.numel()) b.permute_rows(desc_of(dx), desc_of(dy), desc_of(pc), sc.defined() ? desc_of(sc) : none, true);
+    }
+    if (gs) {
+      ds = Tensor::empty({n}, dy.dtype(), dy.device());
+      if (n) b.rows_dot(desc_of(ds), desc_of(dy), desc_of(xs), desc_of(pc));
+    }
+    return std::vector<Tensor>{dx, ds};
+  });
+}
+
+}  // namespace eng

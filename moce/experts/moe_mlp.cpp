@@ -76,6 +76,40 @@ Tensor expert_dispatch_combine(const Tensor& x, const Tensor& expert_index, cons
             shape_of(combine_weights));
   const int64_t choices = k * units;
 
+  // Top-1 with nothing over capacity (the MoCE gate always; a token gate whose experts all fit): the choices are a
+  // permutation of the units. The order is a stable counting sort on the host (the expert sizes are read back for the
+  // grouped GEMM anyway), then one pass each way: whole units sorted by expert, the experts, and the inverse
+  // permutation times the gate values (permute_rows; its backward is one pass too, no zero-filled index_add).
+  if (k == 1) {
+    const std::vector<int64_t> expert_host = host_i64(expert_index);
+    std::vector<int64_t> chosen(static_cast<size_t>(n), 0);
+    for (int64_t v : expert_host) {
+      ENG_CHECK(v >= 0 && v < n, "expert_dispatch_combine: expert index {} out of range for {} experts", v, n);
+      chosen[size_t(v)]++;
+    }
+    bool fits = true;
+    for (int64_t e = 0; e < n; e++) fits = fits && (capacity <= 0 || chosen[size_t(e)] <= capacity);
+    if (fits) {
+      std::vector<int64_t> start(static_cast<size_t>(n) + 1, 0), order(static_cast<size_t>(units)),
+          position(static_cast<size_t>(units));
+      for (int64_t e = 0; e < n; e++) start[size_t(e) + 1] = start[size_t(e)] + chosen[size_t(e)];
+      for (int64_t u = 0; u < units; u++) {
+        const int64_t slot = start[size_t(expert_host[size_t(u)])]++;
+        order[size_t(slot)] = u;     // slot -> unit
+        position[size_t(u)] = slot;  // unit -> slot
+      }
+      if (info) *info = DispatchInfo{chosen, chosen, 0};
+      std::vector<int64_t> group_rows(static_cast<size_t>(n));
+      for (int64_t e = 0; e < n; e++) group_rows[size_t(e)] = chosen[size_t(e)] * rows;
+      Tensor sorted = eng::permute_rows(x, Tensor::from_vector(order, {units}).to(x.device()));
+      Tensor out = eng::grouped_mlp_gelu(sorted.reshape({units * rows, d}), w.fc1_weight, w.fc1_bias, w.fc2_weight,
+                                         w.fc2_bias, group_rows)
+                       .reshape({units, rows, d});
+      return eng::permute_rows(out, Tensor::from_vector(position, {units}).to(x.device()),
+                               combine_weights.reshape({units}));
+    }
+  }
+
   // The choices in priority order, k-major: every unit's first choice, in unit order, before any second choice.
   Tensor expert_of = expert_index.transpose(0, 1).contiguous().reshape({choices});
   Tensor weight_of = combine_weights.transpose(0, 1).reshape({choices});

@@ -10,6 +10,8 @@
 //              job per k block, all their row pieces in the next, each element with the bits of its own GEMM.
 //              Others (the weight gradient splits k) run one packed GEMM per group, threaded inside; groups too
 //              small for threads run side by side, one thread each. No bit depends on the thread count.
+// permute_rows, rows_dot  a piece owns whole rows (of dst for permute_rows, whose rows are each written once since
+//              perm is checked to be a permutation first); rows_dot sums each row in order: no bit depends on threads.
 #include <cstring>
 #include <vector>
 
@@ -70,7 +72,101 @@ template <typename T> void write_ones(void* dst, const int64_t* index, int64_t r
 // such groups are better run side by side.
 constexpr int64_t kSerialGroupWork = int64_t(1) << 20;
 
+// Index of the first entry of perm [n] that is out of range or repeats one before it, or -1 for a permutation.
+int64_t first_non_permutation(const int64_t* perm, int64_t n) {
+  std::vector<char> seen(size_t(n), 0);
+  for (int64_t i = 0; i < n; i++) {
+    if (perm[i] < 0 || perm[i] >= n || seen[size_t(perm[i])]) return i;
+    seen[size_t(perm[i])] = 1;
+  }
+  return -1;
+}
+
+void check_rows_operand(const TensorDesc& t, int64_t n, int64_t width, const char* op, const char* name) {
+  ENG_CHECK(t.contiguous() && t.ndim >= 1 && t.shape[0] == n && t.numel() == n * width,
+            "cpu {}: {} must be contiguous with {} rows of {} elements", op, name, n, width);
+}
+
+template <typename T>
+void permute_rows_kernel(T* dst, const T* src, const int64_t* perm, const T* scale, int64_t n, int64_t width,
+                         bool scatter) {
+  parallel_for(n, std::max<int64_t>(1, kBlock / std::max<int64_t>(width, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+      T* d = dst + (scatter ? perm[i] : i) * width;
+      const T* s = src + (scatter ? i : perm[i]) * width;
+      if (scale) {
+        const T f = scale[i];
+        for (int64_t j = 0; j < width; j++) d[j] = f * s[j];
+      } else {
+        std::memcpy(d, s, size_t(width) * sizeof(T));
+      }
+    }
+  });
+}
+
+template <typename T>
+void rows_dot_kernel(T* dst, const T* a, const T* b, const int64_t* perm, int64_t n, int64_t width) {
+  parallel_for(n, std::max<int64_t>(1, kBlock / std::max<int64_t>(width, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+      const T* ai = a + i * width;
+      const T* bi = b + perm[i] * width;
+      double acc = 0;
+      for (int64_t j = 0; j < width; j++) acc += double(ai[j]) * double(bi[j]);
+      dst[i] = T(acc);
+    }
+  });
+}
+
 }  // namespace
+
+void CpuBackend::permute_rows(const TensorDesc& dst, const TensorDesc& src, const TensorDesc& perm,
+                              const TensorDesc& scale, bool scatter) {
+  ENG_CHECK(perm.dtype == DType::I64 && perm.ndim == 1 && perm.contiguous(), "cpu permute_rows: perm must be contiguous i64 [n]");
+  const int64_t n = perm.shape[0], width = n ? src.numel() / n : 0;
+  check_rows_operand(src, n, width, "permute_rows", "src");
+  check_rows_operand(dst, n, width, "permute_rows", "dst");
+  ENG_CHECK(dst.dtype == src.dtype, "cpu permute_rows: dst is {} but src is {}", dtype_name(dst.dtype), dtype_name(src.dtype));
+  if (scale.data)
+    ENG_CHECK(scale.dtype == src.dtype && scale.ndim == 1 && scale.shape[0] == n && scale.contiguous(),
+              "cpu permute_rows: scale must be contiguous {} [{}]", dtype_name(src.dtype), n);
+  const int64_t* p = static_cast<const int64_t*>(perm.data);
+  const int64_t bad = first_non_permutation(p, n);
+  if (bad >= 0) ENG_FAIL("permute_rows: perm is not a permutation of [0, {}): perm[{}] = {}", n, bad, p[bad]);
+  switch (src.dtype) {
+    case DType::F32:
+      permute_rows_kernel(static_cast<float*>(dst.data), static_cast<const float*>(src.data), p,
+                          static_cast<const float*>(scale.data), n, width, scatter);
+      break;
+    case DType::F64:
+      permute_rows_kernel(static_cast<double*>(dst.data), static_cast<const double*>(src.data), p,
+                          static_cast<const double*>(scale.data), n, width, scatter);
+      break;
+    default: ENG_FAIL("permute_rows: dtype {} is not supported on the CPU (f32, f64)", dtype_name(src.dtype));
+  }
+}
+
+void CpuBackend::rows_dot(const TensorDesc& dst, const TensorDesc& a, const TensorDesc& b, const TensorDesc& perm) {
+  ENG_CHECK(perm.dtype == DType::I64 && perm.ndim == 1 && perm.contiguous(), "cpu rows_dot: perm must be contiguous i64 [n]");
+  const int64_t n = perm.shape[0], width = n ? a.numel() / n : 0;
+  check_rows_operand(a, n, width, "rows_dot", "a");
+  check_rows_operand(b, n, width, "rows_dot", "b");
+  ENG_CHECK(dst.contiguous() && dst.numel() == n, "cpu rows_dot: dst must be contiguous with {} elements", n);
+  ENG_CHECK(dst.dtype == a.dtype && b.dtype == a.dtype, "cpu rows_dot: dst, a and b must share a dtype");
+  const int64_t* p = static_cast<const int64_t*>(perm.data);
+  const int64_t bad = first_out_of_range(p, n, n);
+  if (bad >= 0) ENG_FAIL("rows_dot: perm[{}] = {} out of range for {} rows", bad, p[bad], n);
+  switch (a.dtype) {
+    case DType::F32:
+      rows_dot_kernel(static_cast<float*>(dst.data), static_cast<const float*>(a.data), static_cast<const float*>(b.data),
+                      p, n, width);
+      break;
+    case DType::F64:
+      rows_dot_kernel(static_cast<double*>(dst.data), static_cast<const double*>(a.data),
+                      static_cast<const double*>(b.data), p, n, width);
+      break;
+    default: ENG_FAIL("rows_dot: dtype {} is not supported on the CPU (f32, f64)", dtype_name(a.dtype));
+  }
+}
 
 void CpuBackend::cumsum(const TensorDesc& dst, const TensorDesc& src, int dim, bool reverse) {
   ENG_CHECK(dst.contiguous() && src.contiguous(), "cpu cumsum: dst and src must be contiguous");

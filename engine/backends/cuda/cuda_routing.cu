@@ -251,5 +251,14 @@ void CudaBackend::grouped_gemm(const std::vector<GemmArgs>& groups) {
   }
 }
 
+// permute_rows, rows_dot: eng::permute_rows composes index_select and mul on CUDA (engine/ops/routing.cpp), so
+// these CPU-only kernels are never called here; a direct call says so.
+void CudaBackend::permute_rows(const TensorDesc&, const TensorDesc&, const TensorDesc&, const TensorDesc&, bool) {
+  ENG_FAIL("cuda permute_rows: no kernel; eng::permute_rows composes index_select and mul on CUDA");
+}
+void CudaBackend::rows_dot(const TensorDesc&, const TensorDesc&, const TensorDesc&, const TensorDesc&) {
+  ENG_FAIL("cuda rows_dot: no kernel; eng::permute_rows composes index_select and mul on CUDA");
+}
+
 }  // namespace cuda
 }  // namespace eng
