@@ -13,7 +13,7 @@ namespace moce {
 namespace {
 
 // The 3x5 pixel font: rows top to bottom, 3 bits each (MSB = left); lower case is drawn as upper case, except
-// 'e', the small exponent sign of tick labels.
+// 'e', the small exponent sign of tick labels (rasterise_text passes an 'e' that follows no digit as 'E').
 int glyph(char c, int row) {
   static const char* chars = "0123456789.-e+ABCDEFGHIJKLMNOPQRSTUVWXYZ:=%/(),_#";
   static const int rows[][5] = {
@@ -36,7 +36,11 @@ int glyph(char c, int row) {
 // Sets the pixels of `s` in the font, each font pixel a scale x scale block, clipped to w x h.
 void rasterise_text(uint8_t* px, int w, int h, int x, int y, const std::string& s, int scale, uint8_t r, uint8_t g,
                     uint8_t b) {
-  for (char c : s) {
+  char prev = ' ';
+  for (char c0 : s) {
+    // 'e' is the exponent sign only right after a number ("1.5e-03"); in words it is a letter like the others.
+    const char c = (c0 == 'e' && !((prev >= '0' && prev <= '9') || prev == '.')) ? 'E' : c0;
+    prev = c0;
     for (int row = 0; row < 5; row++)
       for (int col = 0; col < 3; col++)
         if (glyph(c, row) & (4 >> col))
