@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# results/tin-transfer/run.sh: the transfer table (the paper's Tables 1-2, at our scale). On each downstream set of
+# results/tin-transfer/run.sh: the transfer table (the paper's Table 3, at our scale). On each downstream set of
 # results/tin-search, fine-tune with the paper's protocol (moce finetune: an lr grid on train minus val, then 3 seeds
 # at the chosen lr, scored on the set's test images):
 #   moce       the plain ViT exported from results/tin-moe/moce with the experts MoCE's rule chose for the set
