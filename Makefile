@@ -112,7 +112,15 @@ deps:
 	  $$( [ $$(id -u) -ne 0 ] && echo sudo ) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$( [ $$(id -u) -ne 0 ] && echo sudo ) apt-get install -y -qq $$missing >/dev/null; \
 	else echo "[deps] all Debian packages present"; fi
 
-$(BUILD)/%.o: %.cpp
+# Checked again when compiling (the [config] line is read before `make deps run` installs anything): a missing
+# library stops the build with one line naming its header and the package, not with a compiler error deep in a file.
+REQUIRED_HEADERS := fmt/format.h:libfmt-dev nlohmann/json.hpp:nlohmann-json3-dev stb/stb_image.h:libstb-dev zlib.h:zlib1g-dev
+.PHONY: check-headers
+check-headers:
+	@for hp in $(REQUIRED_HEADERS); do h=$${hp%%:*}; printf '$(hash)include <%s>\n' "$$h" | $(CXX) -std=c++17 -E -x c++ - >/dev/null 2>&1 \
+	  || { echo "missing header <$$h> (Debian package $${hp##*:}): run 'make deps' first" >&2; exit 1; }; done
+
+$(BUILD)/%.o: %.cpp | check-headers
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
 
@@ -143,6 +151,7 @@ test:
 	@$(MAKE) --no-print-directory deps
 	@$(MAKE) --no-print-directory $(TEST_BIN)
 	python3 tests/check_layout.py
+	bash tests/check_makefile.sh
 	$(TEST_BIN) $(TEST_ARGS)
 
 # Optional: the exports load in timm's VisionTransformer and give our features within 1e-5 (suite `export timm`,
