@@ -43,6 +43,7 @@ struct PretrainSession {
   int64_t epochs = 0;        // with resume: a new total number of epochs (0 = the saved one)
   std::string device;        // with resume: train on this device instead of the saved one ("" = the saved one)
   int64_t stop_after = 0;    // stop after this many epochs of the schedule, as if interrupted (0 = run to the end)
+  bool force = false;        // a new run may replace the records of another run in its --out folder (run_folder.h)
   // Optimizer steps (0-based, counted from the start of the run) to bracket with cudaProfilerStart/Stop, for
   // `nsys --capture-range=cudaProfilerApi` or `ncu --profile-from-start off`; -1 = none. CUDA only.
   int64_t profile_first = -1, profile_last = -1;
