@@ -282,7 +282,7 @@ TEST_SUITE("run folder") {
         {moce::cmd_finetune, "finetune", {"--model", "x", "--data", "y", "--eval-batch", "0"}, "--eval-batch 0: expected an integer >= 1"},
         {moce::cmd_finetune, "finetune", {"--model", "x", "--data", "y", "--heads", "-4"}, "--heads -4: expected an integer >= 0"},
         {moce::cmd_search, "search", {"--model", data, "--data", "y", "--finetune-lr", "-0.1"}, "--finetune-lr -0.1: expected a finite number >= 0"},
-        {moce::cmd_routing, "routing", {"--model", "x", "--data", "y", "--batch", "0"}, "--batch 0: expected an integer >= 1"},
+        {moce::cmd_routing, "routing", {"--model", data, "--data", "y", "--batch", "0"}, "--batch 0: expected an integer >= 1"},
         {moce::cmd_cluster, "cluster", {"--checkpoint", "x", "--data", "y", "--seed", "-1"}, "--seed -1: expected an integer >= 0"},
     };
     for (const auto& [cmd, name, flags, want] : others) {
