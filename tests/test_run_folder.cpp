@@ -403,6 +403,13 @@ TEST_SUITE("run folder") {
     for (const json& j : json_lines(part + "/metrics.jsonl")) have.push_back(j.value("train_loss_hex", ""));
     CHECK(have == want);  // the ignored flags really were ignored: the uninterrupted run's losses
 
+    // --stop-after counts the run's epochs: one already reached is refused, not a run that does nothing.
+    const auto before = snapshot(part);
+    o = pretrain({"--resume", part, "--epochs", "4", "--stop-after", "2"}, tmp);
+    CHECK(o.status == 1);
+    CHECK_MESSAGE(o.error.find("--stop-after 2: the run already finished 2 epochs") == 0, o.error);
+    CHECK(snapshot(part) == before);
+
     // --epochs 4 on the finished 2-epoch run: said, with the step it starts from, and the lr then follows the cosine
     // schedule of 4 epochs (lr = 1e-3 x 8 / 256; no warm-up; 2 steps per epoch).
     o = pretrain({"--resume", part, "--epochs", "4"}, tmp);

@@ -270,6 +270,10 @@ void Pretraining::build(eng::DType compute_dtype) {
       opt_->load_state_dict(eng::OptimizerState{ckpt_.optimizer_state, ckpt_.optimizer});
     ENG_CHECK(start_epoch_ <= o_.epochs, "{}: the run already finished {} epochs; pass a larger --epochs to go on",
               ckpt_path_, start_epoch_);
+    // --stop-after counts epochs of the whole run: one already reached would stop before the first step, doing nothing.
+    ENG_CHECK(session_.stop_after == 0 || session_.stop_after > start_epoch_,
+              "--stop-after {}: the run already finished {} epochs ({}); expected 0 or a number above {}",
+              session_.stop_after, start_epoch_, ckpt_path_, start_epoch_);
     ckpt_ = eng::Checkpoint();  // its host tensors are on the device now
     note_schedule_change();
   }
