@@ -5,6 +5,10 @@
 // data/mask RNG position, written atomically at the end of every --save-every epochs and at the end),
 // weights.safetensors (the final model weights, MAE names) and loss.png (the loss curve, redrawn every epoch).
 //
+// The folder (moce/common/run_folder.h): every option is validated (validate_options, the saved config's too on
+// resume) and the data opened before any file is touched; then the folder is locked (<out>/.lock, one run at a time)
+// and a new run refuses another run's records there unless PretrainSession::force.
+//
 // Reproducibility: data order and augmentation are keyed by (seed, epoch, image index) and the mask noise
 // by (seed, micro-batch number), so `--resume RUN_DIR` continues exactly: its losses equal those of an
 // uninterrupted run on the same device, bit for bit.
