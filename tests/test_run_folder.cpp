@@ -25,6 +25,7 @@
 #include "moce/cmd/commands.h"
 #include "moce/common/cli.h"
 #include "moce/common/run_folder.h"
+#include "tests/moce_fixture.h"
 #include "tests/test_util.h"
 
 using json = nlohmann::json;
@@ -166,6 +167,21 @@ TEST_SUITE("run folder") {
     CHECK(eng::load_checkpoint(out + "/checkpoint-last.safetensors").config["run"] == config["run"]);
     CHECK(read_bytes(out + "/metrics.jsonl") != before.at("metrics.jsonl"));
     CHECK(json_lines(out + "/metrics.jsonl").size() == 3);  // steps 1, 2 and the epoch line: nothing of the old run
+  }
+
+  TEST_CASE("moce train: the same refusal, naming moce train's --resume; --force starts the run again") {
+    const testutil::MoceFixture& f = testutil::moce_fixture();
+    TempDir tmp("runfolder_train");
+    const std::string out = tmp.file("dense");
+    REQUIRE(f.train("dense", out, {"--epochs", "1"}) == 0);
+    const auto before = snapshot(out);
+    const std::string e = error_of([&] {
+      if (f.train("dense", out, {"--epochs", "1"}) != 0) throw eng::Error("status");
+    });
+    CHECK_MESSAGE(e.find("--out " + out + ": holds another run's records") == 0, e);
+    CHECK_MESSAGE(e.find("`moce train --resume " + out + "`") != std::string::npos, e);
+    CHECK(snapshot(out) == before);
+    CHECK(f.train("dense", out, {"--epochs", "1", "--force"}) == 0);
   }
 
   TEST_CASE("the lock: one run per folder, the holder's pid named; a dead holder's lock does not block") {
