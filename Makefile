@@ -96,7 +96,7 @@ run: $(MOCE_BIN)
 MAE_DIR ?= runs/mae-quickstart
 run-mae: $(MOCE_BIN)
 	$(MOCE_BIN) pretrain --data fashion-mnist --config mae_tiny_p4_32 --limit 10000 --epochs 2 --batch 128 \
-	  --base-lr 1e-3 --warmup-epochs 1 --log-every 10 --out $(MAE_DIR)
+	  --base-lr 1e-3 --warmup-epochs 1 --log-every 10 --force --out $(MAE_DIR)
 	$(MOCE_BIN) eval-mae --checkpoint $(MAE_DIR)/checkpoint-last.safetensors --train-data fashion-mnist \
 	  --test-data fashion-mnist --limit-train 5000 --limit-test 1000 --out $(MAE_DIR)/eval
 	@echo "checkpoint: $(MAE_DIR)/checkpoint-last.safetensors"

@@ -44,7 +44,7 @@ if [ ! -f "$OUT/mae/weights.safetensors" ]; then
   else
     say "pre-training mae_tiny_p4_32 on $LIMIT images of $DATA, $PRETRAIN_EPOCHS epochs"
     "$MOCE" pretrain --data "$DATA" --config mae_tiny_p4_32 --limit "$LIMIT" --epochs "$PRETRAIN_EPOCHS" --batch 128 \
-      --base-lr "$BASE_LR" --warmup-epochs 1 --log-every 20 --device "$DEVICE" --out "$OUT/mae"
+      --base-lr "$BASE_LR" --warmup-epochs 1 --log-every 20 --device "$DEVICE" --force --out "$OUT/mae"
   fi
 fi
 if [ ! -f "$OUT/mae/eval/eval.json" ]; then
@@ -71,7 +71,7 @@ train() {  # train NAME FLAGS...
   fi
   say "training $name for $TRAIN_EPOCHS epoch(s) from the MAE"
   "$MOCE" train --init "$OUT/mae/weights.safetensors" --data "$DATA" --limit "$LIMIT" --epochs "$TRAIN_EPOCHS" \
-    --batch 128 --warmup-epochs 0 --log-every 20 --device "$DEVICE" --out "$OUT/$name" "$@"
+    --batch 128 --warmup-epochs 0 --log-every 20 --device "$DEVICE" --force --out "$OUT/$name" "$@"
 }
 train moce --method moce --clusters "$OUT/clusters"
 train dense --method dense

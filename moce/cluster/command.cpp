@@ -83,7 +83,8 @@ void check_cluster_out_folder(const ClusterOptions& opt) {
   if (!fs::exists(dir, ec)) return;
   ENG_CHECK(fs::is_directory(dir, ec), "--out {}: exists and is not a folder", opt.out);
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir, ec)) names.push_back(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.path().filename() != kRunLockFile) names.push_back(e.path().filename().string());  // a killed run's lock
   if (names.empty() || opt.force) return;
   std::sort(names.begin(), names.end());
   const fs::path report = dir / "clusters.json";
@@ -340,6 +341,8 @@ ClusterCommandResult run_cluster_command(const ClusterOptions& opt_in) {
 
   // The folder; clusters.json last, so that a folder without it is never taken for a finished run.
   make_run_dir(opt.out);
+  const RunLock lock(opt.out);  // one writer; then the folder checked again, as another run may have filled it meanwhile
+  check_cluster_out_folder(opt);
   res.files["bank"] = bank_out;
   if (!bank_is_output) write_bank(bank_out, bank);
   res.files["bank_paths"] = bank_paths_file(bank_out);

@@ -91,7 +91,7 @@ int cmd_cluster(int argc, char** argv) {
   c.weight_decay = a.f64("weight-decay");
   c.init = a.str("init");
   c.kmeanspp_sample = a.i64("kmeanspp-sample");
-  c.seed = uint64_t(a.i64("seed"));
+  c.seed = uint64_t(a.i64_at_least("seed", 0));
   c.assign_eps = a.f64("assign-eps");
   c.assign_tolerance = a.f64("assign-tolerance");
   c.assign_max_iterations = int(a.i64("assign-max-iters"));

@@ -51,7 +51,7 @@ int cmd_eval_mae(int argc, char** argv) {
 
   const std::string ckpt = a.str("checkpoint");
   const bool random_init = a.on("random-init");
-  const uint64_t seed = uint64_t(a.i64("seed"));
+  const uint64_t seed = uint64_t(a.i64_at_least("seed", 0));
   ENG_CHECK(!ckpt.empty() || random_init, "eval-mae: --checkpoint FILE is required (or --random-init with --config NAME)");
   EvalMaeOptions o;
   o.out_dir = a.str("out");
@@ -61,13 +61,15 @@ int cmd_eval_mae(int argc, char** argv) {
   o.probe.lr = a.f64("probe-lr");
   o.probe.batch_size = a.i64("probe-batch");
   o.probe.optimizer = a.str("probe-optimizer");
-  o.probe.weight_decay = a.f64("probe-weight-decay");
+  o.probe.weight_decay = a.f64_at_least("probe-weight-decay", 0);
   o.probe.seed = seed;
   o.recon.mask_ratio = a.f64("mask-ratio");
   o.recon.seed = seed;
   o.recon.grid_images = a.i64("grid");
   o.recon.batch_size = o.extract.batch_size = a.i64("batch");
   o.recon.workers = o.extract.workers = int(a.i64("workers"));
+  a.i64_at_least("limit-train", 0);  // both read below: their ranges checked before any file is read
+  a.i64_at_least("limit-test", 0);
   ENG_CHECK(o.knn.k > 0, "--knn-k must be positive, got {}", o.knn.k);
   ENG_CHECK(o.knn.temperature > 0, "--knn-temperature must be positive, got {}", o.knn.temperature);
   ENG_CHECK(o.probe.epochs > 0 && o.probe.batch_size > 0 && o.probe.lr > 0,

@@ -40,8 +40,8 @@ int cmd_export(int argc, char** argv) {
   o.limit = a.i64("limit");
   o.per_class = a.i64("per-class");
   o.classes = a.str("classes");
-  o.batch = a.i64("batch");
-  o.workers = int(a.i64("workers"));
+  o.batch = a.i64_at_least("batch", 1);
+  o.workers = int(a.i64_at_least("workers", 0));
   o.device = device_from_flag(a.str("device"));
   exporter::run_export(o);
   return 0;

@@ -37,10 +37,10 @@ int cmd_finetune(int argc, char** argv) {
   c.protocol.seeds = a.i64("seeds");
   c.protocol.run.steps = a.i64("steps");
   c.protocol.run.batch = a.i64("batch");
-  c.protocol.run.eval_batch = a.i64("eval-batch");
+  c.protocol.run.eval_batch = a.i64_at_least("eval-batch", 1);
   c.protocol.run.augment = !a.on("no-augment");
-  c.protocol.run.workers = int(a.i64("workers"));
-  c.protocol.run.log_every = a.i64("log-every");
+  c.protocol.run.workers = int(a.i64_at_least("workers", 0));
+  c.protocol.run.log_every = a.i64_at_least("log-every", 1);
   finetune::run_finetune_command(c);
   return 0;
 }

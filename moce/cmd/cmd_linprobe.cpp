@@ -29,13 +29,13 @@ int cmd_linprobe(int argc, char** argv) {
   read_downstream_flags(a, c.model_file, c.heads, c.data, c.out);
   c.probe.capacity_factor = a.f64("capacity-factor");
   c.probe.pool = finetune::parse_probe_pool(a.str("pool"));
-  c.probe.probe.epochs = a.i64("epochs");
-  c.probe.probe.lr = a.f64("lr");
-  c.probe.probe.batch_size = a.i64("batch");
+  c.probe.probe.epochs = a.i64_at_least("epochs", 1);
+  c.probe.probe.lr = a.f64_at_least("lr", 0);
+  c.probe.probe.batch_size = a.i64_at_least("batch", 1);
   c.probe.probe.optimizer = a.str("optimizer");
-  c.probe.probe.seed = uint64_t(a.i64("seed"));
-  c.probe.extract.batch_size = a.i64("eval-batch");
-  c.probe.extract.workers = int(a.i64("workers"));
+  c.probe.probe.seed = uint64_t(a.i64_at_least("seed", 0));
+  c.probe.extract.batch_size = a.i64_at_least("eval-batch", 1);
+  c.probe.extract.workers = int(a.i64_at_least("workers", 0));
   finetune::run_linprobe_command(c);
   return 0;
 }

@@ -2,7 +2,9 @@
 // the flags, then moce::pretrain (moce/train/pretrain.h).
 //
 //   moce pretrain --data fashion-mnist --config mae_tiny_p4_32 --epochs 5 --out runs/pretrain
-//   moce pretrain --resume runs/pretrain --epochs 10          (continues bit for bit)
+//   moce pretrain --resume runs/pretrain                      (continues bit for bit)
+//   moce pretrain --resume runs/pretrain --epochs 10          (lengthens it: the cosine schedule is stretched from
+//                                                              the current step on, which it says on stderr)
 #include "moce/cmd/commands.h"
 #include "moce/cmd/training_flags.h"
 

@@ -32,9 +32,9 @@ int cmd_rank_blocks(int argc, char** argv) {
   o.batches = a.i64("batches");
   o.batch = a.i64("batch");
   o.top = a.i64("top");
-  o.seed = uint64_t(a.i64("seed"));
+  o.seed = uint64_t(a.i64_at_least("seed", 0));
   o.mask_ratio = a.f64("mask-ratio");
-  o.workers = a.i64("workers");
+  o.workers = a.i64_at_least("workers", 0);
   o.out = a.str("out");
   rank_blocks(o);
   return 0;

@@ -36,10 +36,10 @@ int cmd_routing(int argc, char** argv) {
   ENG_CHECK(!a.str("data").empty(), "routing: --data is required (labelled images)");
   RoutingOptions o;
   o.features_checkpoint = a.str("features-checkpoint");
-  o.batch = a.i64("batch");
-  o.workers = int(a.i64("workers"));
-  o.strip_images = a.i64("strip-images");
-  o.heatmap_rows = a.i64("heatmap-rows");
+  o.batch = a.i64_at_least("batch", 1);
+  o.workers = int(a.i64_at_least("workers", 0));
+  o.strip_images = a.i64_at_least("strip-images", 0);
+  o.heatmap_rows = a.i64_at_least("heatmap-rows", 0);
   ENG_CHECK(o.strip_images > 0 && o.heatmap_rows > 0, "--strip-images and --heatmap-rows must be positive");
   std::string out = a.str("out");
   if (out.empty()) {
@@ -48,13 +48,14 @@ int cmd_routing(int argc, char** argv) {
   }
 
   TrainedModel model = load_trained_model(model_file);
-  auto ds = limit_dataset(open_dataset(a.str("data"), false), a.i64("limit"));
+  auto ds = limit_dataset(open_dataset(a.str("data"), false), a.i64_at_least("limit", 0));
   move_to_device(*model.mae, device);
   std::printf("routing: %s model (%lld experts in blocks %s) over %s on %s\n", train_method_name(model.method),
               (long long)model.experts.num_experts, nlohmann::json(model.blocks).dump().c_str(), ds->describe().c_str(),
               device.str().c_str());
   RoutingInput in = collect_routing(model, ds, o, device);
   make_run_dir(out);
+  const RunLock lock(out);
   RoutingReportFiles files = write_routing_report(in, out);
   for (const nlohmann::json& layer : files.report["layers"])
     std::printf("block %s: NMI %.4f  purity %.4f  classes with a majority expert %.1f%%  busiest expert %s takes %.1f%% "

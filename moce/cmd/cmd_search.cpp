@@ -60,12 +60,12 @@ int cmd_search(int argc, char** argv) {
   ENG_CHECK(mo.knn.k > 0, "--knn-k must be positive, got {}", mo.knn.k);
   mo.val_fraction = a.f64("val-fraction");
   ENG_CHECK(mo.val_fraction > 0 && mo.val_fraction < 1, "--val-fraction must lie in (0, 1), got {}", mo.val_fraction);
-  mo.split_seed = uint64_t(a.i64("split-seed"));
-  mo.early_steps = a.i64("early-steps");
-  mo.full_steps = a.i64("full-steps");
-  mo.finetune_lr = a.f64("finetune-lr");
-  mo.finetune_batch = a.i64("finetune-batch");
-  mo.finetune_seed = uint64_t(a.i64("finetune-seed"));
+  mo.split_seed = uint64_t(a.i64_at_least("split-seed", 0));
+  mo.early_steps = a.i64_at_least("early-steps", 1);
+  mo.full_steps = a.i64_at_least("full-steps", 1);
+  mo.finetune_lr = a.f64_at_least("finetune-lr", 0);
+  mo.finetune_batch = a.i64_at_least("finetune-batch", 1);
+  mo.finetune_seed = uint64_t(a.i64_at_least("finetune-seed", 0));
   ENG_CHECK(mo.early_steps > 0, "--early-steps must be positive, got {}", mo.early_steps);
   ENG_CHECK(mo.full_steps > 0, "--full-steps must be positive, got {}", mo.full_steps);
   ENG_CHECK(mo.finetune_lr > 0 && std::isfinite(mo.finetune_lr), "--finetune-lr must be a positive number, got {}",
@@ -73,8 +73,8 @@ int cmd_search(int argc, char** argv) {
   ENG_CHECK(mo.finetune_batch > 0, "--finetune-batch must be positive, got {}", mo.finetune_batch);
   search::SearchOptions o;
   o.features_checkpoint = a.str("features-checkpoint");
-  o.batch = a.i64("batch");
-  o.workers = int(a.i64("workers"));
+  o.batch = a.i64_at_least("batch", 1);
+  o.workers = int(a.i64_at_least("workers", 0));
   o.device = device_from_flag(a.str("device"));
   std::string out = a.str("out");
   if (out.empty()) {

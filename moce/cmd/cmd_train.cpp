@@ -31,19 +31,22 @@ int cmd_train(int argc, char** argv) {
   if (!a.parse(argc, argv, 2)) return 0;
   PretrainOptions o;
   PretrainSession session;
-  read_training_flags(a, o, session);
   if (!a.given("resume")) {
+    // Before the loop's flags: their validation reads the method (a missing --base-lr means "from --init").
     o.method = a.str("method");
     ENG_CHECK(o.method != "mae", "--method mae: pre-training from scratch is `moce pretrain`");
     parse_train_method(o.method);  // names --method when it is wrong, before anything is read
+  }
+  read_training_flags(a, o, session);
+  if (!a.given("resume")) {
     o.init = a.str("init");
     o.clusters = a.str("clusters");
     if (!a.str("moe-blocks").empty()) o.experts.moe_blocks = parse_block_list(a.str("moe-blocks"));
-    o.experts.num_experts = a.i64("experts");
-    o.experts.top_k = a.i64("top-k");
+    o.experts.num_experts = a.i64_at_least("experts", 1);
+    o.experts.top_k = a.i64_at_least("top-k", 1);
     o.experts.capacity_factor = a.f64("capacity-factor");
     o.experts.noise_std = a.f64("noise-std");
-    o.experts.perturbation = a.f64("perturbation");
+    o.experts.perturbation = a.f64_at_least("perturbation", 0);
     o.experts.imbalance = a.str("imbalance");
     o.experts.importance_weight = a.f64("importance-weight");
     o.experts.load_weight = a.f64("load-weight");

@@ -26,12 +26,12 @@ void add_downstream_flags(Args& a) {
 void read_downstream_flags(const Args& a, std::string& model_file, int64_t& heads, finetune::DownstreamOptions& data,
                            std::string& out) {
   model_file = a.str("model");
-  heads = a.i64("heads");
+  heads = a.i64_at_least("heads", 0);
   data.data = a.str("data");
   data.test_data = a.str("test-data");
   data.test_fraction = a.f64("test-fraction");
   data.val_fraction = a.f64("val-fraction");
-  data.split_seed = uint64_t(a.i64("split-seed"));
+  data.split_seed = uint64_t(a.i64_at_least("split-seed", 0));
   data.classes = a.str("classes");
   data.limit = a.i64("limit");
   data.limit_test = a.i64("limit-test");

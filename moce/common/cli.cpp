@@ -1,6 +1,7 @@
 // cli.cpp: the flag parser.
 #include "moce/common/cli.h"
 
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -80,7 +81,7 @@ int64_t Args::i64(const std::string& name) const {
     size_t used = 0;
     long long x = std::stoll(v, &used);
     if (used == v.size()) return x;
-  } catch (...) {
+  } catch (const std::exception&) {
   }
   ENG_FAIL("{}: --{} expects an integer, got '{}'", command_, name, v);
 }
@@ -90,10 +91,56 @@ double Args::f64(const std::string& name) const {
   try {
     size_t used = 0;
     double x = std::stod(v, &used);
-    if (used == v.size()) return x;
-  } catch (...) {
+    if (used == v.size()) {
+      // nan trains on nothing and inf overflows every schedule: no flag of ours means them.
+      ENG_CHECK(std::isfinite(x), "--{} {}: expected a finite number", name, v);
+      return x;
+    }
+  } catch (const std::out_of_range&) {
+    ENG_FAIL("--{} {}: expected a finite number (this one is out of the double range)", name, v);
+  } catch (const std::invalid_argument&) {
   }
   ENG_FAIL("{}: --{} expects a number, got '{}'", command_, name, v);
+}
+
+int64_t Args::i64_at_least(const std::string& name, int64_t min) const {
+  const int64_t v = i64(name);
+  check_at_least("--" + name, v, min);
+  return v;
+}
+
+double Args::f64_at_least(const std::string& name, double min) const {
+  const double v = f64(name);
+  check_at_least("--" + name, v, min);
+  return v;
+}
+
+double Args::f64_in(const std::string& name, double lo, double hi) const {
+  const double v = f64(name);
+  check_in("--" + name, v, lo, hi);
+  return v;
+}
+
+std::vector<std::string> Args::given_names() const {
+  std::vector<std::string> names;
+  for (const auto& n : order_)
+    if (given(n)) names.push_back(n);
+  return names;
+}
+
+void check_at_least(const std::string& flag, int64_t value, int64_t min) {
+  ENG_CHECK(value >= min, "{} {}: expected an integer >= {}", flag, value, min);
+}
+
+void check_at_least(const std::string& flag, double value, double min) {
+  ENG_CHECK(std::isfinite(value) && value >= min, "{} {}: expected a finite number >= {}", flag, value, min);
+}
+
+void check_in(const std::string& flag, double value, double lo, double hi, bool lo_open, bool hi_open) {
+  const bool above = lo_open ? value > lo : value >= lo;
+  const bool below = hi_open ? value < hi : value <= hi;
+  ENG_CHECK(std::isfinite(value) && above && below, "{} {}: expected a number in {}{}, {}{}", flag, value,
+            lo_open ? "(" : "[", lo, hi, hi_open ? ")" : "]");
 }
 
 bool Args::on(const std::string& name) const {

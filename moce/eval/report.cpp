@@ -153,6 +153,7 @@ json evaluate_mae(const model::MaskedAutoencoder& model, std::shared_ptr<const d
     ENG_CHECK(std::filesystem::is_directory(options.out_dir), "--out {}: cannot create the directory{}", options.out_dir,
               ec ? " (" + ec.message() + ")" : std::string());
   }
+  const RunLock lock(options.out_dir);  // one evaluation writing the folder at a time
   // Label k must mean the same class in both sets.
   const auto& tc = train->classes();
   const auto& sc = test->classes();

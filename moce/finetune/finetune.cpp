@@ -270,6 +270,7 @@ json run_finetune_command(const FinetuneCommand& c) {
               (long long)c.protocol.run.batch, c.protocol.run.augment ? ", random crop (padding size/8) + flip" : "");
   std::fflush(stdout);
   make_run_dir(c.out);
+  const RunLock lock(c.out);
   ProtocolResult r = run_protocol(enc.vit, task, c.protocol);
 
   json grid = json::array(), tests = json::array();

@@ -53,6 +53,7 @@ json run_linprobe_command(const LinprobeCommand& c) {
   if (std::string note = resize_note(task, cfg.img_size); !note.empty()) std::printf("[linprobe] %s\n", note.c_str());
   std::fflush(stdout);
   make_run_dir(c.out);
+  const RunLock lock(c.out);
   LinprobeResult r = linprobe(enc.vit, task, c.probe);
   json out = {{"format", "moce-linprobe"},
               {"model", c.model_file},

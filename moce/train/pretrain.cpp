@@ -24,6 +24,7 @@
 #include "engine/stream.h"
 #include "model/mae.h"
 #include "moce/common/batch_feed.h"
+#include "moce/common/cli.h"
 #include "moce/common/clock.h"
 #include "moce/common/dataset.h"
 #include "moce/common/device.h"
@@ -79,6 +80,7 @@ class Pretraining {
   void resolve_base_lr();
   void build_model(eng::DType compute_dtype);
   void build(eng::DType compute_dtype);
+  void note_schedule_change() const;
   void open_run_folder();
   bool run_epoch(int64_t epoch, EpochTotals& t);
   PendingStep queue_step(int64_t epoch, int64_t s, EpochTotals& t);
@@ -113,6 +115,8 @@ class Pretraining {
   eng::CosineSchedule sched_;
   std::vector<Tensor> params_;
   int64_t start_epoch_ = 0, end_epoch_ = 0;
+  int64_t saved_epochs_ = 0;  // on resume: the run's --epochs before this session
+  std::unique_ptr<RunLock> lock_;  // held from before anything is written until the run object goes
   json config_json_;
   json init_config_;  // moce train: the --init file's metadata config
   Series curve_;  // the loss curve (loss.png) of the whole run, also across resumes
@@ -129,9 +133,14 @@ class Pretraining {
 
 Pretraining::Pretraining(const PretrainOptions& options, const PretrainSession& session)
     : o_(options), session_(session), resuming_(!session.resume.empty()) {
+  // Everything that can be checked, the data included, before a file is touched; then the lock, so that a second run
+  // on the folder stops before it writes anything; then the refusal to write over another run's records.
   if (resuming_) load_resume_checkpoint();
   const eng::DType compute_dtype = check_options();
+  ds_ = limit_dataset(open_dataset(o_.data, true), o_.limit);
   make_run_dir(o_.out);
+  lock_ = std::make_unique<RunLock>(o_.out);
+  if (!resuming_) refuse_other_run(o_.out, session_.force, method_ == TrainMethod::Mae ? "pretrain" : "train");
   build(compute_dtype);
   open_run_folder();
 }
@@ -142,9 +151,20 @@ void Pretraining::load_resume_checkpoint() {
   ENG_CHECK(file_exists(ckpt_path_), "--resume {}: no checkpoint-last.safetensors there", dir);
   ckpt_ = eng::load_checkpoint(ckpt_path_);
   ENG_CHECK(ckpt_.config.contains("run"), "{}: checkpoint has no run configuration", ckpt_path_);
-  o_ = options_from_json(ckpt_.config["run"]);
+  try {
+    o_ = options_from_json(ckpt_.config["run"]);
+  } catch (const json::exception& e) {  // a missing key or one of the wrong type
+    ENG_FAIL("--resume {}: {}'s run config: {}", dir, ckpt_path_, e.what());
+  }
   o_.out = dir;
+  saved_epochs_ = o_.epochs;
   if (session_.epochs > 0) o_.epochs = session_.epochs;
+  // The same rules as the flags: a saved config edited by hand (or by a bug) is named here, not deep in the run.
+  try {
+    validate_options(o_);
+  } catch (const eng::Error& e) {
+    ENG_FAIL("--resume {}: {}'s run config: {}", dir, ckpt_path_, e.what());
+  }
   if (!session_.device.empty())
     o_.device = session_.device;
   else
@@ -156,6 +176,8 @@ void Pretraining::load_resume_checkpoint() {
 eng::DType Pretraining::check_options() {
   device_ = device_from_flag(o_.device, device_context_);
   method_ = parse_train_method(o_.method);
+  if (!resuming_) validate_options(o_);
+  check_at_least("--stop-after", session_.stop_after, int64_t(0));
   if (method_ != TrainMethod::Mae && !resuming_) {
     ENG_CHECK(!o_.init.empty(), "--init: moce train continues a dense MAE; pass its checkpoint or weights file");
     ENG_CHECK(file_exists(o_.init), "--init {}: no such file", o_.init);
@@ -163,12 +185,8 @@ eng::DType Pretraining::check_options() {
     ENG_CHECK(method_ != TrainMethod::Moce || !o_.clusters.empty(),
               "--method moce needs --clusters CLUSTER_DIR (a `moce cluster` output folder of the same data)");
     resolve_base_lr();
+    validate_options(o_);  // --min-lr against the learning rate now that the base one is known
   }
-  ENG_CHECK(o_.epochs > 0, "--epochs must be positive, got {}", o_.epochs);
-  ENG_CHECK(o_.batch > 0, "--batch must be positive, got {}", o_.batch);
-  ENG_CHECK(o_.accum > 0, "--accum-iter must be positive, got {}", o_.accum);
-  ENG_CHECK(o_.mask_ratio > 0 && o_.mask_ratio < 1, "--mask-ratio must be in (0, 1), got {}", o_.mask_ratio);
-  ENG_CHECK(o_.save_every > 0 && o_.log_every > 0, "--save-every and --log-every must be positive");
   eng::DType compute_dtype = eng::DType::F32;
   try {
     compute_dtype = model::parse_precision(o_.precision);
@@ -219,7 +237,6 @@ void Pretraining::resolve_base_lr() {
 
 // Data, model and optimizer; on resume their state from the checkpoint.
 void Pretraining::build(eng::DType compute_dtype) {
-  ds_ = limit_dataset(open_dataset(o_.data, true), o_.limit);
   data::LoaderOptions lo;
   lo.batch_size = o_.batch;
   lo.seed = o_.seed;
@@ -257,12 +274,34 @@ void Pretraining::build(eng::DType compute_dtype) {
       opt_->load_state_dict(eng::OptimizerState{ckpt_.optimizer_state, ckpt_.optimizer});
     ENG_CHECK(start_epoch_ <= o_.epochs, "{}: the run already finished {} epochs; pass a larger --epochs to go on",
               ckpt_path_, start_epoch_);
+    // --stop-after counts epochs of the whole run: one already reached would stop before the first step, doing nothing.
+    ENG_CHECK(session_.stop_after == 0 || session_.stop_after > start_epoch_,
+              "--stop-after {}: the run already finished {} epochs ({}); expected 0 or a number above {}",
+              session_.stop_after, start_epoch_, ckpt_path_, start_epoch_);
     ckpt_ = eng::Checkpoint();  // its host tensors are on the device now
+    note_schedule_change();
   }
   result_.epochs_done = start_epoch_;
   end_epoch_ = session_.stop_after > 0 ? std::min(o_.epochs, session_.stop_after) : o_.epochs;
   last_ckpt_ = resuming_ ? ckpt_path_ : "";
   check_every_step_ = device_.is_cpu();
+}
+
+// --epochs with --resume rebuilds the cosine schedule over the new length: the steps already taken followed the old
+// one, so the run goes on on another curve than an uninterrupted run of either length. Allowed (it is how a run is
+// lengthened) but said, with the step and the learning rate there.
+void Pretraining::note_schedule_change() const {
+  if (o_.epochs == saved_epochs_) return;
+  const int64_t step = start_epoch_ * steps_per_epoch_;
+  const eng::CosineSchedule old_sched{lr_, o_.min_lr, double(o_.warmup_epochs * steps_per_epoch_),
+                                      double(std::max(saved_epochs_, o_.warmup_epochs) * steps_per_epoch_)};
+  std::fprintf(stderr,
+               "note: --epochs %lld with --resume: the cosine schedule of this %lld-epoch run is %s to %lld epochs from "
+               "step %lld on (lr there %.4g instead of %.4g); an uninterrupted %lld-epoch run "
+               "would differ\n",
+               (long long)o_.epochs, (long long)saved_epochs_, o_.epochs > saved_epochs_ ? "stretched" : "shortened",
+               (long long)o_.epochs, (long long)step + 1, sched_.lr(double(step)),
+               old_sched.lr(double(std::min(step, saved_epochs_ * steps_per_epoch_))), (long long)o_.epochs);
 }
 
 // The model, initialised on the CPU (the same weights for every device), then moved to the device: MAE pre-training
@@ -284,6 +323,7 @@ void Pretraining::build_model(eng::DType compute_dtype) {
 
 // config.json, metrics.jsonl and, on resume, the loss curve up to the checkpoint.
 void Pretraining::open_run_folder() {
+  if (!resuming_ && session_.force) remove_run_records(o_.out);  // no file of the replaced run beside the new one's
   config_json_ = {{"run", options_to_json(o_)}, {"model", model::config_to_json(cfg_)}};
   write_json_file(o_.out + "/config.json", config_json_);
   metrics_ = std::make_unique<MetricsLog>(o_.out, resuming_ ? start_epoch_ : -1);

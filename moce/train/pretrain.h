@@ -5,6 +5,10 @@
 // data/mask RNG position, written atomically at the end of every --save-every epochs and at the end),
 // weights.safetensors (the final model weights, MAE names) and loss.png (the loss curve, redrawn every epoch).
 //
+// The folder (moce/common/run_folder.h): every option is validated (validate_options, the saved config's too on
+// resume) and the data opened before any file is touched; then the folder is locked (<out>/.lock, one run at a time)
+// and a new run refuses another run's records there unless PretrainSession::force.
+//
 // Reproducibility: data order and augmentation are keyed by (seed, epoch, image index) and the mask noise
 // by (seed, micro-batch number), so `--resume RUN_DIR` continues exactly: its losses equal those of an
 // uninterrupted run on the same device, bit for bit.
@@ -43,6 +47,7 @@ struct PretrainSession {
   int64_t epochs = 0;        // with resume: a new total number of epochs (0 = the saved one)
   std::string device;        // with resume: train on this device instead of the saved one ("" = the saved one)
   int64_t stop_after = 0;    // stop after this many epochs of the schedule, as if interrupted (0 = run to the end)
+  bool force = false;        // a new run may replace the records of another run in its --out folder (run_folder.h)
   // Optimizer steps (0-based, counted from the start of the run) to bracket with cudaProfilerStart/Stop, for
   // `nsys --capture-range=cudaProfilerApi` or `ncu --profile-from-start off`; -1 = none. CUDA only.
   int64_t profile_first = -1, profile_last = -1;

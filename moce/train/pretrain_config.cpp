@@ -1,6 +1,9 @@
 // pretrain_config.cpp: PretrainOptions to and from JSON, under the names config.json has always used.
 #include "moce/train/pretrain_config.h"
 
+#include "engine/error.h"
+#include "moce/common/cli.h"
+
 namespace moce {
 
 using nlohmann::json;
@@ -18,6 +21,30 @@ json options_to_json(const PretrainOptions& o) {
   j["clusters"] = o.clusters;
   j["experts"] = expert_options_to_json(o.experts);
   return j;
+}
+
+void validate_options(const PretrainOptions& o) {
+  check_at_least("--epochs", o.epochs, int64_t(1));
+  check_at_least("--batch", o.batch, int64_t(1));
+  check_at_least("--accum-iter", o.accum, int64_t(1));
+  check_at_least("--save-every", o.save_every, int64_t(1));
+  check_at_least("--log-every", o.log_every, int64_t(1));
+  check_at_least("--workers", o.workers, int64_t(0));
+  check_at_least("--limit", o.limit, int64_t(0));
+  check_at_least("--warmup-epochs", o.warmup_epochs, int64_t(0));
+  ENG_CHECK(o.warmup_epochs <= o.epochs, "--warmup-epochs {}: expected an integer in [0, --epochs {}]", o.warmup_epochs,
+            o.epochs);
+  if (o.base_lr != -1.0 || o.method == "mae") check_at_least("--base-lr", o.base_lr, 0.0);
+  check_at_least("--min-lr", o.min_lr, 0.0);
+  if (o.base_lr >= 0) {
+    // The schedule decays from lr to min_lr: a min_lr above it would make the "decay" climb.
+    const double lr = o.base_lr * double(o.batch * o.accum) / 256.0;
+    ENG_CHECK(o.min_lr <= lr, "--min-lr {}: above the learning rate {} (--base-lr {} x batch {} x accum {} / 256); "
+              "expected a number in [0, {}]", o.min_lr, lr, o.base_lr, o.batch, o.accum, lr);
+  }
+  check_at_least("--weight-decay", o.weight_decay, 0.0);
+  check_in("--mask-ratio", o.mask_ratio, 0, 1, /*lo_open=*/true, /*hi_open=*/true);
+  check_at_least("--clip-grad", o.clip, 0.0);
 }
 
 PretrainOptions options_from_json(const json& j) {

@@ -47,7 +47,7 @@ train() {  # train NAME METHOD FLAGS...
   fi
   echo "== $dir"
   "$MOCE" train --method "$method" --init "$MAE" --data "$DATA/train" --limit "$LIMIT" --epochs "$EPOCHS" \
-    --batch "$BATCH" --seed "$SEED" --warmup-epochs 1 --out "$dir" "$@"
+    --batch "$BATCH" --seed "$SEED" --warmup-epochs 1 --force --out "$dir" "$@"
 }
 
 evaluate() {  # evaluate NAME
