@@ -346,13 +346,13 @@ Prepared prepare(const std::map<std::string, Tensor>& tensors, const std::map<st
     checksums[name] = crc_hex(crc32_of(c.raw_data(), c.nbytes()));
     p.data.push_back(c);
   }
-  ordered_json m = ordered_json::object();
-  std::map<std::string, std::string> all = metadata;
-  all[kSafetensorsChecksumsKey] = checksums.dump();
-  for (const auto& [k, v] : all) m[k] = v;
-  h["__metadata__"] = std::move(m);
   std::string text;
-  try {
+  try {  // dump() throws on invalid UTF-8 in a name or value
+    std::map<std::string, std::string> all = metadata;
+    all[kSafetensorsChecksumsKey] = checksums.dump();
+    ordered_json m = ordered_json::object();
+    for (const auto& [k, v] : all) m[k] = v;
+    h["__metadata__"] = std::move(m);
     text = h.dump();
   } catch (const ordered_json::exception& e) {
     ENG_FAIL("{}: cannot write the header ({}); nothing was written", file, json_error_text(e));
