@@ -4,7 +4,8 @@
 // Properties checked on every input, beyond "no crash, no sanitizer report, no stray exception":
 //   - a refusal is an eng::Error whose message is one line starting with the file name;
 //   - an accepted file round-trips: serialize(parse(x)) parses to the same tensors (bitwise) and metadata,
-//     and serializing that again gives the same bytes (the writer's output is a fixed point).
+//     and serializing that again gives the same bytes (the writer's output is a fixed point);
+//   - what the writer wrote carries a checksum of every tensor, and the reader verified them (`checksummed`).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -48,6 +49,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     fail("an accepted file did not round-trip", e.what());
   }
   if (again.metadata != parsed.metadata) fail("round trip", "metadata differs");
+  if (!again.checksummed) fail("round trip", "the writer's output carries no verified checksums");
   if (again.tensors.size() != parsed.tensors.size()) fail("round trip", "tensor count differs");
   for (const auto& [tname, t] : parsed.tensors) {
     auto it = again.tensors.find(tname);

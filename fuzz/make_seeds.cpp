@@ -65,6 +65,13 @@ int main(int argc, char** argv) {
   put(dir, "bad_metadata", image("{\"__metadata__\":{\"k\":1},\"a\":" + e + "}", 8));
   put(dir, "bad_types", image("{\"a\":{\"dtype\":1,\"shape\":{},\"data_offsets\":[0.5,\"8\"]}}", 8));
   put(dir, "bad_length", {0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, '{', '}'});
-  std::printf("make_seeds: wrote 13 files to %s\n", dir.c_str());
+  // The checksums: one flipped data bit, one checksum that is not hex, one for a tensor the file lacks.
+  std::vector<uint8_t> flipped = eng::serialize_safetensors({{"f32", base}});
+  flipped.back() ^= 0x01;
+  put(dir, "bad_checksum_damaged", flipped);
+  put(dir, "bad_checksum_text", image("{\"__metadata__\":{\"checksums\":\"{\\\"a\\\":\\\"zz\\\"}\"},\"a\":" + e + "}", 8));
+  put(dir, "bad_checksum_names",
+      image("{\"__metadata__\":{\"checksums\":\"{\\\"b\\\":\\\"00000000\\\"}\"},\"a\":" + e + "}", 8));
+  std::printf("make_seeds: wrote 16 files to %s\n", dir.c_str());
   return 0;
 }

@@ -122,6 +122,31 @@ int64_t Module::num_parameters() {
   return n;
 }
 
+namespace {
+
+// A NaN or infinity in a weight read from a file, named here rather than later as a non-finite feature or loss. Only
+// host tensors (what a file gives) are scanned; a model's own device tensors are whatever training made them.
+void check_finite_weight(const Tensor& w, const std::string& file, const std::string& name) {
+  if (!w.device().is_cpu() || !eng::is_floating(w.dtype()) || w.numel() == 0) return;
+  const Tensor t = w.dtype() == eng::DType::BF16 ? w.to(eng::DType::F32) : w.contiguous();
+  const int64_t n = t.numel();
+  auto report = [&](int64_t i, double v) {
+    ENG_FAIL("{}: weight '{}' holds a non-finite value ({}) at index {} of its {} values (shape {})", file, name,
+             std::isnan(v) ? "NaN" : (v > 0 ? "+inf" : "-inf"), i, n, eng::shape_str(t.shape()));
+  };
+  if (t.dtype() == eng::DType::F64) {
+    const double* p = static_cast<const double*>(t.raw_data());
+    for (int64_t i = 0; i < n; i++)
+      if (!std::isfinite(p[i])) report(i, p[i]);
+  } else {
+    const float* p = static_cast<const float*>(t.raw_data());
+    for (int64_t i = 0; i < n; i++)
+      if (!std::isfinite(p[i])) report(i, double(p[i]));
+  }
+}
+
+}  // namespace
+
 void load_tensors(const std::map<std::string, Tensor>& mine, const std::map<std::string, Tensor>& weights,
                   const std::string& file, const std::string& model_name) {
   for (const auto& [name, t] : mine) {
@@ -129,6 +154,7 @@ void load_tensors(const std::map<std::string, Tensor>& mine, const std::map<std:
     ENG_CHECK(it != weights.end(), "{}: tensor '{}' missing (is this a checkpoint of model {}?)", file, name, model_name);
     ENG_CHECK(it->second.shape() == t.shape(), "{}: tensor '{}' has shape {}, model {} expects {}", file, name,
               eng::shape_str(it->second.shape()), model_name, eng::shape_str(t.shape()));
+    check_finite_weight(it->second, file, name);
   }
   eng::NoGradGuard ng;
   for (auto [name, t] : mine) t.copy_(weights.at(name));

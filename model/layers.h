@@ -133,7 +133,9 @@ class Module {
 };
 
 // Copies weights[name] into each tensor of `mine` (no autograd), after checking that every name is in `weights` with
-// the same shape; errors name the file, the tensor and the model. Names in `weights` that `mine` lacks are ignored.
+// the same shape and that no host weight holds a NaN or infinity ("<file>: weight 'x' holds a non-finite value (NaN)
+// at index i ..."); errors name the file, the tensor and the model; nothing is copied unless all pass. Names in
+// `weights` that `mine` lacks are ignored.
 void load_tensors(const std::map<std::string, Tensor>& mine, const std::map<std::string, Tensor>& weights,
                   const std::string& file, const std::string& model_name);
 

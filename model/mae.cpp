@@ -32,7 +32,38 @@ MaeConfig mae_config(const std::string& name) {
     for (const auto& n : mae_config_names()) all += (all.empty() ? "" : ", ") + n;
     ENG_FAIL("unknown model config '{}'; known: {}", name, all);
   }
+  validate(c, "--config " + name);
   return c;
+}
+
+void validate(const MaeConfig& c, const std::string& where) {
+  const std::string who = (where.empty() ? "" : where + ": ") + "MAE config " + c.name;
+  validate_encoder(c, who);
+  ENG_CHECK(c.embed_dim % 4 == 0, "{}: embed_dim {} is not divisible by 4 (the sin-cos position embedding)", who,
+            c.embed_dim);
+  ENG_CHECK(c.decoder_embed_dim > 0, "{}: decoder_embed_dim must be positive, got {}", who, c.decoder_embed_dim);
+  ENG_CHECK(c.decoder_embed_dim % 4 == 0,
+            "{}: decoder_embed_dim {} is not divisible by 4 (the sin-cos position embedding)", who, c.decoder_embed_dim);
+  ENG_CHECK(c.decoder_depth >= 0, "{}: decoder_depth must be >= 0, got {}", who, c.decoder_depth);
+  ENG_CHECK(c.decoder_num_heads > 0, "{}: decoder_num_heads must be positive, got {}", who, c.decoder_num_heads);
+  ENG_CHECK(c.decoder_embed_dim % c.decoder_num_heads == 0,
+            "{}: decoder_embed_dim {} is not divisible by decoder_num_heads {}", who, c.decoder_embed_dim,
+            c.decoder_num_heads);
+  // In double: the sizes have only been checked positive, and their products may not fit 64 bits.
+  const double Dd = double(c.decoder_embed_dim), Hd = std::floor(Dd * c.mlp_ratio);
+  const double grid = double(c.img_size / c.patch_size), L = grid * grid;
+  const double patch_dim = double(c.patch_size) * double(c.patch_size) * double(c.in_chans);
+  const double decoder_block = 4 * Dd + (3 * Dd * Dd + 3 * Dd) + (Dd * Dd + Dd) + (Hd * Dd + Hd) + (Dd * Hd + Dd);
+  const double decoder = (double(c.embed_dim) * Dd + Dd) + Dd + (1 + L) * Dd + double(c.decoder_depth) * decoder_block +
+                         2 * Dd + (Dd * patch_dim + patch_dim);
+  // Training sees a quarter of the patches in the encoder; the evaluation's encode_all sees them all: count all.
+  const double activations =
+      block_activation_bytes(1 + L, double(c.embed_dim), double(c.num_heads), c.mlp_ratio, double(c.depth)) +
+      block_activation_bytes(1 + L, Dd, double(c.decoder_num_heads), c.mlp_ratio, double(c.decoder_depth));
+  check_fits_memory(encoder_parameters(c) + decoder, activations, who,
+                    fmt::format("embed_dim {}, depth {}, decoder_embed_dim {}, decoder_depth {}, img_size {}, "
+                                "patch_size {}",
+                                c.embed_dim, c.depth, c.decoder_embed_dim, c.decoder_depth, c.img_size, c.patch_size));
 }
 
 std::vector<std::string> mae_config_names() {
@@ -55,13 +86,22 @@ nlohmann::json config_to_json(const MaeConfig& c) {
   return j;
 }
 
-MaeConfig mae_config_from_json(const nlohmann::json& j) {
+MaeConfig mae_config_from_json(const nlohmann::json& j, const std::string& where) {
+  const std::string prefix = where.empty() ? "" : where + ": ";
+  ENG_CHECK(j.is_object(), "{}MAE config is a JSON {}, not an object", prefix, j.type_name());
   MaeConfig c;
-  encoder_config_from_json(j, c);
-  c.decoder_embed_dim = j.at("decoder_embed_dim");
-  c.decoder_depth = j.at("decoder_depth");
-  c.decoder_num_heads = j.at("decoder_num_heads");
-  c.norm_pix_loss = j.at("norm_pix_loss");
+  try {
+    encoder_config_from_json(j, c);
+    c.decoder_embed_dim = config_int(j, "decoder_embed_dim");
+    c.decoder_depth = config_int(j, "decoder_depth");
+    c.decoder_num_heads = config_int(j, "decoder_num_heads");
+    c.norm_pix_loss = j.at("norm_pix_loss").get<bool>();
+  } catch (const nlohmann::json::exception& e) {
+    ENG_FAIL("{}MAE config: {}", prefix, e.what());
+  } catch (const eng::Error& e) {
+    ENG_FAIL("{}MAE config: {}", prefix, e.what());
+  }
+  validate(c, where);
   return c;
 }
 
@@ -82,8 +122,7 @@ Tensor unpatchify(const Tensor& x, int64_t p, int64_t C) {
 }
 
 MaskedAutoencoder::MaskedAutoencoder(const MaeConfig& cfg, uint64_t seed) : cfg_(cfg) {
-  ENG_CHECK(cfg.img_size % cfg.patch_size == 0, "config {}: image size {} is not a multiple of patch size {}", cfg.name,
-            cfg.img_size, cfg.patch_size);
+  validate(cfg);  // whoever built the config: a zero patch size must not reach a division
   eng::Generator g(seed, /*stream=*/0);
   int64_t D = cfg.embed_dim, Dd = cfg.decoder_embed_dim, L = cfg.num_patches(), p = cfg.patch_size;
   // MAE initialises the patch projection like a Linear over its flattened [D, C*p*p] view.

@@ -34,14 +34,21 @@ struct MaeConfig : EncoderConfig {
 };
 
 // Named configs: mae_tiny_p4_32, mae_small_p4_32, mae_vit_base_patch16, mae_vit_large_patch16,
-// mae_vit_huge_patch14, and mae_test_tiny (for tests). Throws listing the names on an unknown one.
+// mae_vit_huge_patch14, and mae_test_tiny (for tests). Throws listing the names on an unknown one. Validated.
 MaeConfig mae_config(const std::string& name);
+// The one validation of an MAE config (the named ones, a file's, the constructor's): the encoder's rules
+// (validate_encoder, model/vit.h), embed_dim and decoder_embed_dim divisible by 4 (the sin-cos position embedding),
+// decoder_num_heads positive and dividing decoder_embed_dim, decoder_depth >= 0, and parameters plus one image's
+// activations within the machine's memory, refused by arithmetic before anything is allocated. A one-line eng::Error
+// naming the field; `where` (a file, a flag) starts it when given.
+void validate(const MaeConfig& c, const std::string& where = "");
 std::vector<std::string> mae_config_names();
 // "f32" and "tf32" -> DType::F32, "bf16" -> DType::BF16: the dtype the model computes in, for a --precision option
 // (tf32 is f32 whose GEMMs use TF32 tensor cores on CUDA, eng::set_cuda_tf32); throws naming the choices otherwise.
 eng::DType parse_precision(const std::string& name);
 nlohmann::json config_to_json(const MaeConfig& c);
-MaeConfig mae_config_from_json(const nlohmann::json& j);
+// Read and validated; every error is one eng::Error line starting with `where` when given and naming the key.
+MaeConfig mae_config_from_json(const nlohmann::json& j, const std::string& where = "");
 
 // [N, C, H, W] -> [N, L, p*p*C] in MAE's loss order (i, j, c) per patch.
 Tensor patchify(const Tensor& imgs, int64_t p);

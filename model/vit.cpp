@@ -1,6 +1,10 @@
 // vit.cpp: the ViT classifier's config, forward pass, state dict, and its construction from an MAE.
 #include "model/vit.h"
 
+#include <unistd.h>
+
+#include <cmath>
+
 #include "engine/io/safetensors.h"
 #include "model/mae.h"
 
@@ -21,23 +25,65 @@ VitPool parse_pool(const std::string& name) {
   ENG_FAIL("unknown ViT pooling '{}'; known: token, avg, norm_avg", name);
 }
 
-void validate(const VitConfig& c) {
-  auto positive = [&](const char* field, int64_t v) {
-    ENG_CHECK(v > 0, "ViT config {}: {} must be positive, got {}", c.name, field, v);
-  };
+void validate_encoder(const EncoderConfig& c, const std::string& who) {
+  auto positive = [&](const char* field, int64_t v) { ENG_CHECK(v > 0, "{}: {} must be positive, got {}", who, field, v); };
   positive("img_size", c.img_size);
   positive("patch_size", c.patch_size);
   positive("in_chans", c.in_chans);
   positive("embed_dim", c.embed_dim);
   positive("depth", c.depth);
   positive("num_heads", c.num_heads);
-  ENG_CHECK(c.num_classes >= 0, "ViT config {}: num_classes must be >= 0 (0: no head), got {}", c.name, c.num_classes);
-  ENG_CHECK(c.img_size % c.patch_size == 0, "ViT config {}: img_size {} is not divisible by patch_size {}", c.name,
-            c.img_size, c.patch_size);
-  ENG_CHECK(c.embed_dim % c.num_heads == 0, "ViT config {}: embed_dim {} is not divisible by num_heads {}", c.name,
-            c.embed_dim, c.num_heads);
-  ENG_CHECK(c.mlp_ratio > 0 && int64_t(double(c.embed_dim) * c.mlp_ratio) >= 1,
-            "ViT config {}: mlp_ratio {} gives an MLP of no width for embed_dim {}", c.name, c.mlp_ratio, c.embed_dim);
+  ENG_CHECK(c.img_size % c.patch_size == 0, "{}: img_size {} is not divisible by patch_size {}", who, c.img_size,
+            c.patch_size);
+  ENG_CHECK(c.embed_dim % c.num_heads == 0, "{}: embed_dim {} is not divisible by num_heads {}", who, c.embed_dim,
+            c.num_heads);
+  // Finite first: the width is an int64 cast of the product.
+  ENG_CHECK(std::isfinite(c.mlp_ratio) && c.mlp_ratio > 0 && double(c.embed_dim) * c.mlp_ratio >= 1 &&
+                double(c.embed_dim) * c.mlp_ratio < 9e18,
+            "{}: mlp_ratio {} gives an MLP of no width for embed_dim {}", who, c.mlp_ratio, c.embed_dim);
+}
+
+double encoder_parameters(const EncoderConfig& c) {
+  const double D = double(c.embed_dim), H = std::floor(D * c.mlp_ratio), p = double(c.patch_size);
+  const double grid = double(c.img_size / c.patch_size), L = grid * grid;
+  const double block = 4 * D + (3 * D * D + 3 * D) + (D * D + D) + (H * D + H) + (D * H + D);
+  return D * double(c.in_chans) * p * p + D + D + (1 + L) * D + double(c.depth) * block + 2 * D;
+}
+
+double block_activation_bytes(double tokens, double dim, double heads, double mlp_ratio, double depth) {
+  // Per block: input, two norms, qkv (3), attention output and projection, MLP hidden (before and after GELU);
+  // attention scores and probabilities per head.
+  const double per_block = tokens * dim * (8 + 2 * mlp_ratio) + 2 * heads * tokens * tokens;
+  return 4.0 * depth * per_block;
+}
+
+uint64_t machine_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+}
+
+void check_fits_memory(double parameters, double activation_bytes, const std::string& who, const std::string& sizes) {
+  const uint64_t memory = machine_memory_bytes();
+  if (memory == 0) return;  // unknown: nothing to compare with
+  const double need = 4.0 * parameters + activation_bytes;
+  auto gib = [](double bytes) { return fmt::format("{:.3g} GiB", bytes / double(uint64_t(1) << 30)); };
+  ENG_CHECK(need <= double(memory),
+            "{}: too large for this machine: {:.3g} parameters ({} in f32) plus about {} of activations per image, "
+            "but the machine has {} of memory ({})",
+            who, parameters, gib(4.0 * parameters), gib(activation_bytes), gib(double(memory)), sizes);
+}
+
+void validate(const VitConfig& c, const std::string& where) {
+  const std::string who = (where.empty() ? "" : where + ": ") + "ViT config " + c.name;
+  validate_encoder(c, who);
+  ENG_CHECK(c.num_classes >= 0, "{}: num_classes must be >= 0 (0: no head), got {}", who, c.num_classes);
+  const double grid = double(c.img_size / c.patch_size), tokens = 1 + grid * grid;
+  const double head = double(c.num_classes) * double(c.embed_dim) + double(c.num_classes);
+  check_fits_memory(encoder_parameters(c) + head,
+                    block_activation_bytes(tokens, double(c.embed_dim), double(c.num_heads), c.mlp_ratio, double(c.depth)),
+                    who,
+                    fmt::format("embed_dim {}, depth {}, img_size {}, patch_size {}, num_classes {}", c.embed_dim,
+                                c.depth, c.img_size, c.patch_size, c.num_classes));
 }
 
 nlohmann::json encoder_config_to_json(const EncoderConfig& c) {
@@ -46,15 +92,24 @@ nlohmann::json encoder_config_to_json(const EncoderConfig& c) {
           {"num_heads", c.num_heads}, {"mlp_ratio", c.mlp_ratio}};
 }
 
+int64_t config_int(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = j.at(key);
+  // nlohmann would truncate 4.5 to 4 and make 1e300 undefined behaviour.
+  ENG_CHECK(v.is_number_integer(), "config key \"{}\" must be an integer, found {}", key, v.dump());
+  return v.get<int64_t>();
+}
+
 void encoder_config_from_json(const nlohmann::json& j, EncoderConfig& c) {
   c.name = j.value("name", std::string("custom"));
-  c.img_size = j.at("img_size");
-  c.patch_size = j.at("patch_size");
-  c.in_chans = j.at("in_chans");
-  c.embed_dim = j.at("embed_dim");
-  c.depth = j.at("depth");
-  c.num_heads = j.at("num_heads");
-  c.mlp_ratio = j.at("mlp_ratio");
+  c.img_size = config_int(j, "img_size");
+  c.patch_size = config_int(j, "patch_size");
+  c.in_chans = config_int(j, "in_chans");
+  c.embed_dim = config_int(j, "embed_dim");
+  c.depth = config_int(j, "depth");
+  c.num_heads = config_int(j, "num_heads");
+  const nlohmann::json& ratio = j.at("mlp_ratio");
+  ENG_CHECK(ratio.is_number(), "config key \"mlp_ratio\" must be a number, found {}", ratio.dump());
+  c.mlp_ratio = ratio.get<double>();
 }
 
 nlohmann::json config_to_json(const VitConfig& c) {
@@ -68,7 +123,7 @@ VitConfig vit_config_from_json(const nlohmann::json& j) {
   VitConfig c;
   try {
     encoder_config_from_json(j, c);
-    c.num_classes = j.at("num_classes");
+    c.num_classes = config_int(j, "num_classes");
     c.pool = parse_pool(j.at("global_pool").get<std::string>());
   } catch (const nlohmann::json::exception& e) {
     ENG_FAIL("ViT config JSON: {}", e.what());

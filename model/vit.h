@@ -33,10 +33,30 @@ struct EncoderConfig {
   int64_t grid() const { return img_size / patch_size; }
   int64_t num_patches() const { return grid() * grid(); }
 };
-// Its fields as JSON keys of the same names; reading throws nlohmann's exception on a missing or mistyped key
-// (a missing "name" reads as "custom").
+// Its fields as JSON keys of the same names; reading throws nlohmann's exception on a missing or mistyped key and an
+// eng::Error on a size that is not an integer (4.5, 1e300) or an mlp_ratio that is not a finite number (a missing
+// "name" reads as "custom").
 nlohmann::json encoder_config_to_json(const EncoderConfig& c);
 void encoder_config_from_json(const nlohmann::json& j, EncoderConfig& c);
+// j[key] as an integer; an eng::Error naming the key for any other JSON value (nlohmann's exception when missing).
+int64_t config_int(const nlohmann::json& j, const char* key);
+
+// Config validation, shared by the ViT's and the MAE's validate (one per config type, used by the named configs,
+// by every loader of a file's config and by the constructors): every size positive, img_size divisible by
+// patch_size, embed_dim by num_heads, an MLP width (embed_dim * mlp_ratio, finite) of at least 1. `who` starts the
+// message ("ViT config x", or "<file>: MAE config x").
+void validate_encoder(const EncoderConfig& c, const std::string& who);
+// The parameter count of a ViT encoder of these sizes (patch embedding, class token, position embeddings, blocks,
+// final norm), in double so that absurd sizes cannot overflow; validate_encoder first.
+double encoder_parameters(const EncoderConfig& c);
+// A rough f32 activation size of one image through `depth` blocks of width `dim` over `tokens` tokens (the block's
+// inputs, qkv, attention matrix, MLP hidden), in bytes.
+double block_activation_bytes(double tokens, double dim, double heads, double mlp_ratio, double depth);
+// This machine's physical memory in bytes (sysconf); 0 when it cannot be read.
+uint64_t machine_memory_bytes();
+// Refuses, by arithmetic and before anything is allocated, a model whose f32 parameters plus one image's activations
+// exceed the machine's memory; the message gives both figures and the sizes (`sizes`) that made them.
+void check_fits_memory(double parameters, double activation_bytes, const std::string& who, const std::string& sizes);
 
 enum class VitPool { Token, Avg, NormAvg };
 std::string pool_name(VitPool pool);  // "token", "avg", "norm_avg"
@@ -49,8 +69,9 @@ struct VitConfig : EncoderConfig {
 };
 
 // Throws a one-line eng::Error naming the field: sizes positive, num_classes >= 0, img_size divisible by patch_size,
-// embed_dim divisible by num_heads, an MLP width (embed_dim * mlp_ratio) of at least 1.
-void validate(const VitConfig& c);
+// embed_dim divisible by num_heads, an MLP width (embed_dim * mlp_ratio) of at least 1, parameters and one image's
+// activations within the machine's memory. `where` (a file, a flag) starts the message when given.
+void validate(const VitConfig& c, const std::string& where = "");
 nlohmann::json config_to_json(const VitConfig& c);
 VitConfig vit_config_from_json(const nlohmann::json& j);  // validated; errors name the missing or bad key
 // The encoder sizes of another config (an MaeConfig), with this pooling and head; validated.

@@ -5,10 +5,13 @@
   python3 tests/check_safetensors.py write FILE    writes the same tensors with the `safetensors` package
 
 Both sides know the reference tensors by heart; keep reference() in step with reference_tensors() in the C++ test.
-Comparisons are bitwise (NaN, -0 and denormals included). numpy has no bfloat16, so BF16 is handled as raw uint16.
+Comparisons are bitwise (NaN, -0 and denormals included); the C++ writer's "checksums" metadata entry is checked
+against Python's zlib.crc32 of each tensor's bytes. numpy has no bfloat16, so BF16 is handled as raw uint16.
 Needs: numpy, safetensors. Exit status 0 when everything matches.
 """
+import json
 import sys
+import zlib
 
 import numpy as np
 from safetensors import TensorSpec, deserialize, safe_open, serialize_file
@@ -45,14 +48,21 @@ def verify(path):
         keys = set(f.keys())
         if keys != set(want) | {"bf16"}:
             fail(f"tensor names {sorted(keys)} != expected {sorted(set(want) | {'bf16'})}")
-        if f.metadata() != METADATA:
-            fail(f"metadata {f.metadata()!r} != {METADATA!r}")
+        metadata = dict(f.metadata())
+        checksums = json.loads(metadata.pop("checksums", "null"))  # the C++ writer's CRC-32 of each tensor
+        if metadata != METADATA:
+            fail(f"metadata {metadata!r} != {METADATA!r}")
         for name, w in want.items():
             got = f.get_tensor(name)
             if got.dtype != w.dtype or got.shape != w.shape or got.tobytes() != w.tobytes():
                 fail(f"{name}: got {got.dtype} {got.shape} {got!r}, want {w.dtype} {w.shape} {w!r}")
     with open(path, "rb") as fh:
         raw = dict(deserialize(fh.read()))
+    if checksums is None or set(checksums) != set(raw):
+        fail(f"checksums {checksums!r} do not list exactly the tensors {sorted(raw)}")
+    for name, t in raw.items():
+        if checksums[name] != f"{zlib.crc32(bytes(t['data'])):08x}":
+            fail(f"{name}: stored checksum {checksums[name]} != zlib.crc32 {zlib.crc32(bytes(t['data'])):08x}")
     b = raw["bf16"]
     if b["dtype"] != "BF16" or list(b["shape"]) != [5] or bytes(b["data"]) != BF16_BITS.tobytes():
         fail(f"bf16: got {b['dtype']} {b['shape']} {bytes(b['data']).hex()}")

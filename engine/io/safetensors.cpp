@@ -5,11 +5,14 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -37,7 +40,9 @@ struct Entry {
 
 struct Header {
   std::vector<Entry> entries;  // sorted by begin offset
-  std::map<std::string, std::string> metadata;
+  std::map<std::string, std::string> metadata;  // without the checksums key
+  bool has_checksums = false;
+  std::map<std::string, uint32_t> checksums;  // by tensor name, when has_checksums
 };
 
 // A string read from a file, quoted for an error message: control and non-ASCII bytes escaped and long
@@ -79,6 +84,59 @@ bool dtype_from_safetensors_name(const std::string& s, DType* out) {
     }
   }
   return false;
+}
+
+// CRC-32 (zlib's) of n bytes; in chunks, since zlib's length is 32 bits.
+uint32_t crc32_of(const void* data, size_t n) {
+  const Bytef* p = static_cast<const Bytef*>(data);
+  uLong crc = crc32(0L, Z_NULL, 0);
+  constexpr size_t kChunk = size_t(1) << 30;
+  while (n > 0) {
+    const size_t k = std::min(n, kChunk);
+    crc = crc32(crc, p, uInt(k));
+    p += k;
+    n -= k;
+  }
+  return uint32_t(crc);
+}
+
+std::string crc_hex(uint32_t crc) { return fmt::format("{:08x}", crc); }
+
+// The checksums metadata value: a JSON object {tensor name: 8 lower-case hex digits}, exactly one per tensor.
+void parse_checksums(const std::string& text, Header& h, const std::string& file) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  ENG_CHECK(j.is_object(), "{}: __metadata__ \"{}\" is not a JSON object of tensor checksums (the header is damaged)",
+            file, kSafetensorsChecksumsKey);
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const bool hex8 = it.value().is_string() && it.value().get_ref<const std::string&>().size() == 8 &&
+                      it.value().get_ref<const std::string&>().find_first_not_of("0123456789abcdef") == std::string::npos;
+    ENG_CHECK(hex8, "{}: __metadata__ \"{}\": the checksum of tensor {} is not 8 hex digits (the header is damaged)",
+              file, kSafetensorsChecksumsKey, printable(it.key()));
+    h.checksums[it.key()] = uint32_t(std::stoul(it.value().get<std::string>(), nullptr, 16));
+  }
+  h.has_checksums = true;
+}
+
+// Every tensor has its checksum and every checksum its tensor (run after the entries are parsed).
+void check_checksum_names(const Header& h, const std::string& file) {
+  if (!h.has_checksums) return;
+  std::set<std::string> names;
+  for (const Entry& e : h.entries) {
+    names.insert(e.name);
+    ENG_CHECK(h.checksums.count(e.name), "{}: tensor {} has no checksum in __metadata__ \"{}\" (the header is damaged)",
+              file, printable(e.name), kSafetensorsChecksumsKey);
+  }
+  for (const auto& [name, crc] : h.checksums)
+    ENG_CHECK(names.count(name), "{}: __metadata__ \"{}\" lists tensor {}, which the file does not hold (the header is "
+              "damaged)", file, kSafetensorsChecksumsKey, printable(name));
+}
+
+// A tensor's bytes against the checksum the writer stored.
+void verify_checksum(const Header& h, const Entry& e, const void* bytes, const std::string& file) {
+  if (!h.has_checksums) return;
+  const uint32_t stored = h.checksums.at(e.name), got = crc32_of(bytes, size_t(e.end - e.begin));
+  ENG_CHECK(got == stored, "{}: tensor {} is damaged (checksum {} != stored {})", file, printable(e.name), crc_hex(got),
+            crc_hex(stored));
 }
 
 enum class IntCheck { Ok, NotInteger, Negative, TooLarge };
@@ -224,7 +282,10 @@ Header parse_header(const char* text, size_t len, uint64_t buffer_size, const st
       for (auto m = val.begin(); m != val.end(); ++m) {
         ENG_CHECK(m.value().is_string(), "{}: __metadata__ value {} is a JSON {}, not a string", file,
                   printable(m.key()), m.value().type_name());
-        h.metadata[m.key()] = m.value().get<std::string>();
+        if (m.key() == kSafetensorsChecksumsKey)
+          parse_checksums(m.value().get_ref<const std::string&>(), h, file);
+        else
+          h.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
@@ -248,6 +309,7 @@ Header parse_header(const char* text, size_t len, uint64_t buffer_size, const st
   ENG_CHECK(covered == buffer_size,
             "{}: {} trailing bytes after the last tensor (the data buffer holds {} bytes, the tensors cover {})", file,
             buffer_size - covered, buffer_size, covered);
+  check_checksum_names(h, file);
   return h;
 }
 
@@ -262,12 +324,12 @@ struct Prepared {
 Prepared prepare(const std::map<std::string, Tensor>& tensors, const std::map<std::string, std::string>& metadata,
                  const std::string& file) {
   Prepared p;
+  ENG_CHECK(!metadata.count(kSafetensorsChecksumsKey),
+            "{}: metadata key \"{}\" is reserved for the tensor checksums the writer adds; nothing was written", file,
+            kSafetensorsChecksumsKey);
   ordered_json h = ordered_json::object();
-  if (!metadata.empty()) {
-    ordered_json m = ordered_json::object();
-    for (const auto& [k, v] : metadata) m[k] = v;
-    h["__metadata__"] = std::move(m);
-  }
+  h["__metadata__"] = ordered_json::object();  // filled below, once the checksums are known
+  ordered_json checksums = ordered_json::object();
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     ENG_CHECK(name != "__metadata__", "{}: a tensor cannot be named __metadata__; nothing was written", file);
@@ -281,10 +343,16 @@ Prepared prepare(const std::map<std::string, Tensor>& tensors, const std::map<st
     e["data_offsets"] = {offset, offset + c.nbytes()};
     h[name] = std::move(e);
     offset += c.nbytes();
+    checksums[name] = crc_hex(crc32_of(c.raw_data(), c.nbytes()));
     p.data.push_back(c);
   }
   std::string text;
-  try {
+  try {  // dump() throws on invalid UTF-8 in a name or value
+    std::map<std::string, std::string> all = metadata;
+    all[kSafetensorsChecksumsKey] = checksums.dump();
+    ordered_json m = ordered_json::object();
+    for (const auto& [k, v] : all) m[k] = v;
+    h["__metadata__"] = std::move(m);
     text = h.dump();
   } catch (const ordered_json::exception& e) {
     ENG_FAIL("{}: cannot write the header ({}); nothing was written", file, json_error_text(e));
@@ -316,6 +384,17 @@ struct FdCloser {
     if (fd >= 0) ::close(fd);
   }
 };
+
+// Files without checksums (a converted official checkpoint, files written before the checksums) load as they are; one
+// note per file and process, so that a loop over a file does not repeat it.
+void note_unchecked_file(const std::string& path) {
+  static std::mutex mu;
+  static std::set<std::string> noted;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!noted.insert(path).second) return;
+  std::fprintf(stderr, "note: %s has no tensor checksums (not written by this engine's writer, or by an older one): "
+               "loaded unverified\n", path.c_str());
+}
 
 void pread_exact(int fd, void* dst, size_t n, uint64_t offset, const std::string& file) {
   char* p = static_cast<char*>(dst);
@@ -369,7 +448,9 @@ SafetensorsFile parse_safetensors(const uint8_t* data, size_t size, const std::s
   Header h = parse_header(reinterpret_cast<const char*>(data + 8), size_t(header_len), size - 8 - header_len, file);
   SafetensorsFile out;
   out.metadata = std::move(h.metadata);
+  out.checksummed = h.has_checksums;
   for (const Entry& e : h.entries) {
+    verify_checksum(h, e, buffer + e.begin, file);
     Tensor t = Tensor::empty(e.shape, e.dtype, Device::cpu());
     if (e.end > e.begin) std::memcpy(t.raw_data(), buffer + e.begin, size_t(e.end - e.begin));
     out.tensors.emplace(e.name, std::move(t));
@@ -397,11 +478,14 @@ SafetensorsFile load_safetensors(const std::string& path) {
 
   SafetensorsFile out;
   out.metadata = std::move(h.metadata);
+  out.checksummed = h.has_checksums;
   for (const Entry& e : h.entries) {  // offset order: the reads walk the file forwards
     Tensor t = Tensor::empty(e.shape, e.dtype, Device::cpu());
     if (e.end > e.begin) pread_exact(fd, t.raw_data(), size_t(e.end - e.begin), 8 + header_len + e.begin, path);
+    verify_checksum(h, e, t.raw_data(), path);
     out.tensors.emplace(e.name, std::move(t));
   }
+  if (!out.checksummed) note_unchecked_file(path);
   return out;
 }
 

@@ -9,6 +9,12 @@
 //
 // Reading validates everything and fails with one eng::Error line naming the file and the problem;
 // writing goes to `<path>.tmp`, is flushed to disk and renamed, so an existing file is never half-replaced.
+//
+// Checksums: the writer stores the CRC-32 (zlib's) of every tensor's bytes in __metadata__ under "checksums", a
+// JSON object {tensor name: 8 lower-case hex digits}; the reader verifies each one and refuses a damaged tensor by
+// name ("<file>: tensor 'x' is damaged (checksum ... != stored ...)"). Files without the key (other writers, files
+// older than the checksums) load unverified, with a one-line note on stderr once per file (load_safetensors).
+// The key is the format's, not the caller's: the reader takes it out of `metadata`, the writer refuses it there.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -22,8 +28,11 @@ namespace eng {
 
 struct SafetensorsFile {
   std::map<std::string, Tensor> tensors;  // contiguous CPU tensors
-  std::map<std::string, std::string> metadata;
+  std::map<std::string, std::string> metadata;  // without the checksums key
+  bool checksummed = false;  // the file held a checksum of every tensor, and each one matched
 };
+
+constexpr const char* kSafetensorsChecksumsKey = "checksums";
 
 // A header longer than this is refused as absurd before anything is allocated (the reference
 // implementation uses the same limit).

@@ -1,7 +1,12 @@
 // checkpoint.cpp: writing a pre-training checkpoint, and loading a model from a checkpoint or weights file.
 #include "moce/train/checkpoint.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <map>
 
 #include "engine/error.h"
@@ -29,6 +34,54 @@ void save_pretrain_checkpoint(const std::string& path, model::MaskedAutoencoder&
   eng::save_checkpoint(path, c);
 }
 
+namespace {
+
+bool path_exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+}  // namespace
+
+void keep_previous_checkpoint(const std::string& run_dir) {
+  const std::string last = run_dir + "/" + kLastCheckpointName, prev = run_dir + "/" + kPrevCheckpointName;
+  if (!path_exists(last)) return;  // the run's first checkpoint
+  const std::string link_tmp = prev + ".link-tmp";
+  ::unlink(link_tmp.c_str());  // left by a crash between link and rename
+  if (::link(last.c_str(), link_tmp.c_str()) == 0) {
+    if (::rename(link_tmp.c_str(), prev.c_str()) == 0) return;
+    const int err = errno;
+    ::unlink(link_tmp.c_str());
+    ENG_FAIL("{}: cannot rename {} to it: {}", prev, link_tmp, std::strerror(err));
+  }
+  // No hard links here: until the new last is written, checkpoint-prev alone holds the run (the resume names it).
+  ENG_CHECK(::rename(last.c_str(), prev.c_str()) == 0, "{}: cannot rename {} to it: {}", prev, last,
+            std::strerror(errno));
+}
+
+eng::Checkpoint load_run_checkpoint(const std::string& run_dir) {
+  const std::string last = run_dir + "/" + kLastCheckpointName, prev = run_dir + "/" + kPrevCheckpointName;
+  // What to do instead, when checkpoint-prev is there: verified by reading it whole, so it is never offered damaged.
+  auto use_prev = [&]() -> std::string {
+    if (!path_exists(prev)) return " (and there is no checkpoint-prev.safetensors to fall back on)";
+    try {
+      const eng::Checkpoint p = eng::load_checkpoint(prev);
+      return fmt::format("; the previous checkpoint {} (step {}) is intact: to resume from it, rename it to {} "
+                         "(mv {} {}) and run --resume {} again",
+                         prev, p.step, kLastCheckpointName, prev, last, run_dir);
+    } catch (const eng::Error& e) {
+      return fmt::format("; the previous checkpoint is unusable too ({})", e.what());
+    }
+  };
+  if (!path_exists(last))
+    ENG_FAIL("--resume {}: no {} there{}", run_dir, kLastCheckpointName, use_prev());
+  try {
+    return eng::load_checkpoint(last);
+  } catch (const eng::Error& e) {
+    ENG_FAIL("--resume {}: the last checkpoint is damaged or unreadable: {}{}", run_dir, e.what(), use_prev());
+  }
+}
+
 model::MaskedAutoencoder load_mae(const std::string& file, const std::string& config_name, bool random_init,
                                   uint64_t seed, json* info) {
   json found = json::object();
@@ -49,11 +102,7 @@ model::MaskedAutoencoder load_mae(const std::string& file, const std::string& co
   }
   model::MaeConfig cfg;
   if (file_config.is_object() && file_config.contains("model")) {
-    try {
-      cfg = model::mae_config_from_json(file_config.at("model"));
-    } catch (const nlohmann::json::exception& e) {
-      ENG_FAIL("{}: metadata config[\"model\"] is not a model config ({})", file, e.what());
-    }
+    cfg = model::mae_config_from_json(file_config.at("model"), file + " (metadata config[\"model\"])");
     ENG_CHECK(config_name.empty() || config_name == cfg.name,
               "{}: the file was made with model config '{}', but --config {} was given (leave --config out)", file, cfg.name,
               config_name);

@@ -309,7 +309,7 @@ TrainedModel load_trained_model(const std::string& file) {
   TrainedModel t;
   model::MaeConfig cfg;
   try {
-    cfg = model::mae_config_from_json(config.at("model"));
+    cfg = model::mae_config_from_json(config.at("model"), "metadata config[\"model\"]");
     t.run = config.value("run", json::object());
     t.method = parse_train_method(t.run.value("method", std::string("mae")));
     if (t.method == TrainMethod::Mae) t.method = TrainMethod::Dense;

@@ -147,9 +147,8 @@ Pretraining::Pretraining(const PretrainOptions& options, const PretrainSession& 
 
 void Pretraining::load_resume_checkpoint() {
   const std::string& dir = session_.resume;
-  ckpt_path_ = dir + "/checkpoint-last.safetensors";
-  ENG_CHECK(file_exists(ckpt_path_), "--resume {}: no checkpoint-last.safetensors there", dir);
-  ckpt_ = eng::load_checkpoint(ckpt_path_);
+  ckpt_path_ = dir + "/" + kLastCheckpointName;
+  ckpt_ = load_run_checkpoint(dir);  // verified; a damaged one is refused, naming checkpoint-prev
   ENG_CHECK(ckpt_.config.contains("run"), "{}: checkpoint has no run configuration", ckpt_path_);
   try {
     o_ = options_from_json(ckpt_.config["run"]);
@@ -201,15 +200,11 @@ eng::DType Pretraining::check_options() {
   profiling_ = session_.profile_first >= 0;
   ENG_CHECK(!profiling_ || device_.is_cuda(), "--profile-steps brackets CUDA work for a GPU profiler; it needs --device cuda");
   if (resuming_) {
-    cfg_ = model::mae_config_from_json(ckpt_.config.at("model"));
+    cfg_ = model::mae_config_from_json(ckpt_.config.at("model"), ckpt_path_ + " (metadata config[\"model\"])");
   } else if (method_ == TrainMethod::Mae) {
     cfg_ = model::mae_config(o_.config);
   } else {
-    try {
-      cfg_ = model::mae_config_from_json(init_config_.at("model"));
-    } catch (const json::exception& e) {
-      ENG_FAIL("--init {}: its metadata has no MAE model config ({})", o_.init, e.what());
-    }
+    cfg_ = model::mae_config_from_json(init_config_.at("model"), "--init " + o_.init + " (metadata config[\"model\"])");
     o_.config = cfg_.name;
   }
   cfg_.norm_pix_loss = o_.norm_pix_loss;
@@ -546,7 +541,8 @@ void Pretraining::end_epoch(int64_t epoch, const EpochTotals& t) {
   write_line_plot(o_.out + "/loss.png", {curve_}, loss_plot_text(), 800, 500);
   result_.epochs_done = epoch + 1;
   if ((epoch + 1) % o_.save_every == 0 || epoch + 1 == end_epoch_) {
-    last_ckpt_ = o_.out + "/checkpoint-last.safetensors";
+    last_ckpt_ = o_.out + "/" + kLastCheckpointName;
+    keep_previous_checkpoint(o_.out);  // the last becomes checkpoint-prev: a damaged new one leaves a way back
     save_pretrain_checkpoint(last_ckpt_, *mae_, *opt_, config_json_, o_.seed, epoch + 1,
                              experts_ ? experts_->extra_state() : std::map<std::string, Tensor>{});
     std::printf("epoch %lld done: mean loss %.4f; checkpoint %s\n", (long long)epoch + 1, mean_loss, last_ckpt_.c_str());
