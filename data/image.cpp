@@ -45,6 +45,39 @@ const char* sniff_format(const uint8_t* b, size_t n) {
   return nullptr;
 }
 
+// stb_image 2.27 (Debian's libstb) builds a Huffman table from a DHT segment without checking that its 16 code
+// counts sum to at most 256, and writes past its 257-entry size table on one that does (found by fuzz/fuzz_image;
+// stb 2.28 refuses such a table). So every DHT table of a JPEG is checked here first, walking the segments by their
+// lengths as stb does; false = a table with more than 256 codes.
+bool jpeg_huffman_tables_fit(const uint8_t* b, size_t n) {
+  size_t i = 2;  // after SOI
+  while (i + 1 < n) {
+    if (b[i] != 0xFF || b[i + 1] == 0xFF) {  // entropy-coded data, or fill bytes before a marker
+      i++;
+      continue;
+    }
+    const uint8_t m = b[i + 1];
+    if (m == 0x00 || m == 0x01 || m == 0xD8 || (m >= 0xD0 && m <= 0xD7)) {  // stuffed 0xFF, TEM, SOI, RSTn: no length
+      i += 2;
+      continue;
+    }
+    if (m == 0xD9 || i + 3 >= n) break;  // EOI, or no room for a length: stb reports what it makes of the rest
+    const size_t len = size_t(b[i + 2]) << 8 | b[i + 3];
+    if (m == 0xC4) {
+      // As stb: tables are read while the segment's length says bytes remain, even when the last table runs past
+      // the segment's end (stb refuses that afterwards, but has built the table by then); bytes past the file read 0.
+      for (size_t p = i + 4; p < i + 2 + len && p + 1 < n;) {
+        size_t codes = 0;
+        for (size_t k = p + 1; k < p + 17 && k < n; k++) codes += b[k];
+        if (codes > 256) return false;
+        p += 17 + codes;
+      }
+    }
+    i += 2 + len;
+  }
+  return true;
+}
+
 std::vector<uint8_t> read_file(const std::string& path) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
   ENG_CHECK(f != nullptr, "{}: cannot open ({})", path, std::strerror(errno));
@@ -65,6 +98,9 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
   if (size == 0) throw CorruptImage(fmt::format("{}: empty file (0 bytes), not an image", name));
   ENG_CHECK(size <= size_t(INT32_MAX), "{}: {} bytes is too large for stb_image", name, size);
   const char* format = sniff_format(bytes, size);
+  if (format != nullptr && std::strcmp(format, "JPEG") == 0 && !jpeg_huffman_tables_fit(bytes, size))
+    throw CorruptImage(fmt::format("{}: cannot decode JPEG data ({} bytes; a Huffman table with more than 256 codes): "
+                                   "truncated or corrupt file", name, size));
   int w = 0, h = 0, channels_in_file = 0;
   // Asking for 3 components makes stb expand gray to RGB and drop alpha.
   stbi_uc* px = stbi_load_from_memory(bytes, int(size), &w, &h, &channels_in_file, 3);
