@@ -78,6 +78,62 @@ bool jpeg_huffman_tables_fit(const uint8_t* b, size_t n) {
   return true;
 }
 
+// stb_image 2.27's binary PPM/PGM reader (found by fuzz/fuzz_image): a 16-bit PGM is expanded to RGB as if it had
+// 8-bit samples and then read as 16-bit, past the end of its buffer; a file shorter than its header says decodes
+// from uninitialised memory; a header number of many digits overflows an int. So the header is read here first,
+// exactly as stb reads it, and such files are refused; "" = stb may decode it.
+std::string pnm_header_problem(const uint8_t* b, size_t n) {
+  size_t i = 2;  // after "P5" / "P6"
+  auto get8 = [&]() -> char { return i < n ? char(b[i++]) : 0; };  // stb reads 0 past the end
+  auto at_eof = [&] { return i >= n; };
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
+  char c = get8();
+  auto skip_whitespace = [&] {
+    for (;;) {
+      while (!at_eof() && space(c)) c = get8();
+      if (at_eof() || c != '#') break;
+      while (!at_eof() && c != '\n' && c != '\r') c = get8();
+    }
+  };
+  bool too_long = false;
+  auto integer = [&] {
+    int64_t v = 0;
+    while (!at_eof() && c >= '0' && c <= '9') {
+      v = v * 10 + (c - '0');
+      if (v > (int64_t(1) << 24)) too_long = true, v = int64_t(1) << 24;
+      c = get8();
+    }
+    return v;
+  };
+  skip_whitespace();
+  const int64_t w = integer();
+  skip_whitespace();
+  const int64_t h = integer();
+  skip_whitespace();
+  const int64_t maxv = integer();
+  const int64_t channels = b[1] == '6' ? 3 : 1;
+  if (too_long) return "a header number above 2^24";
+  if (w <= 0 || h <= 0) return fmt::format("the header gives {} x {} pixels", w, h);
+  if (maxv <= 0 || maxv > 65535) return fmt::format("maximum sample value {}, not 1..65535", maxv);
+  if (maxv > 255 && channels == 1) return "a 16-bit PGM, which stb_image 2.27 cannot read";
+  const int64_t need = w * h * channels * (maxv > 255 ? 2 : 1);
+  if (int64_t(n - std::min(i, n)) < need)
+    return fmt::format("{} x {} pixels need {} bytes of samples, the file holds {}", w, h, need, n - std::min(i, n));
+  return "";
+}
+
+// stb's reason can quote the file's own bytes ("<4 bytes> PNG chunk not known"): escaped, so that the message
+// stays one printable line (found by fuzz/fuzz_image).
+std::string printable(const char* text) {
+  std::string out;
+  for (const char* c = text; *c; c++) {
+    const unsigned char u = static_cast<unsigned char>(*c);
+    if (u >= 0x20 && u < 0x7F) out.push_back(*c);
+    else out += fmt::format("\\x{:02x}", u);
+  }
+  return out;
+}
+
 std::vector<uint8_t> read_file(const std::string& path) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
   ENG_CHECK(f != nullptr, "{}: cannot open ({})", path, std::strerror(errno));
@@ -101,6 +157,10 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
   if (format != nullptr && std::strcmp(format, "JPEG") == 0 && !jpeg_huffman_tables_fit(bytes, size))
     throw CorruptImage(fmt::format("{}: cannot decode JPEG data ({} bytes; a Huffman table with more than 256 codes): "
                                    "truncated or corrupt file", name, size));
+  if (format != nullptr && std::strcmp(format, "PPM/PGM") == 0)
+    if (const std::string problem = pnm_header_problem(bytes, size); !problem.empty())
+      throw CorruptImage(fmt::format("{}: cannot decode PPM/PGM data ({} bytes; {}): truncated or corrupt file", name,
+                                     size, problem));
   int w = 0, h = 0, channels_in_file = 0;
   // Asking for 3 components makes stb expand gray to RGB and drop alpha.
   stbi_uc* px = stbi_load_from_memory(bytes, int(size), &w, &h, &channels_in_file, 3);
@@ -109,9 +169,13 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
     if (format == nullptr)
       throw CorruptImage(fmt::format("{}: not an image: the first bytes match none of JPEG, PNG, PPM/PGM, BMP", name));
     throw CorruptImage(fmt::format("{}: cannot decode {} data ({} bytes; stb_image: {}): truncated or corrupt file",
-                                   name, format, size, reason ? reason : "unknown error"));
+                                   name, format, size, printable(reason ? reason : "unknown error")));
   }
   std::unique_ptr<stbi_uc, void (*)(void*)> owned(px, stbi_image_free);
+  // stb returns a 0 x 0 "image" for a PPM/PGM header whose sizes are missing or 0 (found by fuzz/fuzz_image).
+  if (w <= 0 || h <= 0)
+    throw CorruptImage(fmt::format("{}: cannot decode {} data ({} bytes): the header gives {} x {} pixels", name,
+                                   format ? format : "image", size, w, h));
   Image img;
   img.height = h;
   img.width = w;

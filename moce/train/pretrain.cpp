@@ -142,7 +142,11 @@ void Pretraining::load_resume_checkpoint() {
   ENG_CHECK(file_exists(ckpt_path_), "--resume {}: no checkpoint-last.safetensors there", dir);
   ckpt_ = eng::load_checkpoint(ckpt_path_);
   ENG_CHECK(ckpt_.config.contains("run"), "{}: checkpoint has no run configuration", ckpt_path_);
-  o_ = options_from_json(ckpt_.config["run"]);
+  try {
+    o_ = options_from_json(ckpt_.config["run"]);
+  } catch (const eng::Error& e) {
+    ENG_FAIL("{}: {}", ckpt_path_, e.what());
+  }
   o_.out = dir;
   if (session_.epochs > 0) o_.epochs = session_.epochs;
   if (!session_.device.empty())
