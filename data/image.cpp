@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -34,6 +35,9 @@
 namespace data {
 
 namespace {
+
+// 2^26 pixels (8192 x 8192): far above any training image, and 192 MB of RGB at most.
+constexpr int64_t kMaxImagePixels = int64_t(1) << 26;
 
 // What the first bytes say the file is, for messages only (stb decides what decodes).
 const char* sniff_format(const uint8_t* b, size_t n) {
@@ -122,6 +126,28 @@ std::string pnm_header_problem(const uint8_t* b, size_t n) {
   return "";
 }
 
+// An uncompressed BMP shorter than its rows: stb_image 2.27 reads zeros past the end and returns a picture, so a
+// 245-byte file claiming 28 x 2.4M pixels decoded to 200 MB of black (found by fuzz/fuzz_image). "" = let stb try.
+std::string bmp_size_problem(const uint8_t* b, size_t n) {
+  auto le = [&](size_t at, int bytes) -> int64_t {
+    if (at + size_t(bytes) > n) return -1;
+    uint32_t v = 0;
+    for (int k = bytes - 1; k >= 0; k--) v = v << 8 | b[at + size_t(k)];
+    return bytes == 4 ? int64_t(int32_t(v)) : int64_t(v);
+  };
+  const int64_t offset = le(10, 4), header = le(14, 4);
+  if (offset < 0 || header < 12) return "";  // stb refuses these itself
+  const bool os2 = header == 12;
+  const int64_t w = os2 ? le(18, 2) : le(18, 4), h = os2 ? le(20, 2) : le(22, 4), bpp = os2 ? le(24, 2) : le(28, 2);
+  const int64_t compression = os2 ? 0 : le(30, 4);
+  if (w <= 0 || h == 0 || h == INT32_MIN || bpp <= 0 || (compression != 0 && compression != 3)) return "";
+  const int64_t row = (w * bpp + 31) / 32 * 4, need = std::abs(h) * row;
+  const int64_t have = int64_t(n) - std::min<int64_t>(offset, int64_t(n));
+  if (have < need)
+    return fmt::format("{} x {} pixels of {} bits need {} bytes of rows, the file holds {}", w, std::abs(h), bpp, need, have);
+  return "";
+}
+
 // stb's reason can quote the file's own bytes ("<4 bytes> PNG chunk not known"): escaped, so that the message
 // stays one printable line (found by fuzz/fuzz_image).
 std::string printable(const char* text) {
@@ -161,6 +187,16 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
     if (const std::string problem = pnm_header_problem(bytes, size); !problem.empty())
       throw CorruptImage(fmt::format("{}: cannot decode PPM/PGM data ({} bytes; {}): truncated or corrupt file", name,
                                      size, problem));
+  if (format != nullptr && std::strcmp(format, "BMP") == 0)
+    if (const std::string problem = bmp_size_problem(bytes, size); !problem.empty())
+      throw CorruptImage(fmt::format("{}: cannot decode BMP data ({} bytes; {}): truncated or corrupt file", name, size,
+                                     problem));
+  // The size from the header first: a small file may claim any size (a PNG or JPEG compresses a blank picture to
+  // almost nothing), and decoding allocates it all.
+  if (int iw = 0, ih = 0, ic = 0; stbi_info_from_memory(bytes, int(size), &iw, &ih, &ic) &&
+                                  int64_t(iw) * int64_t(ih) > kMaxImagePixels)
+    throw CorruptImage(fmt::format("{}: {} x {} pixels is larger than the decoder takes ({} pixels at most): corrupt "
+                                   "header or not a data-set image", name, iw, ih, kMaxImagePixels));
   int w = 0, h = 0, channels_in_file = 0;
   // Asking for 3 components makes stb expand gray to RGB and drop alpha.
   stbi_uc* px = stbi_load_from_memory(bytes, int(size), &w, &h, &channels_in_file, 3);

@@ -49,7 +49,8 @@ int count_in_child(const std::string& root) {
 std::vector<std::string> listing(const data::ImageFolder& ds) {
   std::vector<std::string> out;
   for (int64_t i = 0; i < ds.size(); i++)
-    out.push_back(fs::relative(ds.id(i), ds.root()).string() + " " + std::to_string(ds.label(i)));
+    out.push_back(ds.id(i).substr(ds.root().size() + 1) + " " + std::to_string(ds.label(i)));  // as listed, no
+                                                                                              // link resolved
   return out;
 }
 

@@ -101,6 +101,41 @@ TEST_CASE("image: stb_image's reason quoting the file's bytes is escaped into on
   CHECK(one_printable_line(err));
 }
 
+TEST_CASE("image: PPM/PGM and BMP headers stb_image 2.27 mishandles are refused, naming the reason") {
+  struct Case {
+    const char* file;
+    const char* reason;  // stb's behaviour before the fix
+  } cases[] = {
+      // ASan: heap-buffer-overflow READ in stbi__convert_16_to_8 (a 16-bit PGM expanded to RGB as if 8-bit)
+      {"image-pgm-16-bit.pgm", "(476 bytes; a 16-bit PGM, which stb_image 2.27 cannot read)"},
+      // accepted as a 0 x 0 image
+      {"image-ppm-zero-width.ppm", "(727 bytes; the header gives 0 x 0 pixels)"},
+      // 245 bytes decoded to 28 x 2359324 pixels of zeros (200 MB, 81 s under ASan)
+      {"image-bmp-rows-past-end.bmp",
+       "(245 bytes; 28 x 2359324 pixels of 24 bits need 198183216 bytes of rows, the file holds 191)"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.file);
+    const std::string err = decode_refusal(regression_input(c.file), c.file);
+    CHECK(err.rfind(c.file, 0) == 0);
+    CHECK(err.find(c.reason) != std::string::npos);
+    CHECK(one_printable_line(err));
+  }
+  // Written here: a PPM one byte short of its samples (stb decoded it from uninitialised memory), and a PNG header
+  // claiming 16384 x 16384 pixels (stb would allocate 768 MB before finding the data missing).
+  std::string ppm = "P6\n2 2\n255\n" + std::string(11, '\x7f');
+  CHECK(decode_refusal(std::vector<uint8_t>(ppm.begin(), ppm.end()), "short.ppm") ==
+        "short.ppm: cannot decode PPM/PGM data (22 bytes; 2 x 2 pixels need 12 bytes of samples, the file holds 11): "
+        "truncated or corrupt file");
+  ppm.push_back('\x7f');
+  CHECK(decode_refusal(std::vector<uint8_t>(ppm.begin(), ppm.end()), "full.ppm") == "");
+  const std::string png = std::string("\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\x40\0\0\0\x40\0\x08\x02\0\0\0", 29) +
+                          std::string(4, '\0');
+  CHECK(decode_refusal(std::vector<uint8_t>(png.begin(), png.end()), "big.png") ==
+        "big.png: 16384 x 16384 pixels is larger than the decoder takes (67108864 pixels at most): corrupt header or not "
+        "a data-set image");
+}
+
 TEST_CASE("idx: four large dimensions are refused before their product overflows; a huge claim costs no memory") {
   TempDir tmp("fuzz_findings");
   // 4 dims of 2^28 - 1: the element count overflowed int64 (UBSan: signed integer overflow at idx.cpp:37).
@@ -146,8 +181,8 @@ TEST_CASE("flags: a value holding a newline is shown escaped, so the error stays
   argv[2] = flag.data();
   REQUIRE(a.parse(3, argv.data(), 2));
   CHECK(refusal([&] { a.i64("epochs"); }) == "pretrain: --epochs expects an integer, got '1\\x0a2'");
-  CHECK(refusal([&] { moce::parse_index_list("1,\r2", "--moe-blocks", "block numbers"); }) ==
-        "--moe-blocks 1,\\x0d2: expected block numbers");
+  CHECK(refusal([&] { moce::parse_index_list("1,2\r", "--moe-blocks", "block numbers"); }) ==
+        "--moe-blocks 1,2\\x0d: expected block numbers");
 }
 
 TEST_CASE("cluster files: a bad clusters count, an assignment out of range, a bad bank shape are one line naming the file") {
