@@ -153,6 +153,7 @@ test:
 	python3 tests/check_layout.py
 	bash tests/check_makefile.sh
 	$(TEST_BIN) $(TEST_ARGS)
+	@$(MAKE) --no-print-directory fuzz-smoke
 
 # Optional: the exports load in timm's VisionTransformer and give our features within 1e-5 (suite `export timm`,
 # tests/fixtures/timm_features.py). The python is $(MOCE_TIMM_PYTHON), else python3; without timm and torch it skips.
@@ -165,6 +166,18 @@ bench: $(BENCH_BIN)
 
 fuzz:
 	$(MAKE) -C fuzz
+
+# A few seconds of each libFuzzer target over its seeds (fuzz/README.md), as part of `make test`; skipped, with a
+# message, where no clang++ links a libFuzzer + ASan + UBSan program, or with FUZZ_SMOKE=0. The first run builds
+# fuzz/build/ (about 10 minutes on 2 cores).
+FUZZ_CLANGXX := $(shell command -v clang++-14 2>/dev/null || command -v clang++ 2>/dev/null)
+.PHONY: fuzz-smoke
+fuzz-smoke:
+	@if [ "$(FUZZ_SMOKE)" = 0 ]; then echo "[fuzz-smoke] skipped: FUZZ_SMOKE=0"; \
+	elif [ -n "$(FUZZ_CLANGXX)" ] && printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }\n' | \
+	    $(FUZZ_CLANGXX) -fsanitize=fuzzer,address,undefined -x c++ - -o /dev/null >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory -C fuzz smoke; \
+	else echo "[fuzz-smoke] skipped: no clang++ with libFuzzer and the sanitizer runtimes (Debian: apt-get install clang)"; fi
 
 # ---- GPU tests, GPU benchmark, profiling build -------------------------------------------------------
 # build/run_tests_gpu: tests/gpu/*.cpp plus the registered op cases, run on CUDA against the CPU. Without a GPU

@@ -11,7 +11,9 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <map>
 #include <system_error>
+#include <utility>
 
 #include "data/idx.h"
 #include "engine/error.h"
@@ -36,6 +38,82 @@ static bool is_hidden(const fs::path& p) {
   const std::string name = p.filename().string();
   return !name.empty() && name[0] == '.';
 }
+
+namespace {
+
+// How deep below a class folder the scan goes: far more than any real layout, few enough that a loop the
+// device/inode check cannot see (a bind mount shows new inodes) ends with an error instead of a hang.
+constexpr int kMaxScanDepth = 32;
+
+// A file or folder by device and inode: what a symlink or hard link cannot disguise.
+using FileKey = std::pair<uint64_t, uint64_t>;
+
+struct ClassScan {
+  std::map<FileKey, std::string> folders, image_keys;  // scanned folders and listed images -> the path taken
+  std::vector<std::pair<std::string, FileKey>> images;  // in traversal order
+  std::vector<FileKey> ancestors;               // the folders from the class folder down to the current one
+  std::vector<std::string> notes;
+  int64_t ignored = 0;
+};
+
+void scan_folder(const fs::path& dir, int depth, ClassScan& scan) {
+  std::error_code ec;
+  std::vector<fs::path> entries;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) entries.push_back(it->path());
+  ENG_CHECK(!ec, "ImageFolder: cannot list {} ({})", dir.string(), ec.message());
+  std::sort(entries.begin(), entries.end());  // the same traversal, so the same path kept for a duplicate, every time
+  for (const fs::path& p : entries) {
+    if (is_hidden(p)) {
+      scan.ignored++;
+      continue;
+    }
+    struct stat st;
+    if (::stat(p.c_str(), &st) != 0) {
+      scan.notes.push_back(fmt::format("{}: a broken link or an unreadable entry ({}), skipped", p.string(),
+                                       std::strerror(errno)));
+      scan.ignored++;
+      continue;
+    }
+    const FileKey key{uint64_t(st.st_dev), uint64_t(st.st_ino)};
+    if (S_ISDIR(st.st_mode)) {
+      if (std::find(scan.ancestors.begin(), scan.ancestors.end(), key) != scan.ancestors.end()) {
+        scan.notes.push_back(fmt::format("{}: a link back to a folder above it (a loop), skipped", p.string()));
+        continue;
+      }
+      if (auto [it, fresh] = scan.folders.emplace(key, p.string()); !fresh) {
+        scan.notes.push_back(fmt::format("{}: a second path to the folder already scanned as {}, skipped", p.string(),
+                                         it->second));
+        continue;
+      }
+      ENG_CHECK(depth < kMaxScanDepth,
+                "ImageFolder: {}: folders nested more than {} levels below the class folder; not scanned (a loop the "
+                "device/inode check cannot see, such as a bind mount, or a tree too deep for root/<class>/<image>)",
+                p.string(), kMaxScanDepth);
+      scan.ancestors.push_back(key);
+      scan_folder(p, depth + 1, scan);
+      scan.ancestors.pop_back();
+    } else if (!is_image_extension(p.extension().string()) || !S_ISREG(st.st_mode)) {
+      scan.ignored++;  // not an image by name, or a device / FIFO / socket that merely has an image's name
+    } else if (auto [it, fresh] = scan.image_keys.emplace(key, p.string()); !fresh) {
+      scan.notes.push_back(fmt::format("{}: a second path to the image already listed as {}, skipped", p.string(),
+                                       it->second));
+    } else {
+      scan.images.emplace_back(p.string(), key);
+    }
+  }
+}
+
+void scan_class_folder(const fs::path& class_dir, ClassScan& scan) {
+  struct stat st;
+  ENG_CHECK(::stat(class_dir.c_str(), &st) == 0, "ImageFolder: cannot read class folder {} ({})", class_dir.string(),
+            std::strerror(errno));
+  const FileKey key{uint64_t(st.st_dev), uint64_t(st.st_ino)};
+  scan.folders.emplace(key, class_dir.string());
+  scan.ancestors.push_back(key);
+  scan_folder(class_dir, 0, scan);
+}
+
+}  // namespace
 
 ImageFolder::ImageFolder(const std::string& root, const ImageFolderOptions& options) : root_(root) {
   std::error_code ec;
@@ -68,24 +146,21 @@ ImageFolder::ImageFolder(const std::string& root, const ImageFolderOptions& opti
                 "ImageFolder: class folder {}/{} does not exist", root, c);
   }
 
+  std::map<FileKey, size_t> image_class;  // every image listed so far -> its label
   for (size_t label = 0; label < classes_.size(); label++) {
     const fs::path class_dir = fs::path(root) / classes_[label];
+    ClassScan scan;
+    scan_class_folder(class_dir, scan);
+    ignored_files_ += scan.ignored;
+    for (std::string& note : scan.notes) notes_.push_back(std::move(note));
     std::vector<std::string> files;
-    for (fs::recursive_directory_iterator it(class_dir, fs::directory_options::follow_directory_symlink, ec), end;
-         !ec && it != end; it.increment(ec)) {
-      if (is_hidden(it->path())) {
-        if (it->is_directory(ec)) it.disable_recursion_pending();
-        ignored_files_++;
-        continue;
-      }
-      if (it->is_directory(ec)) continue;
-      if (is_image_extension(it->path().extension().string())) {
-        files.push_back(it->path().string());
-      } else {
-        ignored_files_++;
-      }
+    for (auto& [path, key] : scan.images) {
+      auto [it, fresh] = image_class.emplace(key, label);
+      ENG_CHECK(fresh || it->second == label,
+                "ImageFolder: {} is an image of class folder {} too (a link or a second path to one file): one image "
+                "cannot have two labels; remove one of them", path, classes_[it->second]);
+      files.push_back(std::move(path));
     }
-    ENG_CHECK(!ec, "ImageFolder: cannot list {} ({})", class_dir.string(), ec.message());
     ENG_CHECK(!files.empty(), "ImageFolder: class folder {} has no image files (jpg, jpeg, png, ppm, pgm, bmp)",
               class_dir.string());
     std::sort(files.begin(), files.end());
@@ -96,6 +171,11 @@ ImageFolder::ImageFolder(const std::string& root, const ImageFolderOptions& opti
       labels_.push_back(int64_t(label));
     }
   }
+  // What the scan skipped, one line each (the first few), so that no link is dropped without a word.
+  constexpr size_t kNotesShown = 5;
+  for (size_t k = 0; k < notes_.size() && k < kNotesShown; k++) fmt::print(stderr, "ImageFolder: {}\n", notes_[k]);
+  if (notes_.size() > kNotesShown)
+    fmt::print(stderr, "ImageFolder: ... and {} more links skipped under {}\n", notes_.size() - kNotesShown, root);
 }
 
 const std::string& ImageFolder::path(int64_t i) const {

@@ -43,7 +43,11 @@ struct ImageFolderOptions {
 };
 
 // Class folders are the directories directly under root, sorted by name (byte order), labelled 0..K-1.
-// Files are found recursively under each class folder (symlinks followed) and sorted by path. Files with
+// Files are found recursively under each class folder (symlinks followed) and sorted by path. Each real folder
+// and each real image (by device and inode) is taken once: a link back to a folder above it (a loop), a second
+// path to a folder or image already seen, and a broken link are skipped with a note (scan_notes(), the first
+// five also on stderr); folders more than 32 levels below the class folder and an image reached from two class
+// folders are errors. Files with
 // the extensions jpg, jpeg, png, ppm, pgm, bmp (any case) are images; every other file (and hidden files,
 // and files directly under root) is skipped and counted in ignored_files(). A missing root, a root with no
 // class folders, or a class folder with no image files is an error naming the folder.
@@ -60,6 +64,8 @@ class ImageFolder : public Dataset {
   const std::string& root() const { return root_; }
   const std::string& path(int64_t i) const;
   int64_t ignored_files() const { return ignored_files_; }  // non-image files seen while listing
+  // One line per link the scan skipped ("<path>: a link back to a folder above it (a loop), skipped").
+  const std::vector<std::string>& scan_notes() const { return notes_; }
 
  private:
   std::string root_;
@@ -67,6 +73,7 @@ class ImageFolder : public Dataset {
   std::vector<std::string> paths_;
   std::vector<int64_t> labels_;
   int64_t ignored_files_ = 0;
+  std::vector<std::string> notes_;
 };
 
 // True for the extensions ImageFolder accepts (case-insensitive, with or without the leading dot).

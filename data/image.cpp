@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -35,6 +36,9 @@ namespace data {
 
 namespace {
 
+// 2^26 pixels (8192 x 8192): far above any training image, and 192 MB of RGB at most.
+constexpr int64_t kMaxImagePixels = int64_t(1) << 26;
+
 // What the first bytes say the file is, for messages only (stb decides what decodes).
 const char* sniff_format(const uint8_t* b, size_t n) {
   if (n >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) return "JPEG";
@@ -43,6 +47,117 @@ const char* sniff_format(const uint8_t* b, size_t n) {
   if (n >= 2 && b[0] == 'P' && (b[1] == '5' || b[1] == '6')) return "PPM/PGM";
   if (n >= 2 && b[0] == 'P' && (b[1] == '2' || b[1] == '3')) return "ASCII PPM/PGM";
   return nullptr;
+}
+
+// stb_image 2.27 (Debian's libstb) builds a Huffman table from a DHT segment without checking that its 16 code
+// counts sum to at most 256, and writes past its 257-entry size table on one that does (found by fuzz/fuzz_image;
+// stb 2.28 refuses such a table). So every DHT table of a JPEG is checked here first, walking the segments by their
+// lengths as stb does; false = a table with more than 256 codes.
+bool jpeg_huffman_tables_fit(const uint8_t* b, size_t n) {
+  size_t i = 2;  // after SOI
+  while (i + 1 < n) {
+    if (b[i] != 0xFF || b[i + 1] == 0xFF) {  // entropy-coded data, or fill bytes before a marker
+      i++;
+      continue;
+    }
+    const uint8_t m = b[i + 1];
+    if (m == 0x00 || m == 0x01 || m == 0xD8 || (m >= 0xD0 && m <= 0xD7)) {  // stuffed 0xFF, TEM, SOI, RSTn: no length
+      i += 2;
+      continue;
+    }
+    if (m == 0xD9 || i + 3 >= n) break;  // EOI, or no room for a length: stb reports what it makes of the rest
+    const size_t len = size_t(b[i + 2]) << 8 | b[i + 3];
+    if (m == 0xC4) {
+      // As stb: tables are read while the segment's length says bytes remain, even when the last table runs past
+      // the segment's end (stb refuses that afterwards, but has built the table by then); bytes past the file read 0.
+      for (size_t p = i + 4; p < i + 2 + len && p + 1 < n;) {
+        size_t codes = 0;
+        for (size_t k = p + 1; k < p + 17 && k < n; k++) codes += b[k];
+        if (codes > 256) return false;
+        p += 17 + codes;
+      }
+    }
+    i += 2 + len;
+  }
+  return true;
+}
+
+// stb_image 2.27's binary PPM/PGM reader (found by fuzz/fuzz_image): a 16-bit PGM is expanded to RGB as if it had
+// 8-bit samples and then read as 16-bit, past the end of its buffer; a file shorter than its header says decodes
+// from uninitialised memory; a header number of many digits overflows an int. So the header is read here first,
+// exactly as stb reads it, and such files are refused; "" = stb may decode it.
+std::string pnm_header_problem(const uint8_t* b, size_t n) {
+  size_t i = 2;  // after "P5" / "P6"
+  auto get8 = [&]() -> char { return i < n ? char(b[i++]) : 0; };  // stb reads 0 past the end
+  auto at_eof = [&] { return i >= n; };
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
+  char c = get8();
+  auto skip_whitespace = [&] {
+    for (;;) {
+      while (!at_eof() && space(c)) c = get8();
+      if (at_eof() || c != '#') break;
+      while (!at_eof() && c != '\n' && c != '\r') c = get8();
+    }
+  };
+  bool too_long = false;
+  auto integer = [&] {
+    int64_t v = 0;
+    while (!at_eof() && c >= '0' && c <= '9') {
+      v = v * 10 + (c - '0');
+      if (v > (int64_t(1) << 24)) too_long = true, v = int64_t(1) << 24;
+      c = get8();
+    }
+    return v;
+  };
+  skip_whitespace();
+  const int64_t w = integer();
+  skip_whitespace();
+  const int64_t h = integer();
+  skip_whitespace();
+  const int64_t maxv = integer();
+  const int64_t channels = b[1] == '6' ? 3 : 1;
+  if (too_long) return "a header number above 2^24";
+  if (w <= 0 || h <= 0) return fmt::format("the header gives {} x {} pixels", w, h);
+  if (maxv <= 0 || maxv > 65535) return fmt::format("maximum sample value {}, not 1..65535", maxv);
+  if (maxv > 255 && channels == 1) return "a 16-bit PGM, which stb_image 2.27 cannot read";
+  const int64_t need = w * h * channels * (maxv > 255 ? 2 : 1);
+  if (int64_t(n - std::min(i, n)) < need)
+    return fmt::format("{} x {} pixels need {} bytes of samples, the file holds {}", w, h, need, n - std::min(i, n));
+  return "";
+}
+
+// An uncompressed BMP shorter than its rows: stb_image 2.27 reads zeros past the end and returns a picture, so a
+// 245-byte file claiming 28 x 2.4M pixels decoded to 200 MB of black (found by fuzz/fuzz_image). "" = let stb try.
+std::string bmp_size_problem(const uint8_t* b, size_t n) {
+  auto le = [&](size_t at, int bytes) -> int64_t {
+    if (at + size_t(bytes) > n) return -1;
+    uint32_t v = 0;
+    for (int k = bytes - 1; k >= 0; k--) v = v << 8 | b[at + size_t(k)];
+    return bytes == 4 ? int64_t(int32_t(v)) : int64_t(v);
+  };
+  const int64_t offset = le(10, 4), header = le(14, 4);
+  if (offset < 0 || header < 12) return "";  // stb refuses these itself
+  const bool os2 = header == 12;
+  const int64_t w = os2 ? le(18, 2) : le(18, 4), h = os2 ? le(20, 2) : le(22, 4), bpp = os2 ? le(24, 2) : le(28, 2);
+  const int64_t compression = os2 ? 0 : le(30, 4);
+  if (w <= 0 || h == 0 || h == INT32_MIN || bpp <= 0 || (compression != 0 && compression != 3)) return "";
+  const int64_t row = (w * bpp + 31) / 32 * 4, need = std::abs(h) * row;
+  const int64_t have = int64_t(n) - std::min<int64_t>(offset, int64_t(n));
+  if (have < need)
+    return fmt::format("{} x {} pixels of {} bits need {} bytes of rows, the file holds {}", w, std::abs(h), bpp, need, have);
+  return "";
+}
+
+// stb's reason can quote the file's own bytes ("<4 bytes> PNG chunk not known"): escaped, so that the message
+// stays one printable line (found by fuzz/fuzz_image).
+std::string printable(const char* text) {
+  std::string out;
+  for (const char* c = text; *c; c++) {
+    const unsigned char u = static_cast<unsigned char>(*c);
+    if (u >= 0x20 && u < 0x7F) out.push_back(*c);
+    else out += fmt::format("\\x{:02x}", u);
+  }
+  return out;
 }
 
 std::vector<uint8_t> read_file(const std::string& path) {
@@ -65,6 +180,23 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
   if (size == 0) throw CorruptImage(fmt::format("{}: empty file (0 bytes), not an image", name));
   ENG_CHECK(size <= size_t(INT32_MAX), "{}: {} bytes is too large for stb_image", name, size);
   const char* format = sniff_format(bytes, size);
+  if (format != nullptr && std::strcmp(format, "JPEG") == 0 && !jpeg_huffman_tables_fit(bytes, size))
+    throw CorruptImage(fmt::format("{}: cannot decode JPEG data ({} bytes; a Huffman table with more than 256 codes): "
+                                   "truncated or corrupt file", name, size));
+  if (format != nullptr && std::strcmp(format, "PPM/PGM") == 0)
+    if (const std::string problem = pnm_header_problem(bytes, size); !problem.empty())
+      throw CorruptImage(fmt::format("{}: cannot decode PPM/PGM data ({} bytes; {}): truncated or corrupt file", name,
+                                     size, problem));
+  if (format != nullptr && std::strcmp(format, "BMP") == 0)
+    if (const std::string problem = bmp_size_problem(bytes, size); !problem.empty())
+      throw CorruptImage(fmt::format("{}: cannot decode BMP data ({} bytes; {}): truncated or corrupt file", name, size,
+                                     problem));
+  // The size from the header first: a small file may claim any size (a PNG or JPEG compresses a blank picture to
+  // almost nothing), and decoding allocates it all.
+  if (int iw = 0, ih = 0, ic = 0; stbi_info_from_memory(bytes, int(size), &iw, &ih, &ic) &&
+                                  int64_t(iw) * int64_t(ih) > kMaxImagePixels)
+    throw CorruptImage(fmt::format("{}: {} x {} pixels is larger than the decoder takes ({} pixels at most): corrupt "
+                                   "header or not a data-set image", name, iw, ih, kMaxImagePixels));
   int w = 0, h = 0, channels_in_file = 0;
   // Asking for 3 components makes stb expand gray to RGB and drop alpha.
   stbi_uc* px = stbi_load_from_memory(bytes, int(size), &w, &h, &channels_in_file, 3);
@@ -73,9 +205,13 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
     if (format == nullptr)
       throw CorruptImage(fmt::format("{}: not an image: the first bytes match none of JPEG, PNG, PPM/PGM, BMP", name));
     throw CorruptImage(fmt::format("{}: cannot decode {} data ({} bytes; stb_image: {}): truncated or corrupt file",
-                                   name, format, size, reason ? reason : "unknown error"));
+                                   name, format, size, printable(reason ? reason : "unknown error")));
   }
   std::unique_ptr<stbi_uc, void (*)(void*)> owned(px, stbi_image_free);
+  // stb returns a 0 x 0 "image" for a PPM/PGM header whose sizes are missing or 0 (found by fuzz/fuzz_image).
+  if (w <= 0 || h <= 0)
+    throw CorruptImage(fmt::format("{}: cannot decode {} data ({} bytes): the header gives {} x {} pixels", name,
+                                   format ? format : "image", size, w, h));
   Image img;
   img.height = h;
   img.width = w;

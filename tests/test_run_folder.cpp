@@ -319,7 +319,7 @@ TEST_SUITE("run folder") {
              {"warmup_epochs", 5, "--warmup-epochs 5: expected an integer in [0, --epochs 2]"},
              {"batch", 0, "--batch 0: expected an integer >= 1"},
              {"mask_ratio", 1.5, "--mask-ratio 1.5: expected a number in (0, 1)"},
-             {"epochs", "two", "[json.exception.type_error.302] type must be number, but is string"}}) {
+             {"epochs", "two", "\"epochs\" must be an integer, got string \"two\""}}) {
       eng::Checkpoint c = eng::load_checkpoint(ck);
       c.config["run"][key] = value;
       eng::save_checkpoint(ck, c);

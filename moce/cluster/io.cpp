@@ -65,7 +65,8 @@ void write_bank(const std::string& path, const FeatureBank& bank) {
   f.commit();
 }
 
-FeatureBank read_bank(const std::string& path, bool in_place) {
+// read_bank without the translation of nlohmann's exceptions (a field of the wrong type) into eng::Error.
+static FeatureBank read_bank_file(const std::string& path, bool in_place) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   ENG_CHECK(fd >= 0, "{}: cannot open the feature bank: {}", path, std::strerror(errno));
   struct stat st;
@@ -92,16 +93,32 @@ FeatureBank read_bank(const std::string& path, bool in_place) {
   auto tensor_at = [&](const char* name, std::vector<int64_t>& shape, std::string& dtype) -> const uint8_t* {
     ENG_CHECK(header.contains(name) && header[name].is_object(), "{}: the feature bank has no tensor '{}'", path, name);
     const nlohmann::json& t = header[name];
-    dtype = t.value("dtype", "");
-    shape = t.value("shape", std::vector<int64_t>{});
-    std::vector<uint64_t> off = t.value("data_offsets", std::vector<uint64_t>{});
-    ENG_CHECK(off.size() == 2 && off[0] <= off[1] && data_start + off[1] <= size, "{}: tensor '{}' lies outside the file",
+    // Integers checked as such before any conversion: nlohmann casts a float into an integer, undefined when out of
+    // range, and a negative or huge size would wrap the byte count below (found by fuzz/fuzz_cluster).
+    auto unsigned_list = [](const nlohmann::json& v) {
+      if (!v.is_array()) return false;
+      for (const nlohmann::json& x : v)
+        if (!x.is_number_unsigned() || x.get<uint64_t>() > (uint64_t(1) << 62)) return false;
+      return true;
+    };
+    ENG_CHECK(t.contains("dtype") && t["dtype"].is_string() && t.contains("shape") && unsigned_list(t["shape"]) &&
+                  t.contains("data_offsets") && unsigned_list(t["data_offsets"]),
+              "{}: tensor '{}' needs a dtype, a shape and data_offsets of non-negative integers", path, name);
+    dtype = t["dtype"].get<std::string>();
+    shape = t["shape"].get<std::vector<int64_t>>();
+    std::vector<uint64_t> off = t["data_offsets"].get<std::vector<uint64_t>>();
+    ENG_CHECK(off.size() == 2 && off[0] <= off[1] && off[1] <= size - data_start, "{}: tensor '{}' lies outside the file",
               path, name);
     size_t elem = dtype == "F32" ? 4 : dtype == "BF16" ? 2 : dtype == "I64" ? 8 : 0;
-    ENG_CHECK(elem > 0, "{}: tensor '{}' has dtype {}, not one a bank uses", path, name, dtype);
+    ENG_CHECK(elem > 0, "{}: tensor '{}' has dtype {}, not one a bank uses", path, name, dtype.substr(0, 20));
+    const size_t nbytes = off[1] - off[0];
     size_t count = 1;
-    for (int64_t s : shape) count *= size_t(s);
-    ENG_CHECK(count * elem == off[1] - off[0], "{}: tensor '{}' has {} bytes for shape {}", path, name, off[1] - off[0],
+    for (int64_t s : shape) {
+      ENG_CHECK(s == 0 || count <= nbytes / elem / size_t(s), "{}: tensor '{}' has {} bytes for shape {}", path, name,
+                nbytes, eng::shape_str(shape));
+      count *= size_t(s);
+    }
+    ENG_CHECK(count * elem == nbytes, "{}: tensor '{}' has {} bytes for shape {}", path, name, nbytes,
               eng::shape_str(shape));
     return bytes + data_start + off[0];
   };
@@ -142,6 +159,14 @@ FeatureBank read_bank(const std::string& path, bool in_place) {
   return bank;
 }
 
+FeatureBank read_bank(const std::string& path, bool in_place) {
+  try {
+    return read_bank_file(path, in_place);
+  } catch (const nlohmann::json::exception& e) {
+    ENG_FAIL("{}: the feature bank's header: {}", path, e.what());  // nlohmann's text is one line
+  }
+}
+
 ClusterRun run_clustering(const FeatureBank& bank, const ClusterConfig& cfg, eng::Device device,
                           const EpochCallback& on_epoch) {
   check_bank_for_clusters(bank, cfg.clusters);
@@ -170,7 +195,8 @@ CentroidsFile read_centroids(const std::string& path) {
             "{}: not a centroids file (no metadata format = moce-centroids)", path);
   CentroidsFile out;
   out.centroids = f.tensors["centroids"].to(eng::DType::F32);
-  ENG_CHECK(out.centroids.dim() == 2, "{}: 'centroids' must be [clusters, dims], got {}", path,
+  ENG_CHECK(out.centroids.dim() == 2 && out.centroids.size(0) >= 1 && out.centroids.size(1) >= 1,
+            "{}: 'centroids' must be [clusters, dims] with both at least 1, got {}", path,
             eng::shape_str(out.centroids.shape()));
   out.config = nlohmann::json::parse(f.metadata["config"], nullptr, false);
   out.checkpoint_identity = f.metadata["checkpoint"];
@@ -224,11 +250,28 @@ ClusterLookup::ClusterLookup(const std::string& assignments_path) : path_(assign
     ENG_CHECK(f.metadata.count("format") && f.metadata["format"] == "moce-assignments" && f.tensors.count("cluster") &&
                   f.tensors.count("image_index"),
               "{}: not an assignments file (no metadata format = moce-assignments)", assignments_path);
-    clusters_ = std::stoll(f.metadata["clusters"]);
-    std::vector<int32_t> c = f.tensors["cluster"].to_vector<int32_t>();
-    std::vector<int64_t> idx = f.tensors["image_index"].to_vector<int64_t>();
-    ENG_CHECK(c.size() == idx.size(), "{}: {} clusters for {} image indices", assignments_path, c.size(), idx.size());
-    for (size_t i = 0; i < c.size(); i++) by_index_[idx[i]] = c[i];
+    // Everything checked before use: the MoCE gate indexes by these numbers (found by fuzz/fuzz_cluster: std::stoll
+    // let std::invalid_argument escape on a bad "clusters").
+    const std::string& count = f.metadata["clusters"];
+    ENG_CHECK(!count.empty() && count.size() <= 9 && count.find_first_not_of("0123456789") == std::string::npos &&
+                  std::stoll(count) >= 1,
+              "{}: metadata \"clusters\" must be a positive integer below 10^9, got \"{}\"", assignments_path,
+              count.substr(0, 40));
+    clusters_ = std::stoll(count);
+    const eng::Tensor& ct = f.tensors["cluster"];
+    const eng::Tensor& it = f.tensors["image_index"];
+    ENG_CHECK(ct.dtype() == eng::DType::I32 && ct.dim() == 1 && it.dtype() == eng::DType::I64 && it.dim() == 1 &&
+                  ct.size(0) == it.size(0),
+              "{}: expected 'cluster' I32 [n] and 'image_index' I64 [n], got {} {} and {} {}", assignments_path,
+              eng::dtype_name(ct.dtype()), eng::shape_str(ct.shape()), eng::dtype_name(it.dtype()),
+              eng::shape_str(it.shape()));
+    std::vector<int32_t> c = ct.to_vector<int32_t>();
+    std::vector<int64_t> idx = it.to_vector<int64_t>();
+    for (size_t i = 0; i < c.size(); i++) {
+      ENG_CHECK(c[i] >= 0 && c[i] < clusters_, "{}: row {} is assigned to cluster {}, outside [0, {})", assignments_path,
+                i, c[i], clusters_);
+      ENG_CHECK(by_index_.emplace(idx[i], c[i]).second, "{}: image {} appears twice", assignments_path, idx[i]);
+    }
   }
 
 }  // namespace moce::cluster

@@ -88,7 +88,7 @@ void read_training_flags(const Args& a, PretrainOptions& o, PretrainSession& ses
     long long first = -1, last = -1;
     char tail = 0;
     ENG_CHECK(std::sscanf(v.c_str(), "%lld:%lld%c", &first, &last, &tail) == 2 && first >= 0 && last >= first,
-              "--profile-steps expects FIRST:LAST with 0 <= FIRST <= LAST, got '{}'", v);
+              "--profile-steps expects FIRST:LAST with 0 <= FIRST <= LAST, got '{}'", printable_arg(v));
     session.profile_first = first;
     session.profile_last = last;
   }

@@ -9,6 +9,15 @@
 
 namespace moce {
 
+std::string printable_arg(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) out += fmt::format("\\x{:02x}", static_cast<unsigned char>(c));
+    else out.push_back(c);
+  }
+  return out;
+}
+
 Args& Args::add(const std::string& name, const std::string& def, const std::string& help) {
   order_.push_back(name);
   specs_[name] = {def, help, false};
@@ -34,7 +43,8 @@ bool Args::parse(int argc, char** argv, int first) {
       std::fputs(help().c_str(), stdout);
       return false;
     }
-    ENG_CHECK(a.rfind("--", 0) == 0, "{}: unexpected argument '{}' (flags start with --; see --help)", command_, a);
+    ENG_CHECK(a.rfind("--", 0) == 0, "{}: unexpected argument '{}' (flags start with --; see --help)", command_,
+              printable_arg(a));
     std::string name = a.substr(2), value;
     bool inline_value = false;
     if (auto eq = name.find('='); eq != std::string::npos) {
@@ -43,7 +53,7 @@ bool Args::parse(int argc, char** argv, int first) {
       inline_value = true;
     }
     auto it = specs_.find(name);
-    ENG_CHECK(it != specs_.end(), "{}: unknown flag --{} (see --help)", command_, name);
+    ENG_CHECK(it != specs_.end(), "{}: unknown flag --{} (see --help)", command_, printable_arg(name));
     if (it->second.is_flag) {
       ENG_CHECK(!inline_value || value == "1" || value == "true" || value == "0" || value == "false",
                 "{}: --{} is a switch; it takes no value", command_, name);
@@ -83,7 +93,7 @@ int64_t Args::i64(const std::string& name) const {
     if (used == v.size()) return x;
   } catch (const std::exception&) {
   }
-  ENG_FAIL("{}: --{} expects an integer, got '{}'", command_, name, v);
+  ENG_FAIL("{}: --{} expects an integer, got '{}'", command_, name, printable_arg(v));
 }
 
 double Args::f64(const std::string& name) const {
@@ -100,7 +110,7 @@ double Args::f64(const std::string& name) const {
     ENG_FAIL("--{} {}: expected a finite number (this one is out of the double range)", name, v);
   } catch (const std::invalid_argument&) {
   }
-  ENG_FAIL("{}: --{} expects a number, got '{}'", command_, name, v);
+  ENG_FAIL("{}: --{} expects a number, got '{}'", command_, name, printable_arg(v));
 }
 
 int64_t Args::i64_at_least(const std::string& name, int64_t min) const {
@@ -160,7 +170,8 @@ std::vector<int64_t> parse_index_list(const std::string& text, const std::string
     } catch (const std::exception&) {
       used = 0;
     }
-    ENG_CHECK(used == item.size() && !item.empty() && v >= 0, "{} {}: expected {}", flag, text, expected);
+    ENG_CHECK(used == item.size() && !item.empty() && v >= 0, "{} {}: expected {}", flag, printable_arg(text),
+              expected);
     values.push_back(v);
   }
   ENG_CHECK(!values.empty(), "{}: nothing given; expected {}", flag, expected);

@@ -48,6 +48,10 @@ class Args {
   std::map<std::string, bool> given_;
 };
 
+// A command-line value as an error message shows it: control characters as \xNN, so that the message stays one line
+// whatever the argument holds (found by fuzz/fuzz_cli).
+std::string printable_arg(const std::string& v);
+
 // "3,5" -> {3, 5}: non-negative integers separated by commas, nothing else; otherwise throws
 // "<flag> <text>: expected <expected>" (e.g. flag "--moe-blocks", expected "block numbers (0-based) separated by commas").
 // One line naming the flag, its value and the accepted range when the value lies outside it (and for a non-finite one).

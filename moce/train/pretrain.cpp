@@ -152,8 +152,10 @@ void Pretraining::load_resume_checkpoint() {
   ENG_CHECK(ckpt_.config.contains("run"), "{}: checkpoint has no run configuration", ckpt_path_);
   try {
     o_ = options_from_json(ckpt_.config["run"]);
-  } catch (const json::exception& e) {  // a missing key or one of the wrong type
-    ENG_FAIL("--resume {}: {}'s run config: {}", dir, ckpt_path_, e.what());
+  } catch (const eng::Error& e) {  // options_from_json's "run config: <what>", a missing key or a wrong type
+    std::string what = e.what();
+    if (what.rfind("run config: ", 0) == 0) what = what.substr(12);
+    ENG_FAIL("--resume {}: {}'s run config: {}", dir, ckpt_path_, what);
   }
   o_.out = dir;
   saved_epochs_ = o_.epochs;

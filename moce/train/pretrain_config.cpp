@@ -47,7 +47,9 @@ void validate_options(const PretrainOptions& o) {
   check_at_least("--clip-grad", o.clip, 0.0);
 }
 
-PretrainOptions options_from_json(const json& j) {
+// The reader proper; options_from_json below checks the types nlohmann would mis-convert and turns what it throws
+// into one eng::Error line.
+static PretrainOptions read_options(const json& j) {
   PretrainOptions o;
   o.data = j.at("data");
   o.config = j.at("config");
@@ -76,6 +78,33 @@ PretrainOptions options_from_json(const json& j) {
     o.experts = expert_options_from_json(j.at("experts"));
   }
   return o;
+}
+
+PretrainOptions options_from_json(const json& j) {
+  ENG_CHECK(j.is_object(), "run config: expected a JSON object, got {}", j.type_name());
+  // nlohmann turns a float into an integer field with a plain cast, undefined for one out of range (found by
+  // fuzz/fuzz_run_config): every integer field must be a JSON integer.
+  auto integer = [](const json& obj, const char* key, const char* where) {
+    if (obj.contains(key))
+      ENG_CHECK(obj[key].is_number_integer(), "run config: {}\"{}\" must be an integer, got {} {}", where, key,
+                obj[key].type_name(), obj[key].dump().substr(0, 40));
+  };
+  for (const char* key : {"epochs", "batch", "accum_iter", "save_every", "warmup_epochs", "workers", "limit",
+                          "log_every", "seed"})
+    integer(j, key, "");
+  if (j.contains("experts") && j["experts"].is_object()) {
+    const json& e = j["experts"];
+    for (const char* key : {"num_experts", "top_k"}) integer(e, key, "experts.");
+    if (e.contains("moe_blocks") && e["moe_blocks"].is_array())
+      for (const json& b : e["moe_blocks"])
+        ENG_CHECK(b.is_number_integer(), "run config: experts.\"moe_blocks\" must hold integers, got {}",
+                  b.dump().substr(0, 40));
+  }
+  try {
+    return read_options(j);
+  } catch (const json::exception& e) {
+    ENG_FAIL("run config: {}", e.what());  // nlohmann's text is one line: "[json.exception...] key 'epochs' not found"
+  }
 }
 
 }  // namespace moce
