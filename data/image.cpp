@@ -39,7 +39,8 @@ namespace {
 // 2^26 pixels (8192 x 8192): far above any training image, and 192 MB of RGB at most.
 constexpr int64_t kMaxImagePixels = int64_t(1) << 26;
 
-// What the first bytes say the file is, for messages only (stb decides what decodes).
+// What the first bytes say the file is. Only these go on to stb: its other decoders (GIF, TGA, PSD, HDR, PIC) are
+// not needed for data sets and are not covered by the checks below or by fuzz/fuzz_image's findings.
 const char* sniff_format(const uint8_t* b, size_t n) {
   if (n >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) return "JPEG";
   if (n >= 8 && std::memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0) return "PNG";
@@ -150,6 +151,27 @@ std::string bmp_size_problem(const uint8_t* b, size_t n) {
 
 // stb's reason can quote the file's own bytes ("<4 bytes> PNG chunk not known"): escaped, so that the message
 // stays one printable line (found by fuzz/fuzz_image).
+// stb_image 2.27 copies a zero-length IDAT chunk's 0 bytes into its data buffer before it has allocated one
+// (memcpy to NULL: undefined behaviour; found by fuzz/fuzz_image). Such a chunk carries nothing, so the file without
+// it is the same picture: the bytes without every zero-length IDAT, or empty when there is none (the usual case).
+std::vector<uint8_t> png_without_empty_idat(const uint8_t* b, size_t n) {
+  auto be32 = [](const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; };
+  std::vector<uint8_t> out;
+  size_t pos = 8, copied = 0;  // after the signature; chunks are length, type, data, CRC
+  while (pos + 12 <= n) {
+    const uint32_t length = be32(b + pos);
+    if (length > n - pos - 12) break;  // a chunk cut short: stb reports it
+    if (length == 0 && std::memcmp(b + pos + 4, "IDAT", 4) == 0) {
+      out.insert(out.end(), b + copied, b + pos);
+      copied = pos + 12;
+    }
+    pos += 12 + size_t(length);
+  }
+  if (copied == 0) return {};
+  out.insert(out.end(), b + copied, b + n);
+  return out;
+}
+
 std::string printable(const char* text) {
   std::string out;
   for (const char* c = text; *c; c++) {
@@ -180,14 +202,21 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
   if (size == 0) throw CorruptImage(fmt::format("{}: empty file (0 bytes), not an image", name));
   ENG_CHECK(size <= size_t(INT32_MAX), "{}: {} bytes is too large for stb_image", name, size);
   const char* format = sniff_format(bytes, size);
-  if (format != nullptr && std::strcmp(format, "JPEG") == 0 && !jpeg_huffman_tables_fit(bytes, size))
+  if (format == nullptr)
+    throw CorruptImage(fmt::format("{}: not an image: the first bytes match none of JPEG, PNG, PPM/PGM, BMP", name));
+  std::vector<uint8_t> png_copy;
+  if (std::strcmp(format, "PNG") == 0 && !(png_copy = png_without_empty_idat(bytes, size)).empty()) {
+    bytes = png_copy.data();
+    size = png_copy.size();
+  }
+  if (std::strcmp(format, "JPEG") == 0 && !jpeg_huffman_tables_fit(bytes, size))
     throw CorruptImage(fmt::format("{}: cannot decode JPEG data ({} bytes; a Huffman table with more than 256 codes): "
                                    "truncated or corrupt file", name, size));
-  if (format != nullptr && std::strcmp(format, "PPM/PGM") == 0)
+  if (std::strcmp(format, "PPM/PGM") == 0)
     if (const std::string problem = pnm_header_problem(bytes, size); !problem.empty())
       throw CorruptImage(fmt::format("{}: cannot decode PPM/PGM data ({} bytes; {}): truncated or corrupt file", name,
                                      size, problem));
-  if (format != nullptr && std::strcmp(format, "BMP") == 0)
+  if (std::strcmp(format, "BMP") == 0)
     if (const std::string problem = bmp_size_problem(bytes, size); !problem.empty())
       throw CorruptImage(fmt::format("{}: cannot decode BMP data ({} bytes; {}): truncated or corrupt file", name, size,
                                      problem));
@@ -202,8 +231,6 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
   stbi_uc* px = stbi_load_from_memory(bytes, int(size), &w, &h, &channels_in_file, 3);
   if (px == nullptr) {
     const char* reason = stbi_failure_reason();
-    if (format == nullptr)
-      throw CorruptImage(fmt::format("{}: not an image: the first bytes match none of JPEG, PNG, PPM/PGM, BMP", name));
     throw CorruptImage(fmt::format("{}: cannot decode {} data ({} bytes; stb_image: {}): truncated or corrupt file",
                                    name, format, size, printable(reason ? reason : "unknown error")));
   }
@@ -211,7 +238,7 @@ Image decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& n
   // stb returns a 0 x 0 "image" for a PPM/PGM header whose sizes are missing or 0 (found by fuzz/fuzz_image).
   if (w <= 0 || h <= 0)
     throw CorruptImage(fmt::format("{}: cannot decode {} data ({} bytes): the header gives {} x {} pixels", name,
-                                   format ? format : "image", size, w, h));
+                                   format, size, w, h));
   Image img;
   img.height = h;
   img.width = w;

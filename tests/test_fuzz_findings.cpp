@@ -138,6 +138,38 @@ TEST_CASE("image: PPM/PGM and BMP headers stb_image 2.27 mishandles are refused,
         "a data-set image");
 }
 
+TEST_CASE("image: a zero-length IDAT chunk (stb_image 2.27 memcpys it to NULL) is dropped: the same picture decodes") {
+  TempDir tmp("fuzz_png_idat");
+  data::Image picture;
+  picture.height = 3;
+  picture.width = 5;
+  for (int i = 0; i < 3 * 5 * 3; i++) picture.pixels.push_back(uint8_t(17 * i + 3));
+  data::write_png(tmp.file("p.png"), picture);
+  std::ifstream f(tmp.file("p.png"), std::ios::binary);
+  std::string png((std::istreambuf_iterator<char>(f)), {});
+  const size_t idat = png.find("IDAT");
+  REQUIRE(idat != std::string::npos);
+  // Two empty IDAT chunks before the real one (length 0, type, no data, a CRC stb does not read).
+  const std::string empty_idat = be32(0) + "IDAT" + be32(0x35af061e);
+  const std::string edited = png.substr(0, idat - 4) + empty_idat + empty_idat + png.substr(idat - 4);
+  const data::Image back = data::decode_image_bytes(reinterpret_cast<const uint8_t*>(edited.data()), edited.size(), "e.png");
+  CHECK(back.height == 3);
+  CHECK(back.width == 5);
+  CHECK(back.pixels == picture.pixels);
+  // The fuzzer's input (a mutated 32 x 32 PNG whose first IDAT is empty): decoded or one printable line, no UB
+  // (the SANITIZE=1 build and the fuzz smoke check the latter).
+  const std::string msg = decode_refusal(regression_input("image-png-empty-idat.png"), "i.png");
+  CHECK_MESSAGE((msg.empty() || (msg.rfind("i.png: ", 0) == 0 && one_printable_line(msg))), msg);
+}
+
+TEST_CASE("image: a format other than JPEG, PNG, PPM/PGM and BMP never reaches stb_image's other decoders") {
+  for (const std::string head : {std::string("GIF89a\x01\0\x01\0\0\0\0", 13), std::string("8BPS\0\x01", 6),
+                                 std::string("#?RADIANCE\n", 11), std::string("\0\0\x02\0\0\0\0\0", 8)}) {
+    CHECK(decode_refusal(std::vector<uint8_t>(head.begin(), head.end()), "x.img") ==
+          "x.img: not an image: the first bytes match none of JPEG, PNG, PPM/PGM, BMP");
+  }
+}
+
 TEST_CASE("idx: four large dimensions are refused before their product overflows; a huge claim costs no memory") {
   TempDir tmp("fuzz_findings");
   // 4 dims of 2^28 - 1: the element count overflowed int64 (UBSan: signed integer overflow at idx.cpp:37).
