@@ -142,15 +142,15 @@ std::string bmp_size_problem(const uint8_t* b, size_t n) {
   const int64_t w = os2 ? le(18, 2) : le(18, 4), h = os2 ? le(20, 2) : le(22, 4), bpp = os2 ? le(24, 2) : le(28, 2);
   const int64_t compression = os2 ? 0 : le(30, 4);
   if (w <= 0 || h == 0 || h == INT32_MIN || bpp <= 0 || (compression != 0 && compression != 3)) return "";
-  const int64_t row = (w * bpp + 31) / 32 * 4, need = std::abs(h) * row;
+  // rows x row can pass 2^63 (found by fuzz/fuzz_image): compared by division; the figure printed in double.
+  const int64_t row = (w * bpp + 31) / 32 * 4, rows = std::abs(h);
   const int64_t have = int64_t(n) - std::min<int64_t>(offset, int64_t(n));
-  if (have < need)
-    return fmt::format("{} x {} pixels of {} bits need {} bytes of rows, the file holds {}", w, std::abs(h), bpp, need, have);
+  if (rows > have / row)
+    return fmt::format("{} x {} pixels of {} bits need {:.0f} bytes of rows, the file holds {}", w, rows, bpp,
+                       double(rows) * double(row), have);
   return "";
 }
 
-// stb's reason can quote the file's own bytes ("<4 bytes> PNG chunk not known"): escaped, so that the message
-// stays one printable line (found by fuzz/fuzz_image).
 // stb_image 2.27 copies a zero-length IDAT chunk's 0 bytes into its data buffer before it has allocated one
 // (memcpy to NULL: undefined behaviour; found by fuzz/fuzz_image). Such a chunk carries nothing, so the file without
 // it is the same picture: the bytes without every zero-length IDAT, or empty when there is none (the usual case).
@@ -172,6 +172,8 @@ std::vector<uint8_t> png_without_empty_idat(const uint8_t* b, size_t n) {
   return out;
 }
 
+// stb's reason can quote the file's own bytes ("<4 bytes> PNG chunk not known"): escaped, so that the message
+// stays one printable line (found by fuzz/fuzz_image).
 std::string printable(const char* text) {
   std::string out;
   for (const char* c = text; *c; c++) {

@@ -115,6 +115,8 @@ TEST_CASE("image: PPM/PGM and BMP headers stb_image 2.27 mishandles are refused,
        "(245 bytes; 28 x 2359324 pixels of 24 bits need 198183216 bytes of rows, the file holds 191)"},
       // 7 KB claiming 592356 x 228 pixels: libFuzzer's out-of-memory (2 GB) while stb decoded it
       {"image-bmp-592356-wide.bmp", ": 592356 x 228 pixels is larger than the decoder takes (67108864 pixels at most)"},
+      // UBSan: signed overflow in the check of the row bytes above (rows x row bytes past 2^63)
+      {"image-bmp-rows-overflow.bmp", "(38 bytes; 143198474 x 222776912 pixels of 2561 bits need 10212408093909071872 bytes of rows, the file holds 0)"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.file);
