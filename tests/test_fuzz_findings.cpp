@@ -219,6 +219,16 @@ TEST_CASE("flags: a value holding a newline is shown escaped, so the error stays
   CHECK(refusal([&] { a.i64("epochs"); }) == "pretrain: --epochs expects an integer, got '1\\x0a2'");
   CHECK(refusal([&] { moce::parse_index_list("1,2\r", "--moe-blocks", "block numbers"); }) ==
         "--moe-blocks 1,2\\x0d: expected block numbers");
+  // fuzz_cli's 10-minute run: a number out of the double range with newlines after it was quoted raw (and called
+  // out of range though it is no number); one past the range alone, and leading whitespace before nan, stay one line.
+  moce::Args b("pretrain", "test");
+  b.add("base-lr", "", "lr").add("min-lr", "0", "min").add("clip-grad", "0", "clip");
+  std::string lr = "--base-lr=1e555;\n\n", min = "--min-lr=1e555", clip = "--clip-grad=\n nan";
+  std::vector<char*> bv = {const_cast<char*>("moce"), const_cast<char*>("pretrain"), lr.data(), min.data(), clip.data()};
+  REQUIRE(b.parse(5, bv.data(), 2));
+  CHECK(refusal([&] { b.f64("base-lr"); }) == "pretrain: --base-lr expects a number, got '1e555;\\x0a\\x0a'");
+  CHECK(refusal([&] { b.f64("min-lr"); }) == "--min-lr 1e555: expected a finite number (this one is out of the double range)");
+  CHECK(refusal([&] { b.f64("clip-grad"); }) == "--clip-grad \\x0a nan: expected a finite number");
 }
 
 TEST_CASE("cluster files: a bad clusters count, an assignment out of range, a bad bank shape are one line naming the file") {
