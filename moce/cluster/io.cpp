@@ -137,13 +137,14 @@ static FeatureBank read_bank_file(const std::string& path, bool in_place) {
   bank.dtype = fdt == "F32" ? eng::DType::F32 : eng::DType::BF16;
   ENG_CHECK(reinterpret_cast<uintptr_t>(feats) % eng::dtype_size(bank.dtype) == 0, "{}: 'features' is misaligned", path);
   bank.image_index.resize(size_t(bank.n));
-  std::memcpy(bank.image_index.data(), index, size_t(bank.n) * 8);
+  // memcpy with 0 bytes still wants real pointers (UBSan under SANITIZE=1): an empty bank copies nothing.
+  if (bank.n > 0) std::memcpy(bank.image_index.data(), index, size_t(bank.n) * 8);
   if (in_place) {
     bank.data = feats;
     bank.owner = owner;
   } else {
     eng::Tensor t = eng::Tensor::empty({bank.n, bank.d}, bank.dtype);
-    std::memcpy(t.raw_data(), feats, t.nbytes());
+    if (t.nbytes() > 0) std::memcpy(t.raw_data(), feats, t.nbytes());
     bank.data = t.raw_data();
     bank.owner = t.storage();
   }
